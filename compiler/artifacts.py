@@ -1,0 +1,22 @@
+"""What each compiler stage hands to emission: one ModelArtifact per model directory."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tritonclient.grpc import model_config_pb2
+
+
+@dataclass
+class ModelArtifact:
+    """A model directory ready to write: its config, its files, and its manifest entry.
+
+    files maps a path relative to the model directory (e.g. "1/model.onnx") to bytes, or to a
+    file or directory Path to copy.
+    """
+
+    name: str
+    config: model_config_pb2.ModelConfig
+    files: dict[str, bytes | Path] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
