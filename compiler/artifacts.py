@@ -20,3 +20,4 @@ class ModelArtifact:
     config: model_config_pb2.ModelConfig
     files: dict[str, bytes | Path] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
