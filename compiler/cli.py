@@ -25,11 +25,13 @@ def build(spec: Path = typer.Argument(..., help="The spec file (model.yaml)."),
           output: Optional[Path] = typer.Option(None, "-o", "--output",
                                                 help="Repository to write (default: the spec's `repository`)."),
           force: bool = typer.Option(False, "--force", help="Rebuild even when the inputs are unchanged."),
-          stage: str = typer.Option("all", "--stage", help="all, or engines: finish pending TensorRT-LLM engine builds.")):
+          stage: str = typer.Option("all", "--stage", help="all, or engines: finish pending TensorRT-LLM engine builds."),
+          runtime: Optional[str] = typer.Option(None, "--runtime",
+                                                help="Override the spec's runtime: embedded or container.")):
     """Convert, verify and emit every model of SPEC into a Triton model repository."""
     from .pipeline import build as build_repository
 
-    build_repository(spec, output, force=force, stage=stage, terminal=terminal)
+    build_repository(spec, output, force=force, stage=stage, runtime=runtime, terminal=terminal)
 
 
 @app.command()

@@ -23,7 +23,7 @@ from .backends import BACKENDS_DIR, builtin_backend_source
 from .emit import MANIFEST_NAME, check_output_dir, file_hashes, read_manifest, tree_hash, write_repository
 from .errors import SpecError
 from .model_config import data_type_name, ensemble_config, onnx_model_config, python_model_config
-from .spec import CONVERTED_FRAMEWORKS, EnsembleSpec, ModelSpec, Spec, load_spec
+from .spec import CONVERTED_FRAMEWORKS, RUNTIMES, EnsembleSpec, ModelSpec, Spec, load_spec
 from .terminal import Terminal, default_terminal
 
 # Rows of verification samples recorded in the manifest for `tritonize check`.
@@ -44,11 +44,18 @@ class BuildResult:
 
 
 def build(spec_path: str | Path, output: str | Path | None = None, *, force: bool = False,
-          stage: str = "all", terminal: Terminal | None = None) -> BuildResult:
-    """Compile a spec into a repository. Raises TritonizeError subclasses for user errors."""
+          stage: str = "all", runtime: str | None = None, terminal: Terminal | None = None) -> BuildResult:
+    """Compile a spec into a repository. Raises TritonizeError subclasses for user errors.
+
+    runtime overrides the spec's `runtime` (one spec, two targets: embedded and container).
+    """
     terminal = terminal or default_terminal
     started = time.perf_counter()
     spec = load_spec(spec_path)
+    if runtime is not None:
+        if runtime not in RUNTIMES:
+            raise SpecError(f"unknown runtime '{runtime}'", field="--runtime", fix=f"use one of: {', '.join(RUNTIMES)}")
+        spec.runtime = runtime
     out = Path(output) if output is not None else spec.resolve(spec.repository)
     check_output_dir(out)
 
@@ -60,7 +67,7 @@ def build(spec_path: str | Path, output: str | Path | None = None, *, force: boo
     if stage != "all":
         raise SpecError(f"unknown build stage '{stage}'", field="--stage", fix="use one of: all, engines")
 
-    input_hash = _input_hash(spec)
+    input_hash = _input_hash(spec, runtime=spec.runtime)
     build_key = tree_hash(_compiler_sources(), extra=[input_hash])
     if not force and _build_key(out) == build_key and read_manifest(out) is not None:
         terminal.success(f"{out} is up to date (inputs unchanged), skipped")
@@ -216,8 +223,8 @@ def _spec_field(spec: Spec, model: str, loc: tuple) -> str:
     return text
 
 
-def _input_hash(spec: Spec) -> str:
-    """Everything the output depends on besides the compiler itself: the spec and its sources."""
+def _input_hash(spec: Spec, *, runtime: str) -> str:
+    """Everything the output depends on besides the compiler itself: the spec, its sources, the runtime."""
     paths: list[Path] = [spec.path]
     for model in spec.models:
         source = model.source
@@ -227,7 +234,7 @@ def _input_hash(spec: Spec) -> str:
             paths.extend(_factory_sources(spec, source.factory))
         if source.builtin is not None:
             paths.append(builtin_backend_source(source.builtin))
-    return tree_hash(paths, extra=[__version__])
+    return tree_hash(paths, extra=[__version__, runtime])
 
 
 def _factory_sources(spec: Spec, factory: str) -> list[Path]:

@@ -18,9 +18,9 @@ from .specfile import field_path, line_for, load_yaml_with_lines
 # Triton's tensor data types, spelled as in config.pbtxt without the TYPE_ prefix.
 DATA_TYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
               "FP16", "FP32", "FP64", "STRING", "BF16")
-DataType = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-                   "FP16", "FP32", "FP64", "STRING", "BF16"]
+DataType = Literal[DATA_TYPES]  # Literal of a tuple == Literal of its items
 
+RUNTIMES = ("embedded", "container")
 FRAMEWORKS = ("sklearn", "xgboost", "lightgbm", "pytorch", "onnx", "python", "huggingface")
 CONVERTED_FRAMEWORKS = ("sklearn", "xgboost", "lightgbm", "pytorch", "onnx")
 
@@ -80,7 +80,7 @@ class SourceSpec(StrictModel):
     returning the in-memory model (a fitted estimator, an nn.Module), imported with the spec's directory
     on sys.path."""
 
-    framework: Literal["sklearn", "xgboost", "lightgbm", "pytorch", "onnx", "python", "huggingface"]
+    framework: Literal[FRAMEWORKS]
     path: str | None = None
     factory: str | None = None
     builtin: str | None = None  # python framework: a model.py shipped in python_backends/
@@ -250,7 +250,7 @@ class ContainerTarget(StrictModel):
 
 class Spec(StrictModel):
     repository: str = "model_repo"
-    runtime: Literal["embedded", "container"] = "embedded"
+    runtime: Literal[RUNTIMES] = "embedded"
     container: ContainerTarget = Field(default_factory=ContainerTarget)
     models: list[ModelSpec] = Field(min_length=1)
     ensembles: list[EnsembleSpec] = Field(default_factory=list)
