@@ -23,7 +23,7 @@ from .backends import BACKENDS_DIR, builtin_backend_source
 from .emit import MANIFEST_NAME, check_output_dir, file_hashes, read_manifest, tree_hash, write_repository
 from .errors import SpecError
 from .model_config import data_type_name, ensemble_config, onnx_model_config, python_model_config
-from .spec import CONVERTED_FRAMEWORKS, RUNTIMES, EnsembleSpec, ModelSpec, Spec, load_spec
+from .spec import CONVERTED_FRAMEWORKS, RUNTIMES, EnsembleSpec, ModelSpec, Spec, load_spec, spec_error_at
 from .terminal import Terminal, default_terminal
 
 # Rows of verification samples recorded in the manifest for `tritonize check`.
@@ -114,9 +114,9 @@ def _converted_model(spec: Spec, index: int, model: ModelSpec, terminal: Termina
     with terminal.status(f"{model.name}: converting {model.source.framework} model to ONNX"):
         converted = convert(model, spec, terminal)
     if model.max_batch_size > 0 and not converted.batch_axis:
-        raise SpecError(f"the converted ONNX graph of '{model.name}' has no dynamic batch dimension",
-                        file=spec.path, field=f"models[{index}].max_batch_size",
-                        fix="set max_batch_size: 0, or export the model with a dynamic first axis")
+        raise spec_error_at(spec.path, spec.lines, ("models", index, "max_batch_size"),
+                            f"the converted ONNX graph of '{model.name}' has no dynamic batch dimension",
+                            fix="set max_batch_size: 0, or export the model with a dynamic first axis")
     with terminal.status(f"{model.name}: verifying against {model.source.framework} on "
                          f"{model.verify.samples} samples"):
         samples = make_samples(model, converted.inputs, batch=model.verify.samples, seed=model.verify.seed)
@@ -200,27 +200,21 @@ def _check_rules(spec: Spec, artifacts: list[ModelArtifact]) -> None:
     violations = check_configs({a.name: a.config for a in artifacts})
     if violations:
         v = violations[0]
-        raise SpecError(v.message, file=spec.path, field=_spec_field(spec, v.model, v.loc), fix=v.fix)
+        raise spec_error_at(spec.path, spec.lines, _spec_loc(spec, v.model, v.loc), v.message, fix=v.fix)
 
 
-def _spec_field(spec: Spec, model: str, loc: tuple) -> str:
-    """Translate a ModelConfig path of a generated config into the spec's field path."""
+def _spec_loc(spec: Spec, model: str, loc: tuple) -> tuple:
+    """Translate a path inside a generated ModelConfig into the spec's field path."""
     names = [m.name for m in spec.models]
+    ensembles = [e.name for e in spec.ensembles]
     if model in names:
-        prefix = f"models[{names.index(model)}]"
+        prefix: tuple = ("models", names.index(model))
+    elif model in ensembles:
+        prefix = ("ensembles", ensembles.index(model))
     else:
-        ensembles = [e.name for e in spec.ensembles]
-        prefix = f"ensembles[{ensembles.index(model)}]" if model in ensembles else model
+        prefix = (model,)
     renames = {"ensemble_scheduling": None, "step": "steps", "input": "inputs", "output": "outputs"}
-    text = prefix
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-            continue
-        part = renames.get(part, part)
-        if part is not None:
-            text += f".{part}"
-    return text
+    return prefix + tuple(renames.get(p, p) for p in loc if renames.get(p, p) is not None)
 
 
 def _input_hash(spec: Spec, *, runtime: str) -> str:

@@ -271,13 +271,19 @@ class Spec(StrictModel):
                                      f"(declared models: {', '.join(sorted(model_names))})")
         return self
 
-    # Set by load_spec: where the spec lives (relative paths resolve against it).
+    # Set by load_spec: where the spec lives (relative paths resolve against it), and the YAML
+    # line of each field path, so later stages can point errors at the spec.
     _path: Path | None = None
+    _lines: dict = {}
 
     @property
     def path(self) -> Path:
         assert self._path is not None
         return self._path
+
+    @property
+    def lines(self) -> dict:
+        return self._lines
 
     @property
     def base_dir(self) -> Path:
@@ -302,6 +308,7 @@ def load_spec(path: str | Path) -> Spec:
     except ValidationError as exc:
         raise _spec_error(exc, path, lines) from None
     spec._path = path.resolve()
+    spec._lines = lines
     _check_sources_exist(spec, path, lines)
     if any(m.llm is not None for m in spec.models):
         from .llm.spec import validate_llm_blocks

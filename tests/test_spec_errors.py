@@ -106,9 +106,9 @@ CASES = [
      ["unknown model 'postt'", "declared models: post, pre"]),
     # Ensemble graph errors: found by the same rule checker as `tritonize validate`.
     ("ensemble-dtype-mismatch", _variant("inputs: [{name: X, dtype: FP32", "inputs: [{name: X, dtype: FP64"),
-     ["ensembles[0]", "FP32", "FP64"]),
+     ["spec.yaml:20", "ensembles[0].steps[1]", "FP32", "FP64"]),
     ("ensemble-shape-mismatch", _variant("inputs: [{name: X, dtype: FP32, dims: [4]}]", "inputs: [{name: X, dtype: FP32, dims: [5]}]"),
-     ["ensembles[0]", "[4]", "[5]"]),
+     ["spec.yaml:20", "ensembles[0].steps[1].input_map.X", "[-1, 4]", "[-1, 5]"]),
     ("ensemble-unmapped-tensor", _variant("input_map: {X: vec}", "input_map: {X: vecc}"),
      ["ensembles[0].steps[1].input_map", "vecc"]),
     ("ensemble-unused-input", _variant("    inputs: [{name: TEXT, dtype: STRING, dims: [1]}]\n    outputs: [{name: Y, dtype: INT64",
