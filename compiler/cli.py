@@ -43,7 +43,8 @@ def validate(repository: Path = typer.Argument(..., help="A model repository, ha
         raise TritonizeError("not a directory", file=repository, fix="pass the path of a model repository")
     violations = check_repository(repository)
     for violation in violations:
-        terminal.error(violation.one_line())
+        where = repository / violation.model / "config.pbtxt" if violation.model else repository
+        terminal.error(violation.one_line(file=where))
     if violations:
         raise typer.Exit(2)
     terminal.success(f"{repository}: every model passes Triton's schema and load rules")
@@ -116,15 +117,14 @@ def tune(spec: Path = typer.Argument(..., help="The spec file (model.yaml)."),
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps user errors to one line and exit 2, bugs to a traceback and exit 1."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode click returns a command's typer.Exit code instead of raising it.
+        code = app(args=argv, standalone_mode=False)
     except TritonizeError as error:
         terminal.error(error.one_line())
         return error.exit_code
     except RegressionDetected as regression:
         terminal.error(str(regression))
         return RegressionDetected.exit_code
-    except typer.Exit as exit_:
-        return exit_.exit_code
     except typer.Abort:
         terminal.error("aborted")
         return 130
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         terminal.error("internal error in tritonize (a bug): please report it with the traceback above")
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:
