@@ -131,11 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         terminal.error("interrupted")
         return 130
-    except Exception as click_error:  # noqa: BLE001 - usage errors are the user's, the rest are bugs
-        import click
-
-        if isinstance(click_error, click.ClickException):
-            click_error.show()
+    except Exception as error:  # noqa: BLE001 - usage errors are the user's, the rest are bugs
+        # Click's usage errors (unknown command, bad option); typer vendors click in newer
+        # releases, so they are recognised by their interface rather than their class.
+        if callable(getattr(error, "show", None)) and isinstance(getattr(error, "exit_code", None), int):
+            error.show()
             return 2
         traceback.print_exc()
         terminal.error("internal error in tritonize (a bug): please report it with the traceback above")
