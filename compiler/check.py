@@ -1,0 +1,444 @@
+"""`tritonize check`: ask a running Triton server the recorded sample questions, compare its answers.
+
+For every model in `<repo>/tritonize.manifest.json` that carries samples, the sample inputs go to the
+server over HTTP and/or gRPC (tritonclient) and each output is compared with the recorded expected
+output: floats within the recorded tolerance (numpy.allclose semantics: |got - want| <= atol +
+rtol * |want|), integers, booleans and strings exactly. Without recorded outputs only the names,
+datatypes and shapes are checked against the server's model metadata.
+
+Decoupled models answer over gRPC streaming only: their responses are collected until the final one
+and joined as `samples["stream_join"]` says (see STREAM_JOINS) before the comparison.
+"""
+from __future__ import annotations
+
+import json
+import queue
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from .errors import TritonizeError, lazy_import
+from .terminal import Terminal
+
+MANIFEST_NAME = "tritonize.manifest.json"
+Protocol = Literal["http", "grpc", "both"]
+
+
+@dataclass
+class TensorCheck:
+    name: str
+    passed: bool
+    max_abs_error: float | None = None  # None for strings and when shapes differ
+    message: str = ""  # why it failed, with the numbers
+
+
+@dataclass
+class ModelCheck:
+    model: str
+    protocol: str  # "http", "grpc" or "grpc-stream"
+    status: Literal["passed", "failed", "skipped"]
+    tensors: list[TensorCheck] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def max_abs_error(self) -> float | None:
+        errors = [t.max_abs_error for t in self.tensors if t.max_abs_error is not None]
+        return max(errors) if errors else None
+
+    def detail(self) -> str:
+        failed = [f"{t.name}: {t.message}" for t in self.tensors if not t.passed]
+        return "; ".join([self.message] * bool(self.message) + failed)
+
+
+@dataclass
+class CheckResult:
+    repository: Path
+    http_url: str | None
+    grpc_url: str | None
+    checks: list[ModelCheck] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[ModelCheck]:
+        return [c for c in self.checks if c.status == "failed"]
+
+    @property
+    def passed(self) -> bool:
+        """No check failed and at least one ran (a manifest without samples verifies nothing)."""
+        return not self.failures and any(c.status == "passed" for c in self.checks)
+
+
+def check_deployment(repository: str | Path, url: str = "localhost:8000", protocol: Protocol = "both",
+                     models: list[str] | None = None, terminal: Terminal | None = None, *,
+                     grpc_url: str | None = None, timeout_s: float = 60.0) -> CheckResult:
+    """Check the models of `repository` as served at `url`.
+
+    `url` is the endpoint of `protocol` ("http" or "grpc"); with "both" it is the HTTP endpoint and
+    the gRPC one is `grpc_url`, by default the next port on the same host (Triton's own
+    8000/8001 layout, which `tritonize serve` keeps).
+    """
+    terminal = terminal or Terminal()
+    repository = Path(repository)
+    manifest = load_manifest(repository)
+    entries: dict[str, dict] = manifest.get("models", {})
+    names = list(entries) if models is None else list(models)
+    unknown = [n for n in names if n not in entries]
+    if unknown:
+        raise TritonizeError(f"no model named {', '.join(map(repr, unknown))} in the manifest",
+                             file=repository / MANIFEST_NAME, fix=f"choose from: {', '.join(entries)}")
+    if protocol not in ("http", "grpc", "both"):
+        raise TritonizeError(f"unknown protocol '{protocol}'", fix="use http, grpc or both")
+
+    http_url, grpc_url = _endpoints(url, protocol, grpc_url)
+    clients: dict[str, _Client] = {}
+    if http_url:
+        clients["http"] = _HttpClient(http_url, timeout_s)
+    if grpc_url:
+        clients["grpc"] = _GrpcClient(grpc_url, timeout_s)
+    for name, client in clients.items():
+        client.require_live(repository)
+
+    result = CheckResult(repository=repository, http_url=http_url, grpc_url=grpc_url)
+    for name in names:
+        result.checks.extend(_check_model(name, entries[name], clients, protocol))
+    _report(result, terminal)
+    return result
+
+
+def load_manifest(repository: Path) -> dict:
+    path = repository / MANIFEST_NAME
+    if not repository.is_dir():
+        raise TritonizeError("model repository not found", file=repository,
+                             fix="give the directory `tritonize build` wrote")
+    if not path.is_file():
+        raise TritonizeError("no tritonize manifest in this repository", file=path,
+                             fix="build the repository with `tritonize build model.yaml`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TritonizeError(f"the manifest is not valid JSON ({exc.msg})", file=path, line=exc.lineno,
+                             fix="rebuild the repository with `tritonize build`") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
+        raise TritonizeError("the manifest has no 'models' mapping", file=path,
+                             fix="rebuild the repository with `tritonize build`")
+    return manifest
+
+
+# -- stream joins: how a decoupled model's responses become one answer ---------------------------
+# Each join takes one output's arrays, one per response in arrival order, and the recorded expected
+# array, and returns (served, expected) to compare. samples["stream_join"] names one (default concat).
+StreamJoin = Callable[[list[np.ndarray], np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _join_concat(parts: list[np.ndarray], expected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([p.reshape(-1) if p.ndim == 0 else p for p in parts], axis=0), expected
+
+
+def _join_last(parts: list[np.ndarray], expected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return parts[-1], expected
+
+
+def _join_concat_strings(parts: list[np.ndarray], expected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Token-by-token text: every string piece of every response, joined into one string."""
+    served = "".join(_text(item) for part in parts for item in part.reshape(-1))
+    wanted = "".join(_text(item) for item in expected.reshape(-1))
+    return np.array([served], dtype=object), np.array([wanted], dtype=object)
+
+
+STREAM_JOINS: dict[str, StreamJoin] = {
+    "concat": _join_concat,
+    "last": _join_last,
+    "concat_strings": _join_concat_strings,
+}
+
+
+# -- one model ------------------------------------------------------------------------------------
+def _check_model(name: str, entry: dict, clients: dict[str, "_Client"], protocol: str) -> list[ModelCheck]:
+    samples = entry.get("samples")
+    if not samples or not samples.get("inputs"):
+        return [ModelCheck(name, protocol, "skipped", message="no samples recorded in the manifest")]
+    if entry.get("decoupled"):
+        if "grpc" not in clients:
+            return [ModelCheck(name, "http", "skipped",
+                               message="decoupled: answers over gRPC streaming only (use --protocol grpc or both)")]
+        join = samples.get("stream_join", "concat")
+        if join not in STREAM_JOINS:
+            return [ModelCheck(name, "grpc-stream", "failed",
+                               message=f"unknown stream_join '{join}' (known: {', '.join(STREAM_JOINS)})")]
+        return [_run_check(name, samples, clients["grpc"], stream_join=join)]
+    return [_run_check(name, samples, client) for client in clients.values()]
+
+
+def _run_check(name: str, samples: dict, client: "_Client", stream_join: str | None = None) -> ModelCheck:
+    label = "grpc-stream" if stream_join else client.protocol
+    exceptions = lazy_import("tritonclient.utils", purpose="tritonize check")
+    try:
+        if not client.is_model_ready(name):
+            return ModelCheck(name, label, "failed", message=f"not ready on the server: {client.model_reason(name)}")
+        expected = samples.get("outputs") or {}
+        output_names = list(expected) or [o["name"] for o in client.output_metadata(name)]
+        if stream_join:
+            parts = client.stream(name, samples["inputs"], output_names, samples.get("parameters"))
+            served = {n: [p[n] for p in parts if n in p] for n in output_names}
+        else:
+            answer = client.infer(name, samples["inputs"], output_names, samples.get("parameters"))
+            served = {n: [answer[n]] if n in answer else [] for n in output_names}
+    except exceptions.InferenceServerException as exc:
+        return ModelCheck(name, label, "failed", message=_one_line(str(exc)))
+    except TimeoutError as exc:
+        return ModelCheck(name, label, "failed", message=str(exc))
+
+    if expected:
+        tolerances = samples.get("tolerance") or {}
+        tensors = [_compare(n, served[n], spec, tolerances.get(n) or {}, stream_join)
+                   for n, spec in expected.items()]
+    else:
+        declared = {o["name"]: o for o in client.output_metadata(name)}
+        tensors = [_check_declared(n, served[n], declared[n]) for n in output_names]
+    status = "passed" if all(t.passed for t in tensors) else "failed"
+    return ModelCheck(name, label, status, tensors)
+
+
+def _compare(name: str, parts: list[tuple[str, np.ndarray]], spec: dict, tolerance: dict,
+             stream_join: str | None) -> TensorCheck:
+    if not parts:
+        return TensorCheck(name, False, message="missing from the server's answer")
+    datatype = _wire_datatype(spec["datatype"])
+    served_types = {t for t, _ in parts}
+    if served_types != {datatype}:
+        return TensorCheck(name, False, message=f"datatype {'/'.join(sorted(served_types))}, expected {datatype}")
+    want = _to_numpy(spec["data"], datatype, spec.get("shape"))
+    arrays = [a for _, a in parts]
+    got, want = STREAM_JOINS[stream_join](arrays, want) if stream_join else (arrays[0], want)
+    if got.shape != want.shape:
+        return TensorCheck(name, False, message=f"shape {list(got.shape)}, expected {list(want.shape)}")
+    if datatype == "BYTES":
+        got_text, want_text = _texts(got), _texts(want)
+        wrong = np.argwhere(got_text != want_text)
+        if wrong.size:
+            index = tuple(int(i) for i in wrong[0])
+            return TensorCheck(name, False, message=f"{len(wrong)} of {want.size} strings differ, first at "
+                               f"{list(index)}: got {got_text[index]!r}, expected {want_text[index]!r}")
+        return TensorCheck(name, True)
+
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    max_abs = float(np.nanmax(diff)) if diff.size else 0.0
+    if datatype.startswith(("FP", "BF")):
+        atol, rtol = float(tolerance.get("atol", 0.0)), float(tolerance.get("rtol", 0.0))
+        ok = np.isclose(got, want, atol=atol, rtol=rtol, equal_nan=True)
+        rule = f"atol {atol:g}, rtol {rtol:g}"
+    else:  # integers and booleans: labels, counts, token ids are exact
+        ok = got == want
+        rule = "exact"
+    if ok.all():
+        return TensorCheck(name, True, max_abs)
+    excess = np.where(ok, -np.inf, np.nan_to_num(diff, nan=np.inf))
+    index = tuple(int(i) for i in np.unravel_index(int(np.argmax(excess)), got.shape))
+    verdict = "outside tolerance" if rule != "exact" else "differ"
+    return TensorCheck(name, False, max_abs,
+                       f"{int((~ok).sum())} of {ok.size} values {verdict} ({rule}); max |error| "
+                       f"{max_abs:.6g} at {list(index)}: got {got[index]!r}, expected {want[index]!r}")
+
+
+def _check_declared(name: str, parts: list[tuple[str, np.ndarray]], declared: dict) -> TensorCheck:
+    """No recorded answer: the output must still exist with its declared datatype and shape."""
+    if not parts:
+        return TensorCheck(name, False, message="missing from the server's answer")
+    datatype, array = parts[0]
+    if datatype != declared["datatype"]:
+        return TensorCheck(name, False, message=f"datatype {datatype}, declared {declared['datatype']}")
+    dims = [int(d) for d in declared["shape"]]
+    if len(dims) != array.ndim or any(d != -1 and d != s for d, s in zip(dims, array.shape)):
+        return TensorCheck(name, False, message=f"shape {list(array.shape)} does not fit declared {dims}")
+    return TensorCheck(name, True, message="no expected values recorded: checked datatype and shape")
+
+
+# -- clients ---------------------------------------------------------------------------------------
+class _Client:
+    """The part of tritonclient's HTTP and gRPC clients the check uses, with numpy in and out."""
+
+    protocol: str
+
+    def __init__(self, url: str, timeout_s: float):
+        self.url, self.timeout_s = url, timeout_s
+
+    def require_live(self, repository: Path) -> None:
+        try:
+            live = self._client.is_server_live()
+        except Exception as exc:  # connection refused, DNS, TLS: all mean "nobody answers here"
+            raise TritonizeError(f"no Triton server answers at {self.url} over {self.protocol.upper()} "
+                                 f"({_one_line(str(exc)) or type(exc).__name__})",
+                                 fix=f"start one with `tritonize serve {repository}` or pass the server's address "
+                                 "with --url") from None
+        if not live:
+            raise TritonizeError(f"the Triton server at {self.url} is not live",
+                                 fix=f"restart it with `tritonize serve {repository}`")
+
+    def is_model_ready(self, name: str) -> bool:
+        return self._client.is_model_ready(name)
+
+    def model_reason(self, name: str) -> str:
+        for model in self._repository_index():
+            if model.get("name") == name:
+                return f"{model.get('state', 'UNKNOWN')} {model.get('reason', '')}".strip()
+        return "not in the server's repository (is it serving another repository?)"
+
+    def _inputs(self, module, inputs: dict) -> list:
+        request = []
+        for tensor_name, spec in inputs.items():
+            datatype = _wire_datatype(spec["datatype"])
+            array = _to_numpy(spec["data"], datatype, spec.get("shape"))
+            if datatype == "BYTES":
+                array = np.vectorize(lambda s: s.encode() if isinstance(s, str) else s, otypes=[object])(array) \
+                    if array.size else array
+            infer_input = module.InferInput(tensor_name, list(array.shape), datatype)
+            infer_input.set_data_from_numpy(array)
+            request.append(infer_input)
+        return request
+
+
+class _HttpClient(_Client):
+    protocol = "http"
+
+    def __init__(self, url: str, timeout_s: float):
+        super().__init__(url, timeout_s)
+        self._module = lazy_import("tritonclient.http", purpose="tritonize check over HTTP",
+                                   package="tritonclient[http]")
+        self._client = self._module.InferenceServerClient(url, connection_timeout=timeout_s,
+                                                          network_timeout=timeout_s)
+
+    def output_metadata(self, name: str) -> list[dict]:
+        return self._client.get_model_metadata(name)["outputs"]
+
+    def _repository_index(self) -> list[dict]:
+        return self._client.get_model_repository_index()
+
+    def infer(self, name: str, inputs: dict, outputs: list[str], parameters: dict | None) -> dict:
+        result = self._client.infer(name, self._inputs(self._module, inputs), parameters=parameters,
+                                    outputs=[self._module.InferRequestedOutput(o) for o in outputs])
+        return {o: (result.get_output(o)["datatype"], result.as_numpy(o))
+                for o in outputs if result.get_output(o) is not None}
+
+
+class _GrpcClient(_Client):
+    protocol = "grpc"
+
+    def __init__(self, url: str, timeout_s: float):
+        super().__init__(url, timeout_s)
+        self._module = lazy_import("tritonclient.grpc", purpose="tritonize check over gRPC",
+                                   package="tritonclient[grpc]")
+        self._client = self._module.InferenceServerClient(url)
+
+    def output_metadata(self, name: str) -> list[dict]:
+        return self._client.get_model_metadata(name, as_json=True)["outputs"]
+
+    def _repository_index(self) -> list[dict]:
+        return self._client.get_model_repository_index(as_json=True).get("models", [])
+
+    def infer(self, name: str, inputs: dict, outputs: list[str], parameters: dict | None) -> dict:
+        result = self._client.infer(name, self._inputs(self._module, inputs), parameters=parameters,
+                                    outputs=[self._module.InferRequestedOutput(o) for o in outputs],
+                                    client_timeout=self.timeout_s)
+        return _grpc_outputs(result, outputs)
+
+    def stream(self, name: str, inputs: dict, outputs: list[str], parameters: dict | None) -> list[dict]:
+        """One streaming request; every response's outputs, in order, up to the final one."""
+        answers: queue.Queue = queue.Queue()
+        self._client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        try:
+            self._client.async_stream_infer(name, self._inputs(self._module, inputs), parameters=parameters,
+                                            outputs=[self._module.InferRequestedOutput(o) for o in outputs],
+                                            request_id="tritonize-check", enable_empty_final_response=True)
+            parts = []
+            while True:
+                try:
+                    result, error = answers.get(timeout=self.timeout_s)
+                except queue.Empty:
+                    raise TimeoutError(f"no final response within {self.timeout_s:g} s "
+                                       f"({len(parts)} responses so far)") from None
+                if error is not None:
+                    raise error
+                response = result.get_response()
+                if response.outputs:
+                    parts.append(_grpc_outputs(result, outputs))
+                final = response.parameters.get("triton_final_response")
+                if final is not None and final.bool_param:
+                    return parts
+        finally:
+            self._client.stop_stream()
+
+
+def _grpc_outputs(result, outputs: list[str]) -> dict:
+    return {o: (result.get_output(o).datatype, result.as_numpy(o))
+            for o in outputs if result.get_output(o) is not None}
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _endpoints(url: str, protocol: str, grpc_url: str | None) -> tuple[str | None, str | None]:
+    url = _strip_scheme(url)
+    if protocol == "http":
+        return url, None
+    if protocol == "grpc":
+        return None, url
+    if grpc_url is None:
+        host, _, port = url.rpartition(":")
+        if not port.isdigit():
+            raise TritonizeError(f"'{url}' has no port", fix="write the HTTP endpoint as host:port, e.g. localhost:8000")
+        grpc_url = f"{host}:{int(port) + 1}"
+    return url, _strip_scheme(grpc_url)
+
+
+def _strip_scheme(url: str) -> str:
+    for scheme in ("http://", "https://", "grpc://"):
+        if url.startswith(scheme):
+            return url[len(scheme):].rstrip("/")
+    return url.rstrip("/")
+
+
+def _wire_datatype(datatype: str) -> str:
+    """Manifest/config spelling (STRING, TYPE_FP32) -> the inference protocol's (BYTES, FP32)."""
+    datatype = datatype.removeprefix("TYPE_")
+    return "BYTES" if datatype == "STRING" else datatype
+
+
+def _to_numpy(data: Any, datatype: str, shape: list[int] | None) -> np.ndarray:
+    utils = lazy_import("tritonclient.utils", purpose="tritonize check")
+    dtype = np.object_ if datatype == "BYTES" else utils.triton_to_np_dtype(datatype)
+    array = np.array(data, dtype=dtype)
+    return array.reshape(shape) if shape is not None else array
+
+
+def _text(item: Any) -> str:
+    return item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+
+
+def _texts(array: np.ndarray) -> np.ndarray:
+    return np.vectorize(_text, otypes=[object])(array) if array.size else array.astype(object)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _report(result: CheckResult, terminal: Terminal) -> None:
+    rows = []
+    for check in result.checks:
+        error = check.max_abs_error
+        rows.append([check.model, check.protocol, check.status.upper(),
+                     "" if error is None else f"{error:.3g}", check.detail()])
+    endpoints = ", ".join(u for u in (result.http_url, result.grpc_url) if u)
+    terminal.table(f"tritonize check {result.repository} at {endpoints}",
+                   ["Model", "Protocol", "Result", "Max |error|", "Detail"], rows)
+    ran = [c for c in result.checks if c.status != "skipped"]
+    if result.failures:
+        terminal.error(f"{len(result.failures)} of {len(ran)} checks failed: "
+                       + ", ".join(sorted({f'{c.model} ({c.protocol})' for c in result.failures})))
+    elif not ran:
+        terminal.warning("nothing was checked: no model in the manifest carries samples")
+    else:
+        terminal.success(f"all {len(ran)} checks passed: the served answers match the recorded ones")

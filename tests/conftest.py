@@ -1,0 +1,38 @@
+"""Session-wide test helpers: the repository root and a factory that runs real tritonservers."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from tritonize.server import TritonServer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def triton_server(tmp_path_factory) -> Callable[..., TritonServer]:
+    """Start a ready TritonServer on a repository: `server = triton_server(repo, **kwargs)`.
+
+    Module-scoped, so one server can serve a whole test module; every server started through it is
+    stopped (and its process group reaped) when the module ends, also after a failure.
+    """
+    started: list[TritonServer] = []
+
+    def start(repository: Path, **kwargs) -> TritonServer:
+        kwargs.setdefault("log_path", tmp_path_factory.mktemp("tritonserver") / "tritonserver.log")
+        server = TritonServer(repository, **kwargs)
+        started.append(server)
+        server.start()
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,220 @@
+"""The real tritonserver on tiny hand-written python-backend repositories, and `tritonize check`.
+
+One server serves the module's repository: `double` (numpy doubles a batch of 4-vectors and
+reports each row's argmax) and `spell` (decoupled: streams its input text back one character per
+response). numpy is absent from the system Python, so `double` loading at all shows the stub runs
+model.py with this environment's packages.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tritonize.check import MANIFEST_NAME, check_deployment
+from tritonize.errors import TritonizeError
+from tritonize.server import ServerError, TritonServer, free_port
+from tritonize.terminal import Terminal
+
+pytestmark = pytest.mark.server
+
+DOUBLE_CONFIG = """
+name: "double"
+backend: "python"
+max_batch_size: 8
+input { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }
+output { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }
+output { name: "ARGMAX" data_type: TYPE_INT64 dims: [ 1 ] }
+instance_group { kind: KIND_CPU count: 1 }
+"""
+
+DOUBLE_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUTPUT0", (x * 2).astype(np.float32)),
+                pb_utils.Tensor("ARGMAX", np.argmax(x, axis=1).reshape(-1, 1).astype(np.int64)),
+            ]))
+        return responses
+"""
+
+SPELL_CONFIG = """
+name: "spell"
+backend: "python"
+max_batch_size: 0
+model_transaction_policy { decoupled: true }
+input { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }
+output { name: "CHAR" data_type: TYPE_STRING dims: [ 1 ] }
+instance_group { kind: KIND_CPU count: 1 }
+"""
+
+SPELL_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            text = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()[0].decode()
+            for char in text:
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("CHAR", np.array([char.encode()], dtype=object))]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+BROKEN_MODEL = """
+class TritonPythonModel:
+    def initialize(self, args):
+        raise FileNotFoundError("weights.bin is missing")
+"""
+
+# Values exactly representable in float32, so doubling is exact and a +0.5 shift is exactly 0.5.
+SAMPLE = [[1.0, 2.5, -3.0, 0.25], [4.0, -1.5, 8.0, 0.5]]
+
+
+def _write_model(repo: Path, name: str, config: str, model_py: str) -> None:
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "config.pbtxt").write_text(config)
+    (repo / name / "1" / "model.py").write_text(model_py)
+
+
+def _manifest(double_out: list, argmax: list, spelled: str) -> dict:
+    return {"tritonize": "0.1.0", "runtime": "embedded", "models": {
+        "double": {"kind": "python", "framework": "python", "samples": {
+            "inputs": {"INPUT0": {"datatype": "FP32", "shape": [2, 4], "data": SAMPLE}},
+            "outputs": {"OUTPUT0": {"datatype": "FP32", "shape": [2, 4], "data": double_out},
+                        "ARGMAX": {"datatype": "INT64", "shape": [2, 1], "data": argmax}},
+            # The served model computes exactly what numpy computes here: a tight float tolerance.
+            "tolerance": {"OUTPUT0": {"atol": 1e-6, "rtol": 1e-6}, "ARGMAX": {"atol": 0, "rtol": 0}}}},
+        "spell": {"kind": "python", "framework": "python", "decoupled": True, "samples": {
+            "inputs": {"TEXT": {"datatype": "STRING", "shape": [1], "data": ["hello"]}},
+            "outputs": {"CHAR": {"datatype": "STRING", "shape": [1], "data": [spelled]}},
+            "stream_join": "concat_strings"}},
+    }}
+
+
+CORRECT = dict(double_out=(np.array(SAMPLE) * 2).tolist(), argmax=[[1], [2]], spelled="hello")
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("tiny_repo")
+    _write_model(repo, "double", DOUBLE_CONFIG, DOUBLE_MODEL)
+    _write_model(repo, "spell", SPELL_CONFIG, SPELL_MODEL)
+    (repo / MANIFEST_NAME).write_text(json.dumps(_manifest(**CORRECT)))
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(triton_server, tiny_repo) -> TritonServer:
+    return triton_server(tiny_repo)
+
+
+def _quiet() -> Terminal:
+    return Terminal(quiet=True, stderr=True)
+
+
+def _process_group(pgid: int) -> list[int]:
+    """Live (not zombie) processes whose process group is pgid."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(entry))
+    return members
+
+
+def test_http_and_grpc_answer_the_sample(server):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    x = np.array(SAMPLE, dtype=np.float32)
+    for module, url in ((httpclient, server.http_url), (grpcclient, server.grpc_url)):
+        client = module.InferenceServerClient(url)
+        request = module.InferInput("INPUT0", list(x.shape), "FP32")
+        request.set_data_from_numpy(x)
+        result = client.infer("double", [request])
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), x * 2)  # doubling is exact in float32
+        np.testing.assert_array_equal(result.as_numpy("ARGMAX"), [[1], [2]])
+
+
+def test_repository_index_lists_ready_models(server):
+    states = {m["name"]: m["state"] for m in server.repository_index()}
+    assert states == {"double": "READY", "spell": "READY"}
+
+
+def test_check_passes_over_http_grpc_and_streaming(server, tiny_repo):
+    result = check_deployment(tiny_repo, server.http_url, "both", grpc_url=server.grpc_url, terminal=_quiet())
+    assert result.passed, [c.detail() for c in result.checks]
+    assert {(c.model, c.protocol) for c in result.checks} == {
+        ("double", "http"), ("double", "grpc"), ("spell", "grpc-stream")}
+    assert all(c.max_abs_error == 0.0 for c in result.checks if c.model == "double")
+
+
+def test_check_reports_wrong_expected_answers_with_numbers(server, tmp_path):
+    # Only the manifest is read from the checked repository: serve the tiny one, check a copy.
+    wrong_double = (np.array(SAMPLE) * 2).tolist()
+    wrong_double[1][2] += 0.5
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(_manifest(wrong_double, [[1], [3]], "help")))
+    result = check_deployment(tmp_path, server.grpc_url, "grpc", terminal=_quiet())
+
+    assert not result.passed
+    double, spell = result.checks
+    assert (double.status, spell.status) == ("failed", "failed")
+    values, argmax = double.tensors
+    assert values.max_abs_error == 0.5
+    assert "1 of 8 values outside tolerance" in values.message and "max |error| 0.5 at [1, 2]" in values.message
+    assert not argmax.passed and argmax.max_abs_error == 1.0 and "exact" in argmax.message
+    assert "got 'hello', expected 'help'" in spell.detail()
+
+
+def test_check_http_only_skips_decoupled_models(server, tiny_repo):
+    result = check_deployment(tiny_repo, server.http_url, "http", terminal=_quiet())
+    assert result.passed
+    assert {c.model: c.status for c in result.checks} == {"double": "passed", "spell": "skipped"}
+
+
+def test_check_without_a_server_names_the_url_and_the_fix(tiny_repo):
+    url = f"localhost:{free_port()}"
+    with pytest.raises(TritonizeError) as error:
+        check_deployment(tiny_repo, url, "http", terminal=_quiet())
+    assert url in error.value.one_line() and "tritonize serve" in error.value.one_line()
+
+
+def test_broken_model_fails_start_with_one_line_naming_it(tmp_path, triton_server):
+    repo = tmp_path / "repo"
+    _write_model(repo, "broken", DOUBLE_CONFIG.replace('"double"', '"broken"'), BROKEN_MODEL)
+    with pytest.raises(ServerError) as error:
+        triton_server(repo, startup_timeout_s=60)
+    line = error.value.one_line()
+    assert "model 'broken' failed to load" in line and "FileNotFoundError: weights.bin is missing" in line
+    assert "\n" not in line
+
+
+def test_stop_leaves_no_process(tmp_path, tiny_repo):
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo / "double", repo / "double")
+    server = TritonServer(repo, log_path=tmp_path / "server.log")
+    with server:
+        assert len(_process_group(server.pid)) >= 2  # the server and the model's python stub
+    assert server.process.returncode == 0  # SIGTERM: a clean shutdown, not the SIGKILL fallback
+    assert _process_group(server.pid) == []
