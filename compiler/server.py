@@ -353,7 +353,10 @@ def serve_forever(repository: str | Path, http_port: int = 8000, grpc_port: int 
         rows = [[m["name"], m.get("version", ""), m.get("state", ""), m.get("reason", "")]
                 for m in server.repository_index()]
         terminal.table("Models", ["Model", "Version", "State", "Reason"], rows)
-        terminal.info(f"Check it with `tritonize check {repository}`; press Ctrl-C to stop.")
+        check = f"tritonize check {repository}"
+        if (http_port, grpc_port) != (8000, 8001):
+            check += f" --url {server.http_url}" + (f" --grpc-url {server.grpc_url}" if grpc_port != http_port + 1 else "")
+        terminal.info(f"Check it with `{check}`; press Ctrl-C to stop.")
         code = server.process.wait()
         raise ServerError(f"tritonserver exited unexpectedly with code {code}{_last_line_hint(server.log_text())}",
                           fix=f"see the server log {server.log_path}")
