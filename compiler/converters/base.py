@@ -1,0 +1,232 @@
+"""What every converter shares: the result type, the registry, source loading and spec overrides."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
+
+import numpy as np
+
+from ..errors import ConversionError
+from ..onnx_signature import canonicalize, rename_tensors, signature
+from ..spec import ModelSpec, Spec, TensorSpec
+
+if TYPE_CHECKING:
+    import onnx
+
+    from ..terminal import Terminal
+
+# ONNX opsets written by the converters. 17 is served by every onnxruntime in NGC tritonserver
+# releases from 23.xx on (24.10 ships onnxruntime 1.19) and by TensorRT 8.6+; onnxmltools 1.16 writes
+# at most opset 15. ai.onnx.ml 3 is the newest TreeEnsemble version onnxruntime 1.19 runs.
+ONNX_OPSET = 17
+ONNXMLTOOLS_OPSET = 15
+ONNX_ML_OPSET = 3
+
+Reference = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass
+class ConvertedModel:
+    """A model converted to ONNX, with its Triton-facing signature and its source framework's answer.
+
+    inputs/outputs are in Triton terms: dims exclude the batch dim when batch_axis is True, and a
+    per-row scalar is dims [1] with reshape [] (the graph sees [N]). `reference` takes and returns
+    arrays shaped as Triton clients see them ([batch] + dims), keyed by graph tensor names; it is None
+    for a plain ONNX file (there is no source framework to compare with).
+    """
+
+    name: str
+    framework: str
+    onnx_model: "onnx.ModelProto"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    batch_axis: bool
+    reference: Reference | None
+    tools: dict[str, str] = field(default_factory=dict)
+    summary: str = ""
+
+
+class Converter:
+    """One source framework -> ONNX. Subclasses set `framework`, `extra`, and implement `convert`."""
+
+    framework: ClassVar[str]
+    extra: ClassVar[str | None] = None  # the tritonize extra that installs this framework's packages
+
+    def convert(self, model: ModelSpec, spec: Spec, terminal: "Terminal") -> ConvertedModel:
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Converter]] = {}
+
+
+def register(cls: type[Converter]) -> type[Converter]:
+    REGISTRY[cls.framework] = cls
+    return cls
+
+
+def versions(*packages: str) -> dict[str, str]:
+    found = {}
+    for package in packages:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[package] = metadata.version(package)
+    return found
+
+
+@contextlib.contextmanager
+def spec_dir_on_path(spec: Spec) -> Iterator[None]:
+    """Factories and pickled classes are importable from the spec's directory, as the spec promises."""
+    directory = str(spec.base_dir)
+    sys.path.insert(0, directory)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(directory)
+
+
+def call_factory(model: ModelSpec, spec: Spec) -> Any:
+    """Import `module:function` (spec directory on sys.path) and call it."""
+    reference = model.source.factory
+    assert reference is not None
+    module_name, function_name = reference.split(":")
+    where = f"models.{model.name}.source.factory"
+    with spec_dir_on_path(spec):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                raise ConversionError(f"cannot import module '{module_name}'", file=spec.path, field=where,
+                                      fix=f"put {module_name.replace('.', '/')}.py next to the spec file") from None
+            raise
+        function = getattr(module, function_name, None)
+        if not callable(function):
+            raise ConversionError(f"module '{module_name}' has no function '{function_name}'", file=spec.path,
+                                  field=where, fix="name a function that returns the model")
+        return function()
+
+
+def source_file(model: ModelSpec, spec: Spec, suffixes: tuple[str, ...]) -> Path:
+    """The model's `path`, resolved and checked, with a suffix the converter understands."""
+    assert model.source.path is not None
+    path = spec.resolve(model.source.path)
+    where = f"models.{model.name}.source.path"
+    if not path.is_file():
+        raise ConversionError(f"model file not found: {model.source.path}", file=spec.path, field=where,
+                              fix="give a path relative to the spec file")
+    if path.suffix.lower() not in suffixes:
+        raise ConversionError(f"'{path.name}' is not a {model.source.framework} model file", file=spec.path,
+                              field=where, fix=f"use a file ending in {', '.join(suffixes)}")
+    return path
+
+
+def finish(model: ModelSpec, spec: Spec, onnx_model: "onnx.ModelProto", *, tool: str, reference: Reference | None,
+           tools: dict[str, str], summary: str, rename_outputs: dict[str, str] | None = None,
+           producer_version: str | None = None) -> ConvertedModel:
+    """Common tail of every converter: converter-chosen output names, spec name/dtype/dims
+    overrides, deterministic bytes, and the ONNX checker."""
+    import onnx
+
+    rename_tensors(onnx_model, rename_outputs or {})
+    graph = signature(onnx_model, model.name)
+    renames = {**_spec_renames(model, spec, graph.inputs, model.inputs, "inputs"),
+               **_spec_renames(model, spec, graph.outputs, model.outputs, "outputs")}
+    rename_tensors(onnx_model, renames)
+    canonicalize(onnx_model, graph_name=model.name, producer=tool,
+                 producer_version=producer_version if producer_version is not None else tools.get(tool, ""))
+    try:
+        onnx.checker.check_model(onnx_model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConversionError(f"model '{model.name}': the ONNX graph fails onnx.checker: {first}", file=spec.path,
+                              field=f"models.{model.name}.source", fix="re-export the model with a supported opset")
+    final = signature(onnx_model, model.name)
+    inputs, outputs = _merged(final.inputs, model.inputs), _merged(final.outputs, model.outputs)
+    if reference is not None:
+        reference = _client_reference(reference, renames, inputs, outputs, final.batch_axis)
+    return ConvertedModel(
+        name=model.name, framework=model.source.framework, onnx_model=onnx_model,
+        inputs=inputs, outputs=outputs, batch_axis=final.batch_axis, reference=reference,
+        tools={**versions("onnx", "onnxruntime"), **tools}, summary=summary)
+
+
+def _spec_renames(model: ModelSpec, spec: Spec, graph: list[TensorSpec], declared: list[TensorSpec] | None,
+                  kind: str) -> dict[str, str]:
+    """Spec tensors match graph tensors by position; names may differ (the graph is renamed),
+    data types must agree and dims must fit the graph's."""
+    if not declared:
+        return {}
+    if len(declared) > len(graph):
+        raise ConversionError(f"model '{model.name}' declares {len(declared)} {kind} but the ONNX graph has "
+                              f"{len(graph)} ({', '.join(t.name for t in graph)})", file=spec.path,
+                              field=f"models.{model.name}.{kind}", fix=f"declare at most {len(graph)} {kind}")
+    for index, (wanted, actual) in enumerate(zip(declared, graph)):
+        where = f"models.{model.name}.{kind}[{index}]"
+        if wanted.dtype != actual.dtype:
+            raise ConversionError(f"dtype {wanted.dtype} does not match the graph's {actual.dtype} for "
+                                  f"'{actual.name}'", file=spec.path, field=f"{where}.dtype",
+                                  fix=f"write dtype: {actual.dtype}")
+        # Compare what the graph sees: a spec without reshape is taken as client dims.
+        if wanted.reshape is None and wanted.dims == actual.dims:
+            continue
+        wanted_dims = wanted.reshape if wanted.reshape is not None else wanted.dims
+        actual_dims = actual.reshape if actual.reshape is not None else actual.dims
+        if len(wanted_dims) != len(actual_dims) or any(
+                a != -1 and w != -1 and a != w for w, a in zip(wanted_dims, actual_dims)):
+            raise ConversionError(f"dims {wanted.dims} do not fit the graph's {actual.dims} for '{actual.name}'"
+                                  " (batch dim excluded)", file=spec.path, field=f"{where}.dims",
+                                  fix=f"write dims: {actual.dims}")
+    return {actual.name: wanted.name for wanted, actual in zip(declared, graph)}
+
+
+def _merged(graph: list[TensorSpec], declared: list[TensorSpec] | None) -> list[TensorSpec]:
+    """Spec tensors where declared (they may be more specific, and carry range/optional), the
+    graph's for the rest."""
+    declared = declared or []
+    merged = []
+    for index, tensor in enumerate(graph):
+        if index >= len(declared):
+            merged.append(tensor)
+            continue
+        wanted = declared[index].model_copy()
+        if wanted.reshape is None and tensor.reshape is not None and wanted.dims == tensor.dims:
+            wanted.reshape = tensor.reshape
+        merged.append(wanted)
+    return merged
+
+
+def _client_reference(reference: Reference, renames: dict[str, str], inputs: list[TensorSpec],
+                      outputs: list[TensorSpec], batch_axis: bool) -> Reference:
+    """Wrap a converter's reference (graph names and shapes, source dtypes) so that it takes and
+    returns what Triton clients see: final tensor names, Triton dtypes, [batch] + dims shapes."""
+    from ..samples import NUMPY_DTYPES
+
+    original = {new: old for old, new in renames.items()}
+    model_shapes = {t.name: t.reshape for t in inputs if t.reshape is not None}
+
+    def client_reference(samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {}
+        for name, array in samples.items():
+            if name in model_shapes:
+                array = array.reshape(([len(array)] if batch_axis else []) + model_shapes[name])
+            feeds[original.get(name, name)] = array
+        answer = reference(feeds)
+        rows = len(next(iter(samples.values()))) if batch_axis else 0
+        result = {}
+        for tensor in outputs:
+            array = np.asarray(answer[original.get(tensor.name, tensor.name)])
+            if tensor.dtype == "STRING":
+                array = np.vectorize(lambda v: v if isinstance(v, bytes) else str(v).encode(),
+                                     otypes=[object])(array).astype(np.object_)
+            else:
+                array = array.astype(NUMPY_DTYPES[tensor.dtype], copy=False)
+            if tensor.reshape is not None:
+                array = array.reshape(([rows] if batch_axis else []) + tensor.dims)
+            result[tensor.name] = array
+        return result
+
+    return client_reference

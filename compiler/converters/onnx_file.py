@@ -1,0 +1,34 @@
+"""An ONNX file passed through: loaded, checked with onnx.checker, canonicalized. There is no source
+framework to compare with, so `reference` is None and verification only runs it in onnxruntime."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import ConversionError
+from ..spec import ModelSpec, Spec
+from .base import ConvertedModel, Converter, finish, register, source_file, versions
+from .sklearn import signature_text
+
+if TYPE_CHECKING:
+    from ..terminal import Terminal
+
+
+@register
+class OnnxFileConverter(Converter):
+    framework = "onnx"
+
+    def convert(self, model: ModelSpec, spec: Spec, terminal: "Terminal") -> ConvertedModel:
+        import onnx
+
+        path = source_file(model, spec, (".onnx",))
+        try:
+            onnx_model = onnx.load(str(path))
+        except Exception as exc:  # protobuf's DecodeError and friends: the file is not an ONNX model
+            raise ConversionError(f"model '{model.name}': cannot read {path.name} as ONNX: {exc}", file=spec.path,
+                                  field=f"models.{model.name}.source.path", fix="give a .onnx model file") from None
+        producer = onnx_model.producer_name or "onnx"
+        converted = finish(model, spec, onnx_model, tool=producer, reference=None, tools=versions("onnx"), summary="",
+                           producer_version=onnx_model.producer_version)
+        opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in onnx_model.opset_import)
+        converted.summary = f"onnx file {path.name} ({producer}, opset {opsets}): {signature_text(converted)}"
+        return converted

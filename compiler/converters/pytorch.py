@@ -1,0 +1,137 @@
+"""PyTorch nn.Module (factory, full-module torch.save, or TorchScript) -> ONNX with torch.onnx.export.
+
+The TorchScript-based exporter (dynamo=False) is used: it runs offline without onnxscript, writes the
+same bytes for the same module, and takes dynamic axes by name. The spec's inputs give names,
+dtypes and dims; the leading batch axis (max_batch_size > 0) and every -1 dim are exported dynamic.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from ..errors import ConversionError, lazy_import
+from ..samples import NUMPY_DTYPES
+from ..spec import ModelSpec, Spec
+from .base import ONNX_OPSET, ConvertedModel, Converter, call_factory, finish, register, source_file, \
+    spec_dir_on_path, versions
+from .sklearn import signature_text
+
+if TYPE_CHECKING:
+    from ..terminal import Terminal
+
+# Size of -1 dims in the example input traced for export (the axis is exported dynamic anyway).
+# Batch 2 keeps the exporter from specializing the batch axis to a constant 1.
+TRACE_BATCH = 2
+TRACE_VARIABLE_DIM = 3
+
+
+@contextlib.contextmanager
+def single_thread(torch: Any) -> Iterator[None]:
+    """Reference answers from one thread are the same on every run (reductions do not reorder)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@register
+class PyTorchConverter(Converter):
+    framework = "pytorch"
+    extra = "torch"
+    suffixes = (".pt", ".pth")
+
+    def convert(self, model: ModelSpec, spec: Spec, terminal: "Terminal") -> ConvertedModel:
+        torch = lazy_import("torch", purpose="converting a PyTorch model", extra="torch")
+        import onnx
+
+        module = call_factory(model, spec) if model.source.factory else self._load(torch, model, spec)
+        if not isinstance(module, (torch.nn.Module, torch.jit.ScriptModule)):
+            raise ConversionError(f"model '{model.name}': the pytorch source is a {type(module).__name__}, not an "
+                                  "nn.Module", field=f"models.{model.name}.source",
+                                  fix="return the module itself (a state_dict has no architecture)")
+        module.eval()
+        assert model.inputs is not None  # the spec requires inputs for pytorch models
+        batched = model.max_batch_size > 0
+        input_names = [t.name for t in model.inputs]
+        example = tuple(torch.from_numpy(np.zeros(
+            ([TRACE_BATCH] if batched else []) + [d if d > 0 else TRACE_VARIABLE_DIM for d in t.dims],
+            dtype=NUMPY_DTYPES[t.dtype])) for t in model.inputs)
+        with torch.no_grad():
+            first = module(*example)
+        count = 1 if isinstance(first, torch.Tensor) else len(first) if isinstance(first, (tuple, list)) else 0
+        if count == 0:
+            raise ConversionError(f"model '{model.name}': forward() returned {type(first).__name__}",
+                                  field=f"models.{model.name}.source", fix="return a tensor or a tuple of tensors")
+        output_names = self._output_names(model, count, spec)
+        dynamic_axes: dict[str, dict[int, str]] = {}
+        for tensor in model.inputs:
+            offset = 1 if batched else 0
+            axes = {offset + i: f"{tensor.name}_dim{i}" for i, d in enumerate(tensor.dims) if d == -1}
+            dynamic_axes[tensor.name] = ({0: "batch"} if batched else {}) | axes
+        if batched:
+            dynamic_axes.update({name: {0: "batch"} for name in output_names})
+        buffer = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            # The exporter warns that it is the legacy one; that is the choice made above.
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(module, example, buffer, dynamo=False, input_names=input_names,
+                                  output_names=output_names, dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET,
+                                  do_constant_folding=True)
+            except Exception as exc:  # the exporter raises many types; all mean "this module does not export"
+                raise ConversionError(f"model '{model.name}': torch.onnx.export failed: "
+                                      f"{str(exc).strip().splitlines()[0]}", file=spec.path,
+                                      field=f"models.{model.name}.source",
+                                      fix="make forward() traceable (no data-dependent Python control flow)") from None
+        onnx_model = onnx.load_from_string(buffer.getvalue())
+
+        def reference(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            tensors = [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in input_names]
+            with torch.no_grad(), single_thread(torch):
+                answer = module(*tensors)
+            answers = [answer] if isinstance(answer, torch.Tensor) else list(answer)
+            return {name: value.numpy() for name, value in zip(output_names, answers)}
+
+        converted = finish(model, spec, onnx_model, tool="torch", reference=reference, tools=versions("torch"),
+                           summary="")
+        parameters = sum(p.numel() for p in module.parameters())
+        converted.summary = (f"pytorch {type(module).__name__} ({parameters} parameters): "
+                             f"{signature_text(converted)}")
+        return converted
+
+    def _load(self, torch: Any, model: ModelSpec, spec: Spec) -> Any:
+        path = source_file(model, spec, self.suffixes)
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except RuntimeError:
+            pass  # not TorchScript: a module pickled with torch.save
+        with spec_dir_on_path(spec):
+            try:
+                # weights_only=False unpickles arbitrary classes: load only files you trust.
+                loaded = torch.load(str(path), map_location="cpu", weights_only=False)
+            except (AttributeError, ModuleNotFoundError) as exc:
+                raise ConversionError(f"model '{model.name}': cannot unpickle {path.name}: {exc}", file=spec.path,
+                                      field=f"models.{model.name}.source.path",
+                                      fix="put the module's class where the spec directory can import it, or "
+                                          "save with torch.jit.script(model).save(path)") from None
+        if isinstance(loaded, dict):
+            raise ConversionError(f"model '{model.name}': {path.name} holds a state_dict, which has no architecture",
+                                  file=spec.path, field=f"models.{model.name}.source",
+                                  fix="use a factory that builds the module and loads the state_dict")
+        return loaded
+
+    @staticmethod
+    def _output_names(model: ModelSpec, count: int, spec: Spec) -> list[str]:
+        if model.outputs:
+            if len(model.outputs) != count:
+                raise ConversionError(f"model '{model.name}' declares {len(model.outputs)} outputs but forward() "
+                                      f"returns {count}", file=spec.path, field=f"models.{model.name}.outputs",
+                                      fix=f"declare {count} outputs")
+            return [t.name for t in model.outputs]
+        return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]

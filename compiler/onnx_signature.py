@@ -1,0 +1,200 @@
+"""Reading and normalizing the tensor signature of an ONNX graph.
+
+Converters produce graphs whose declared input/output shapes are what Triton's config must match.
+This module turns a graph into Triton-style TensorSpecs (batch dim removed, rank-1 batched tensors as
+dims [1] + reshape []), renames graph tensors, repairs output shapes that converters declare wrongly,
+and strips the fields that would make the serialized bytes differ between two identical conversions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import ConversionError
+from .spec import TensorSpec
+
+if TYPE_CHECKING:
+    import onnx
+
+# onnx.TensorProto.DataType values -> Triton data types (without TYPE_).
+ONNX_TO_TRITON = {
+    1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64", 8: "STRING",
+    9: "BOOL", 10: "FP16", 11: "FP64", 12: "UINT32", 13: "UINT64", 16: "BF16",
+}
+TRITON_TO_ONNX = {triton: onnx_type for onnx_type, triton in ONNX_TO_TRITON.items()}
+
+# Name given to the symbolic batch dimension when this module writes one.
+BATCH_DIM = "batch"
+
+
+@dataclass
+class Signature:
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    batch_axis: bool
+
+
+def graph_inputs(model: "onnx.ModelProto") -> list:
+    """Graph inputs that are fed at run time (older exporters list initializers as inputs too)."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [value for value in model.graph.input if value.name not in initializers]
+
+
+def _shape(value) -> list[int | str | None]:
+    """Declared dims: int for a fixed size, str for a symbolic one, None when unknown."""
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return []
+    dims: list[int | str | None] = []
+    for dim in tensor_type.shape.dim:
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            dims.append(dim.dim_value)
+        elif dim.HasField("dim_param") and dim.dim_param:
+            dims.append(dim.dim_param)
+        else:
+            dims.append(None)
+    return dims
+
+
+def _dtype(value, model_name: str) -> str:
+    elem_type = value.type.tensor_type.elem_type
+    if not value.type.HasField("tensor_type") or elem_type not in ONNX_TO_TRITON:
+        raise ConversionError(f"model '{model_name}': graph tensor '{value.name}' is not a tensor of a type Triton "
+                              "serves (sequences, maps and complex types are not supported)",
+                              fix="disable ZipMap / export plain tensors")
+    return ONNX_TO_TRITON[elem_type]
+
+
+def signature(model: "onnx.ModelProto", model_name: str) -> Signature:
+    """The graph's inputs and outputs as TensorSpecs.
+
+    batch_axis is True when every input and output has a leading dim that is not a fixed size; the
+    leading dim is then dropped from dims. A tensor that is only the batch dim (shape [N]) becomes
+    dims [1] with reshape [] - Triton's convention for a per-row scalar. Unknown sizes become -1.
+    """
+    values = [*graph_inputs(model), *model.graph.output]
+    shapes = [_shape(v) for v in values]
+    batch_axis = bool(values) and all(shape and not isinstance(shape[0], int) for shape in shapes)
+
+    def tensor(value, shape) -> TensorSpec:
+        dims = [d if isinstance(d, int) else -1 for d in (shape[1:] if batch_axis else shape)]
+        if not dims:
+            return TensorSpec(name=value.name, dtype=_dtype(value, model_name), dims=[1], reshape=[])
+        return TensorSpec(name=value.name, dtype=_dtype(value, model_name), dims=dims)
+
+    inputs = [tensor(v, s) for v, s in zip(graph_inputs(model), shapes)]
+    outputs = [tensor(v, s) for v, s in zip(model.graph.output, shapes[len(inputs):])]
+    return Signature(inputs, outputs, batch_axis)
+
+
+def rename_tensors(model: "onnx.ModelProto", renames: dict[str, str]) -> None:
+    """Rename graph tensors everywhere they appear (graph I/O, node I/O, value_info, subgraphs)."""
+    renames = {old: new for old, new in renames.items() if old != new}
+    if not renames:
+        return
+    taken = {v.name for v in [*model.graph.input, *model.graph.output, *model.graph.value_info]}
+    taken |= {name for node in model.graph.node for name in [*node.input, *node.output]}
+    clashes = sorted(new for new in renames.values() if new in taken and new not in renames)
+    if clashes:
+        raise ConversionError(f"cannot rename graph tensors to {', '.join(clashes)}: the graph already has a "
+                              "tensor of that name", fix="choose another tensor name in the spec")
+
+    def walk(graph) -> None:
+        for value in [*graph.input, *graph.output, *graph.value_info]:
+            value.name = renames.get(value.name, value.name)
+        for init in graph.initializer:
+            init.name = renames.get(init.name, init.name)
+        for node in graph.node:
+            node.input[:] = [renames.get(n, n) for n in node.input]
+            node.output[:] = [renames.get(n, n) for n in node.output]
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    walk(attribute.g)
+                for subgraph in attribute.graphs:
+                    walk(subgraph)
+
+    walk(model.graph)
+
+
+def fix_batch_output_shapes(model: "onnx.ModelProto", probe: dict[str, np.ndarray]) -> None:
+    """Rewrite declared output shapes from two real runs (batch 2 and batch 3).
+
+    Some converters declare wrong output shapes (onnxmltools' LightGBM label is declared [1] though
+    it is [N]); Triton's config must match the real ones. A dim that follows the batch size becomes
+    the symbolic batch dim, every other dim its observed size. `probe` holds inputs at batch 2.
+    """
+    runner = session(model)
+    names = [o.name for o in model.graph.output]
+    at_two = runner.run(names, probe)
+    at_three = runner.run(names, {k: np.concatenate([v, v[:1]]) for k, v in probe.items()})
+    for output, two, three in zip(model.graph.output, at_two, at_three):
+        shape = output.type.tensor_type.shape
+        shape.ClearField("dim")
+        for axis, (size_two, size_three) in enumerate(zip(two.shape, three.shape)):
+            dim = shape.dim.add()
+            if axis == 0 and size_two == 2 and size_three == 3:
+                dim.dim_param = BATCH_DIM
+            else:
+                dim.dim_value = size_two
+
+
+def canonicalize(model: "onnx.ModelProto", graph_name: str, producer: str, producer_version: str) -> None:
+    """Make the serialized bytes depend on the model only: fixed producer and graph name (converters
+    name graphs by random UUID), no doc strings or metadata (exporters put timestamps, source paths
+    and stack traces there)."""
+    model.graph.name = graph_name
+    model.producer_name = producer
+    model.producer_version = producer_version
+    model.doc_string = ""
+    model.domain = ""
+    model.model_version = 0
+    del model.metadata_props[:]
+
+    def strip(graph) -> None:
+        graph.doc_string = ""
+        for value in [*graph.input, *graph.output, *graph.value_info]:
+            value.doc_string = ""
+        for node in graph.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+            for attribute in node.attribute:
+                attribute.doc_string = ""
+                if attribute.HasField("g"):
+                    strip(attribute.g)
+                for subgraph in attribute.graphs:
+                    strip(subgraph)
+
+    strip(model.graph)
+    for function in model.functions:
+        function.doc_string = ""
+        for node in function.node:
+            node.doc_string = ""
+    # Converters sometimes list the same opset twice (skl2onnx does); keep one entry per domain.
+    seen: dict[str, int] = {}
+    for opset in model.opset_import:
+        seen[opset.domain] = max(seen.get(opset.domain, 0), opset.version)
+    del model.opset_import[:]
+    for domain, version in seen.items():
+        entry = model.opset_import.add()
+        entry.domain, entry.version = domain, version
+
+
+def _session_options():
+    """CPU, one thread, sequential: the same answer on every run and every machine core count."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return options
+
+
+def session(model: "onnx.ModelProto"):
+    """A deterministic onnxruntime CPU session for verification and probing."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), _session_options(), providers=["CPUExecutionProvider"])

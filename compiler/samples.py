@@ -1,0 +1,94 @@
+"""Sample inputs for verification and for `tritonize check`: the spec's own, or seeded random ones."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import SpecError
+from .spec import ModelSpec, TensorSpec
+
+# Triton data type -> numpy dtype of the arrays clients send and backends receive. BF16 has no
+# numpy type; Triton clients carry it as float32.
+NUMPY_DTYPES = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
+    "FP32": np.float32, "FP64": np.float64, "BF16": np.float32, "STRING": np.object_,
+}
+_TRITON_BY_NUMPY = {np.dtype(v): k for k, v in NUMPY_DTYPES.items() if k not in ("BF16",)}
+
+# Size used for a variable (-1) non-batch dim when generating samples.
+VARIABLE_DIM_SIZE = 4
+
+
+def triton_dtype_of(array: np.ndarray) -> str:
+    """Triton data type name of a numpy array (bytes/str/object arrays are STRING)."""
+    if array.dtype.kind in "OSU":
+        return "STRING"
+    return _TRITON_BY_NUMPY[array.dtype]
+
+
+def make_samples(model: ModelSpec, inputs: list[TensorSpec], batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Sample inputs keyed by tensor name, shaped as clients send them: [batch] + dims.
+
+    batch == 0 means the model does not batch (max_batch_size 0): the shape is dims alone. The spec's
+    `sample_inputs` win when given (batch and seed are then unused); otherwise each input is drawn
+    uniformly from its `range` (default [0, 1]) with a generator seeded by `seed`, in input order,
+    so the same spec always yields the same samples. STRING samples are bytes, as Triton carries them.
+    """
+    if model.sample_inputs is not None:
+        return _given_samples(model, inputs)
+    rng = np.random.default_rng(seed)
+    samples: dict[str, np.ndarray] = {}
+    for tensor in inputs:
+        shape = ([batch] if batch > 0 else []) + [d if d > 0 else VARIABLE_DIM_SIZE for d in tensor.dims]
+        low, high = tensor.range if tensor.range is not None else (0.0, 1.0)
+        samples[tensor.name] = _draw(rng, tensor.dtype, shape, low, high)
+    return samples
+
+
+def _draw(rng: np.random.Generator, dtype: str, shape: list[int], low: float, high: float) -> np.ndarray:
+    if dtype == "BOOL":
+        return rng.random(shape) < 0.5
+    if dtype == "STRING":
+        values = rng.uniform(low, high, shape)
+        return np.vectorize(lambda v: f"{v:.4f}".encode(), otypes=[object])(values).astype(np.object_)
+    numpy_type = np.dtype(NUMPY_DTYPES[dtype])
+    if numpy_type.kind in "iu":
+        info = np.iinfo(numpy_type)
+        lo, hi = max(math.ceil(low), info.min), min(math.floor(high), info.max)
+        if lo > hi:
+            raise SpecError(f"range [{low}, {high}] holds no {dtype} value", fix="widen the input's range")
+        return rng.integers(lo, hi, size=shape, endpoint=True, dtype=numpy_type)
+    return rng.uniform(low, high, shape).astype(numpy_type)
+
+
+def _given_samples(model: ModelSpec, inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    given = model.sample_inputs or {}
+    by_name = {t.name: t for t in inputs}
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        raise SpecError(f"sample_inputs names unknown input(s) {', '.join(unknown)}",
+                        field=f"models.{model.name}.sample_inputs",
+                        fix=f"use the model's input names: {', '.join(by_name)}")
+    missing = [t.name for t in inputs if t.name not in given and not t.optional]
+    if missing:
+        raise SpecError(f"sample_inputs lacks input(s) {', '.join(missing)}", field=f"models.{model.name}.sample_inputs",
+                        fix="give a value list for every required input")
+    samples: dict[str, np.ndarray] = {}
+    for name, values in given.items():
+        tensor = by_name[name]
+        if tensor.dtype == "STRING":
+            array = np.vectorize(lambda v: v if isinstance(v, bytes) else str(v).encode(), otypes=[object])(
+                np.asarray(values, dtype=object)).astype(np.object_)
+        else:
+            array = np.asarray(values, dtype=NUMPY_DTYPES[tensor.dtype])
+        expected = tensor.dims if model.max_batch_size == 0 else [-1, *tensor.dims]
+        if array.ndim != len(expected) or any(e > 0 and e != s for e, s in zip(expected, array.shape)):
+            shown = "[" + ", ".join("batch" if e == -1 and i == 0 and model.max_batch_size else str(e)
+                                    for i, e in enumerate(expected)) + "]"
+            raise SpecError(f"sample_inputs.{name} has shape {list(array.shape)}, expected {shown}",
+                            field=f"models.{model.name}.sample_inputs.{name}",
+                            fix="give one row per sample, each shaped like the input's dims")
+        samples[name] = array
+    return samples

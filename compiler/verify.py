@@ -1,0 +1,220 @@
+"""Numeric verification: the converted ONNX graph under onnxruntime against the source framework.
+
+onnxruntime runs on the CPU execution provider with one thread and sequential execution, so the
+same samples give the same numbers on every run; errors are recorded to 3 significant digits so
+the manifest is byte-stable.
+
+Default tolerances, per output data type (element passes when |onnx - source| <= atol + rtol*|source|):
+- FP32: atol 1e-4, rtol 1e-3. The ONNX kernels compute in float32 while sklearn/xgboost/lightgbm
+  accumulate in float64 (and torch may sum in another order); a float32 sum of a few hundred terms
+  drifts by ~1e-6 relative, tree-ensemble averages by ~1e-7 per tree. 1e-4/1e-3 leaves a 100x margin
+  and still catches a wrong class order, a missing transform or a wrong activation.
+- FP64: atol 1e-7, rtol 1e-6 (double kernels, only summation order differs).
+- FP16: atol 1e-2, rtol 1e-2 (10-bit mantissa: one rounding is ~5e-4 relative, a few compound).
+- BF16: atol 5e-2, rtol 2e-2 (7-bit mantissa: one rounding is ~4e-3 relative).
+- integers, BOOL, STRING (labels): exact. `verify.max_label_mismatch` allows that fraction of
+  samples to differ: a tree threshold stored as float32 in ONNX but float64 in the source can flip
+  a sample lying within float32 rounding of a split. Rows whose label is allowed to differ are left
+  out of the float comparison of that model's other outputs (their probabilities differ too).
+`verify.atol` / `verify.rtol` in the spec replace the defaults for every floating output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import ConversionError
+from .spec import TensorSpec, VerifySpec
+
+if TYPE_CHECKING:
+    from .converters import ConvertedModel
+
+FLOAT_TOLERANCES = {"FP32": (1e-4, 1e-3), "FP64": (1e-7, 1e-6), "FP16": (1e-2, 1e-2), "BF16": (5e-2, 2e-2)}
+NO_SOURCE_NOTE = "no source framework: checked that onnxruntime runs it"
+
+
+def significant(value: float, digits: int = 3) -> float:
+    """Round to `digits` significant digits so the manifest does not change with the last bits."""
+    return float(f"{value:.{digits}g}")
+
+
+@dataclass
+class OutputCheck:
+    name: str
+    dtype: str
+    exact: bool
+    atol: float = 0.0
+    rtol: float = 0.0
+    max_abs_error: float = 0.0
+    max_rel_error: float = 0.0
+    mismatched_rows: int = 0
+    passed: bool = True
+
+    def to_manifest(self) -> dict[str, Any]:
+        if self.exact:
+            return {"dtype": self.dtype, "compare": "exact", "mismatched_samples": self.mismatched_rows,
+                    "passed": self.passed}
+        return {"dtype": self.dtype, "max_abs_error": significant(self.max_abs_error),
+                "max_rel_error": significant(self.max_rel_error), "atol": self.atol, "rtol": self.rtol,
+                "passed": self.passed}
+
+
+@dataclass
+class VerificationReport:
+    model: str
+    source: str | None  # framework compared against; None for a plain ONNX file
+    samples: int
+    checks: list[OutputCheck] = field(default_factory=list)
+    max_label_mismatch: float = 0.0
+    # What onnxruntime answered, shaped as Triton clients see it ([batch] + dims).
+    onnx_outputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    def tolerances(self) -> dict[str, dict[str, float]]:
+        """Per-output tolerance for comparing a served answer with the source's (0/0: exact)."""
+        return {c.name: {"atol": c.atol, "rtol": c.rtol} for c in self.checks}
+
+    def to_manifest(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"runtime": "onnxruntime CPUExecutionProvider, 1 thread", "samples": self.samples}
+        if self.source is None:
+            entry.update({"source": None, "note": NO_SOURCE_NOTE, "passed": True})
+            return entry
+        entry["source"] = self.source
+        if self.max_label_mismatch:
+            entry["max_label_mismatch"] = self.max_label_mismatch
+        entry["outputs"] = {check.name: check.to_manifest() for check in self.checks}
+        entry["passed"] = self.passed
+        return entry
+
+
+def verify(converted: "ConvertedModel", samples: dict[str, np.ndarray], settings: VerifySpec) -> VerificationReport:
+    """Run the ONNX graph on `samples` and compare with the source framework; raise ConversionError
+    (one line, with the numbers and the fix) when an output disagrees beyond tolerance."""
+    onnx_outputs = run_onnx(converted, samples)
+    rows = len(next(iter(samples.values()))) if samples else 0
+    report = VerificationReport(converted.name, converted.framework if converted.reference else None,
+                                rows, max_label_mismatch=settings.max_label_mismatch, onnx_outputs=onnx_outputs)
+    if converted.reference is None:
+        report.checks = [OutputCheck(t.name, t.dtype, exact=t.dtype not in FLOAT_TOLERANCES)
+                         for t in converted.outputs]
+        for check in report.checks:
+            if not check.exact:
+                check.atol, check.rtol = _tolerance(check.dtype, settings)
+        return report
+    expected = converted.reference(samples)
+    exact_outputs = [t for t in converted.outputs if t.dtype not in FLOAT_TOLERANCES]
+    float_outputs = [t for t in converted.outputs if t.dtype in FLOAT_TOLERANCES]
+    # Rows where some discrete output differs, allowed by max_label_mismatch, are excluded below.
+    excused = np.zeros(rows if converted.batch_axis else 1, dtype=bool)
+    for tensor in exact_outputs:
+        check = _compare_exact(tensor, onnx_outputs[tensor.name], expected[tensor.name], converted.batch_axis)
+        report.checks.append(check)
+        differing = _differing_rows(tensor, onnx_outputs[tensor.name], expected[tensor.name], converted.batch_axis)
+        if check.mismatched_rows and check.mismatched_rows <= settings.max_label_mismatch * max(rows, 1):
+            excused |= differing
+        elif check.mismatched_rows:
+            check.passed = False
+            allowed = int(settings.max_label_mismatch * max(rows, 1))
+            raise ConversionError(
+                f"model '{converted.name}' output '{tensor.name}': ONNX differs from {converted.framework} on "
+                f"{check.mismatched_rows} of {rows} samples (allowed {allowed}, exact {tensor.dtype} compare)",
+                field=f"models.{converted.name}.verify",
+                fix=f"if these are split-boundary flips, set verify.max_label_mismatch to "
+                    f"{significant(check.mismatched_rows / max(rows, 1) * 1.5, 2)}; otherwise the conversion is wrong")
+    for tensor in float_outputs:
+        atol, rtol = _tolerance(tensor.dtype, settings)
+        got, want = onnx_outputs[tensor.name], expected[tensor.name]
+        if converted.batch_axis and excused.any():
+            got, want = got[~excused], want[~excused]
+        check = _compare_float(tensor, got, want, atol, rtol)
+        report.checks.append(check)
+        if not check.passed:
+            raise ConversionError(
+                f"model '{converted.name}' output '{tensor.name}': ONNX differs from {converted.framework} by max abs "
+                f"error {significant(check.max_abs_error)} / max rel error {significant(check.max_rel_error)} on "
+                f"{rows} samples, above tolerance atol {atol:g} + rtol {rtol:g}*|expected|",
+                field=f"models.{converted.name}.verify",
+                fix=f"if that error is acceptable, raise verify.atol to {significant(check.max_abs_error * 2, 2):g} "
+                    "(or verify.rtol); otherwise the conversion is wrong")
+    return report
+
+
+def run_onnx(converted: "ConvertedModel", samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One deterministic onnxruntime run; inputs and outputs shaped as clients see them."""
+    from .onnx_signature import session
+
+    try:
+        runner = session(converted.onnx_model)
+        feeds = {t.name: _to_graph(samples[t.name], t, converted.batch_axis) for t in converted.inputs
+                 if t.name in samples}
+        answers = runner.run([t.name for t in converted.outputs], feeds)
+    except Exception as exc:  # onnxruntime raises its own exception types for load and run failures
+        raise ConversionError(f"model '{converted.name}': onnxruntime cannot run the ONNX graph: "
+                              f"{str(exc).strip().splitlines()[0]}", field=f"models.{converted.name}",
+                              fix="check the model's inputs (names, dtypes, dims, range) against the graph") from None
+    rows = len(next(iter(samples.values()))) if samples else 0
+    return {t.name: _to_client(answer, t, converted.batch_axis, rows) for t, answer in zip(converted.outputs, answers)}
+
+
+def _to_graph(array: np.ndarray, tensor: TensorSpec, batch_axis: bool) -> np.ndarray:
+    if tensor.dtype == "STRING":  # Triton carries bytes; onnxruntime wants str
+        array = np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else str(v), otypes=[object])(array)
+    if tensor.reshape is not None:
+        array = array.reshape(([len(array)] if batch_axis else []) + list(tensor.reshape))
+    return array
+
+
+def _to_client(array: np.ndarray, tensor: TensorSpec, batch_axis: bool, rows: int) -> np.ndarray:
+    array = np.asarray(array)
+    if tensor.dtype == "STRING":
+        array = np.vectorize(lambda v: v if isinstance(v, bytes) else str(v).encode(), otypes=[object])(array)
+    if tensor.reshape is not None:
+        array = array.reshape(([rows] if batch_axis else []) + list(tensor.dims))
+    return array
+
+
+def _tolerance(dtype: str, settings: VerifySpec) -> tuple[float, float]:
+    atol, rtol = FLOAT_TOLERANCES[dtype]
+    return (settings.atol if settings.atol is not None else atol, settings.rtol if settings.rtol is not None else rtol)
+
+
+def _differing_rows(tensor: TensorSpec, got: np.ndarray, want: np.ndarray, batch_axis: bool) -> np.ndarray:
+    _same_shape(tensor, got, want)
+    unequal = np.asarray(got != want)
+    if not batch_axis:
+        return np.atleast_1d(unequal.any())
+    return unequal.reshape(len(unequal), -1).any(axis=1)
+
+
+def _compare_exact(tensor: TensorSpec, got: np.ndarray, want: np.ndarray, batch_axis: bool) -> OutputCheck:
+    mismatched = int(_differing_rows(tensor, got, want, batch_axis).sum())
+    return OutputCheck(tensor.name, tensor.dtype, exact=True, mismatched_rows=mismatched)
+
+
+def _compare_float(tensor: TensorSpec, got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> OutputCheck:
+    _same_shape(tensor, got, want)
+    got64, want64 = got.astype(np.float64), want.astype(np.float64)
+    error = np.abs(got64 - want64)
+    # NaN where the source says NaN is agreement; NaN anywhere else is an infinite error.
+    both_nan = np.isnan(got64) & np.isnan(want64)
+    error = np.where(both_nan, 0.0, np.where(np.isnan(error), np.inf, error))
+    magnitude = np.abs(want64)
+    # Relative error is reported where it means something: where |expected| exceeds atol.
+    significant_rows = magnitude > atol
+    relative = error[significant_rows] / magnitude[significant_rows]
+    check = OutputCheck(tensor.name, tensor.dtype, exact=False, atol=atol, rtol=rtol,
+                        max_abs_error=float(error.max()) if error.size else 0.0,
+                        max_rel_error=float(relative.max()) if relative.size else 0.0)
+    check.passed = bool(np.all(error <= atol + rtol * magnitude))
+    return check
+
+
+def _same_shape(tensor: TensorSpec, got: np.ndarray, want: np.ndarray) -> None:
+    if got.shape != want.shape:
+        raise ConversionError(f"output '{tensor.name}': ONNX answered shape {list(got.shape)} where the source answered {list(want.shape)}",
+                              fix="declare the output dims the model really produces")

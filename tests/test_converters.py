@@ -1,0 +1,620 @@
+"""Converters end to end on tiny real models: convert, verify against the source framework, the
+same bytes twice, spec overrides, and the errors users meet. Plus the python-backend ONNX runner
+(batching logic directly, then served by a real tritonserver) and the demo's example models."""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tritonize.converters import convert, registered_frameworks
+from tritonize.errors import ConversionError, MissingDependency
+from tritonize.samples import make_samples
+from tritonize.spec import Spec, load_spec
+from tritonize.terminal import Terminal
+from tritonize.verify import verify
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TERMINAL = Terminal(quiet=True)
+
+# Factories the specs below name; trained in milliseconds, deterministic (fixed seeds, one thread).
+FACTORIES = '''
+import numpy as np
+
+
+def _iris():
+    from sklearn.datasets import load_iris
+    return load_iris(return_X_y=True)
+
+
+def _diabetes():
+    from sklearn.datasets import load_diabetes
+    return load_diabetes(return_X_y=True)
+
+
+def logistic():
+    from sklearn.linear_model import LogisticRegression
+    return LogisticRegression(max_iter=500).fit(*_iris())
+
+
+def forest():
+    from sklearn.ensemble import RandomForestClassifier
+    return RandomForestClassifier(n_estimators=5, max_depth=3, random_state=0, n_jobs=1).fit(*_iris())
+
+
+def ridge():
+    from sklearn.linear_model import Ridge
+    return Ridge().fit(*_diabetes())
+
+
+def xgb_classifier():
+    from xgboost import XGBClassifier
+    return XGBClassifier(n_estimators=5, max_depth=2, random_state=0, n_jobs=1).fit(*_iris())
+
+
+def lgbm_classifier():
+    from lightgbm import LGBMClassifier
+    return LGBMClassifier(n_estimators=5, num_leaves=4, random_state=0, n_jobs=1, deterministic=True,
+                          force_row_wise=True, verbose=-1).fit(*_iris())
+
+
+def mlp():
+    import torch
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).eval()
+
+
+def two_heads():
+    import torch
+
+    class Heads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            hidden = self.body(x)
+            return hidden.softmax(dim=1), hidden.argmax(dim=1)
+
+    torch.manual_seed(0)
+    return Heads().eval()
+
+
+def not_fitted():
+    from sklearn.linear_model import LogisticRegression
+    return LogisticRegression()
+'''
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A spec directory holding the factories module and saved model files."""
+    root = tmp_path_factory.mktemp("converters")
+    (root / "converter_factories.py").write_text(FACTORIES)
+    return root
+
+
+def make_spec(workdir: Path, models: list[dict], name: str = "model.yaml") -> Spec:
+    path = workdir / name
+    path.write_text(yaml.safe_dump({"models": models}, sort_keys=False))
+    return load_spec(path)
+
+
+def converted_and_verified(workdir: Path, model: dict):
+    spec = make_spec(workdir, [model])
+    converted = convert(spec.models[0], spec, TERMINAL)
+    samples = make_samples(spec.models[0], converted.inputs, batch=spec.models[0].verify.samples,
+                           seed=spec.models[0].verify.seed)
+    return spec, converted, verify(converted, samples, spec.models[0].verify)
+
+
+def digest(converted) -> str:
+    return hashlib.sha256(converted.onnx_model.SerializeToString()).hexdigest()
+
+
+def signature(tensors) -> list[tuple]:
+    return [(t.name, t.dtype, t.dims, t.reshape) for t in tensors]
+
+
+# -- sklearn ------------------------------------------------------------------------------------
+
+def test_sklearn_classifier_label_and_probabilities(workdir):
+    model = {"name": "iris_lr", "source": {"framework": "sklearn", "factory": "converter_factories:logistic"}}
+    spec, converted, report = converted_and_verified(workdir, model)
+    assert converted.batch_axis
+    assert signature(converted.inputs) == [("input", "FP32", [4], None)]
+    # A per-row label is dims [1] with reshape [] (the graph answers [N]).
+    assert signature(converted.outputs) == [("label", "INT64", [1], []), ("probabilities", "FP32", [3], None)]
+    assert report.passed
+    entry = report.to_manifest()
+    assert entry["samples"] == 64 and entry["source"] == "sklearn"
+    # LogisticRegression: float32 ONNX kernels vs float64 sklearn, well inside atol 1e-4.
+    assert entry["outputs"]["probabilities"]["max_abs_error"] < 1e-5
+    assert entry["outputs"]["label"] == {"dtype": "INT64", "compare": "exact", "mismatched_samples": 0, "passed": True}
+    assert "LogisticRegression" in converted.summary and "skl2onnx" in converted.tools
+    # Deterministic: converting the same source again gives the same bytes.
+    assert digest(convert(spec.models[0], spec, TERMINAL)) == digest(converted)
+
+
+def test_sklearn_reference_answers_as_clients_see_them(workdir):
+    model = {"name": "iris_forest", "source": {"framework": "sklearn", "factory": "converter_factories:forest"}}
+    spec, converted, report = converted_and_verified(workdir, model)
+    rows = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+    expected = converted.reference({"input": rows})
+    assert expected["label"].shape == (2, 1) and expected["label"].dtype == np.int64
+    assert expected["label"][:, 0].tolist() == [0, 2]  # setosa, virginica
+    assert expected["probabilities"].dtype == np.float32
+    assert report.onnx_outputs["label"].shape == (64, 1)
+
+
+def test_sklearn_regressor_output_is_named_prediction(workdir):
+    model = {"name": "diabetes_ridge", "source": {"framework": "sklearn", "factory": "converter_factories:ridge"},
+             "inputs": [{"name": "input", "dtype": "FP32", "dims": [10], "range": [-0.2, 0.2]}]}
+    _, converted, report = converted_and_verified(workdir, model)
+    assert signature(converted.outputs) == [("prediction", "FP32", [1], None)]
+    assert report.passed
+
+
+def test_sklearn_from_joblib_file_with_renamed_input(workdir):
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    joblib.dump(make_pipeline(StandardScaler(), SVC(probability=True, random_state=0)).fit(*load_iris(return_X_y=True)),
+                workdir / "svc.joblib")
+    model = {"name": "iris_svc", "source": {"framework": "sklearn", "path": "svc.joblib"},
+             "inputs": [{"name": "features", "dtype": "FP32", "dims": [4]}],
+             "outputs": [{"name": "species", "dtype": "INT64", "dims": [1]}]}
+    _, converted, report = converted_and_verified(workdir, model)
+    assert [i.name for i in converted.onnx_model.graph.input] == ["features"]
+    assert [o.name for o in converted.onnx_model.graph.output] == ["species", "probabilities"]
+    # The spec said dims [1]; the graph answers [N], so the reshape [] is kept.
+    assert signature(converted.outputs)[0] == ("species", "INT64", [1], [])
+    assert report.passed and "Pipeline(StandardScaler() -> SVC(probability=True))" in converted.summary
+
+
+def test_spec_dtype_that_contradicts_the_graph_is_rejected(workdir):
+    spec = make_spec(workdir, [{"name": "bad_dtype", "source": {"framework": "sklearn",
+                                                                "factory": "converter_factories:logistic"},
+                                "outputs": [{"name": "label", "dtype": "INT32", "dims": [1]}]}])
+    with pytest.raises(ConversionError, match=r"dtype INT32 does not match the graph's INT64.*write dtype: INT64"):
+        convert(spec.models[0], spec, TERMINAL)
+
+
+def test_spec_dims_that_contradict_the_graph_are_rejected(workdir):
+    spec = make_spec(workdir, [{"name": "bad_dims", "source": {"framework": "sklearn",
+                                                               "factory": "converter_factories:logistic"},
+                                "outputs": [{"name": "label", "dtype": "INT64", "dims": [1]},
+                                            {"name": "probabilities", "dtype": "FP32", "dims": [4]}]}])
+    with pytest.raises(ConversionError, match=r"models.bad_dims.outputs\[1\].dims.*write dims: \[3\]"):
+        convert(spec.models[0], spec, TERMINAL)
+
+
+def test_unfitted_estimator_is_a_user_error(workdir):
+    spec = make_spec(workdir, [{"name": "unfitted", "source": {"framework": "sklearn",
+                                                               "factory": "converter_factories:not_fitted"}}])
+    with pytest.raises(ConversionError, match="not fitted"):
+        convert(spec.models[0], spec, TERMINAL)
+
+
+# -- xgboost / lightgbm -------------------------------------------------------------------------
+
+def test_xgboost_classifier_from_factory_and_saved_file(workdir):
+    model = {"name": "iris_xgb", "source": {"framework": "xgboost", "factory": "converter_factories:xgb_classifier"}}
+    spec, converted, report = converted_and_verified(workdir, model)
+    assert signature(converted.outputs) == [("label", "INT64", [1], []), ("probabilities", "FP32", [3], None)]
+    assert report.passed
+    assert digest(convert(spec.models[0], spec, TERMINAL)) == digest(converted)
+
+    sys.path.insert(0, str(workdir))
+    try:
+        import converter_factories
+    finally:
+        sys.path.remove(str(workdir))
+    converter_factories.xgb_classifier().save_model(workdir / "iris_xgb.json")
+    _, from_file, file_report = converted_and_verified(
+        workdir, {"name": "iris_xgb_file", "source": {"framework": "xgboost", "path": "iris_xgb.json"}})
+    assert signature(from_file.outputs) == signature(converted.outputs) and file_report.passed
+
+
+def test_xgboost_regressor_from_saved_file(workdir):
+    from sklearn.datasets import load_diabetes
+    from xgboost import XGBRegressor
+
+    XGBRegressor(n_estimators=5, max_depth=2, random_state=0, n_jobs=1).fit(
+        *load_diabetes(return_X_y=True)).save_model(workdir / "diabetes.ubj")
+    model = {"name": "diabetes_xgb", "source": {"framework": "xgboost", "path": "diabetes.ubj"}}
+    _, converted, report = converted_and_verified(workdir, model)
+    assert signature(converted.outputs) == [("prediction", "FP32", [1], None)]
+    assert report.passed
+
+
+def test_lightgbm_classifier_label_shape_is_repaired(workdir):
+    # onnxmltools declares LightGBM's label as [1]; the converter takes the real shape [N].
+    model = {"name": "iris_lgbm", "source": {"framework": "lightgbm", "factory": "converter_factories:lgbm_classifier"}}
+    spec, converted, report = converted_and_verified(workdir, model)
+    assert converted.batch_axis
+    assert signature(converted.outputs) == [("label", "INT64", [1], []), ("probabilities", "FP32", [3], None)]
+    assert report.passed
+    assert digest(convert(spec.models[0], spec, TERMINAL)) == digest(converted)
+
+
+def test_lightgbm_booster_text_file(workdir):
+    import lightgbm
+    from sklearn.datasets import load_diabetes
+
+    features, target = load_diabetes(return_X_y=True)
+    booster = lightgbm.train({"objective": "regression", "num_leaves": 4, "verbose": -1, "num_threads": 1,
+                              "deterministic": True, "force_row_wise": True}, lightgbm.Dataset(features, target),
+                             num_boost_round=5)
+    booster.save_model(str(workdir / "diabetes_lgbm.txt"))
+    model = {"name": "diabetes_lgbm", "source": {"framework": "lightgbm", "path": "diabetes_lgbm.txt"},
+             "inputs": [{"name": "input", "dtype": "FP32", "dims": [10], "range": [-0.2, 0.2]}]}
+    _, converted, report = converted_and_verified(workdir, model)
+    assert signature(converted.outputs) == [("prediction", "FP32", [1], None)]
+    assert report.passed and "objective=regression" in converted.summary
+
+
+# -- pytorch ------------------------------------------------------------------------------------
+
+TORCH_INPUTS = [{"name": "x", "dtype": "FP32", "dims": [8], "range": [-1, 1]}]
+
+
+def test_pytorch_factory_export_is_dynamic_and_deterministic(workdir):
+    model = {"name": "tiny_mlp", "source": {"framework": "pytorch", "factory": "converter_factories:mlp"},
+             "inputs": TORCH_INPUTS}
+    spec, converted, report = converted_and_verified(workdir, model)
+    assert converted.batch_axis
+    assert signature(converted.inputs) == [("x", "FP32", [8], None)]
+    assert signature(converted.outputs) == [("output", "FP32", [3], None)]
+    assert converted.inputs[0].range == (-1.0, 1.0)  # the spec's tensor, with its sampling range
+    assert report.passed
+    assert digest(convert(spec.models[0], spec, TERMINAL)) == digest(converted)
+
+
+def test_pytorch_two_outputs_named_from_spec(workdir):
+    model = {"name": "heads", "source": {"framework": "pytorch", "factory": "converter_factories:two_heads"},
+             "inputs": TORCH_INPUTS, "outputs": [{"name": "scores", "dtype": "FP32", "dims": [4]},
+                                                 {"name": "best", "dtype": "INT64", "dims": [1]}]}
+    _, converted, report = converted_and_verified(workdir, model)
+    assert signature(converted.outputs) == [("scores", "FP32", [4], None), ("best", "INT64", [1], [])]
+    assert report.passed
+
+
+def test_pytorch_torchscript_and_pickled_module_files(workdir):
+    import torch
+
+    sys.path.insert(0, str(workdir))
+    try:
+        import converter_factories
+    finally:
+        sys.path.remove(str(workdir))
+    module = converter_factories.mlp()
+    torch.jit.script(module).save(str(workdir / "mlp_script.pt"))
+    torch.save(module, workdir / "mlp_full.pt")
+    torch.save(module.state_dict(), workdir / "mlp_weights.pt")
+    for path in ("mlp_script.pt", "mlp_full.pt"):
+        _, converted, report = converted_and_verified(
+            workdir, {"name": "mlp_file", "source": {"framework": "pytorch", "path": path}, "inputs": TORCH_INPUTS})
+        assert signature(converted.outputs) == [("output", "FP32", [3], None)] and report.passed, path
+    spec = make_spec(workdir, [{"name": "weights_only", "source": {"framework": "pytorch", "path": "mlp_weights.pt"},
+                                "inputs": TORCH_INPUTS}])
+    with pytest.raises(ConversionError, match="state_dict.*use a factory"):
+        convert(spec.models[0], spec, TERMINAL)
+
+
+def test_pytorch_output_count_mismatch(workdir):
+    spec = make_spec(workdir, [{"name": "heads_wrong", "source": {"framework": "pytorch",
+                                                                  "factory": "converter_factories:two_heads"},
+                                "inputs": TORCH_INPUTS, "outputs": [{"name": "only", "dtype": "FP32", "dims": [4]}]}])
+    with pytest.raises(ConversionError, match="declares 1 outputs but forward\\(\\) returns 2"):
+        convert(spec.models[0], spec, TERMINAL)
+
+
+# -- onnx pass-through --------------------------------------------------------------------------
+
+def test_onnx_file_pass_through_with_renamed_input(workdir):
+    _, source, _ = converted_and_verified(
+        workdir, {"name": "to_file", "source": {"framework": "sklearn", "factory": "converter_factories:logistic"}})
+    (workdir / "iris.onnx").write_bytes(source.onnx_model.SerializeToString())
+    model = {"name": "iris_onnx", "source": {"framework": "onnx", "path": "iris.onnx"},
+             "inputs": [{"name": "measurements", "dtype": "FP32", "dims": [4], "range": [0, 8]}]}
+    spec, converted, report = converted_and_verified(workdir, model)
+    assert converted.reference is None
+    assert signature(converted.inputs) == [("measurements", "FP32", [4], None)]
+    assert signature(converted.outputs) == signature(source.outputs)
+    entry = report.to_manifest()
+    assert entry["passed"] and entry["note"] == "no source framework: checked that onnxruntime runs it"
+    assert report.onnx_outputs["probabilities"].shape == (64, 3)
+    assert digest(convert(spec.models[0], spec, TERMINAL)) == digest(converted)
+
+
+def test_corrupt_onnx_file(workdir):
+    (workdir / "broken.onnx").write_bytes(b"this is not a protobuf")
+    spec = make_spec(workdir, [{"name": "broken", "source": {"framework": "onnx", "path": "broken.onnx"}}])
+    with pytest.raises(ConversionError, match="cannot read broken.onnx as ONNX"):
+        convert(spec.models[0], spec, TERMINAL)
+
+
+# -- user errors shared by all converters ------------------------------------------------------
+
+def test_missing_model_file(workdir):
+    # load_spec already refuses a missing path; a spec built in memory reaches the converter.
+    spec = Spec.model_validate({"models": [{"name": "gone", "source": {"framework": "xgboost", "path": "gone.json"}}]})
+    spec._path = workdir / "model.yaml"
+    with pytest.raises(ConversionError, match=r"model file not found: gone.json"):
+        convert(spec.models[0], spec, TERMINAL)
+
+
+def test_wrong_file_kind(workdir):
+    (workdir / "model.bin").write_bytes(b"\0")
+    spec = make_spec(workdir, [{"name": "wrong_kind", "source": {"framework": "lightgbm", "path": "model.bin"}}])
+    with pytest.raises(ConversionError, match=r"not a lightgbm model file.*\.txt"):
+        convert(spec.models[0], spec, TERMINAL)
+
+
+def test_unknown_framework_lists_the_registered_ones(workdir):
+    assert registered_frameworks() == ["lightgbm", "onnx", "pytorch", "sklearn", "xgboost"]
+    spec = make_spec(workdir, [{"name": "script", "source": {"framework": "python", "path": "model.yaml"},
+                                "inputs": TORCH_INPUTS, "outputs": TORCH_INPUTS}])
+    with pytest.raises(ConversionError, match="no ONNX converter for framework 'python'.*lightgbm, onnx, pytorch, "
+                                              "sklearn, xgboost"):
+        convert(spec.models[0], spec, TERMINAL)
+
+
+def test_factory_that_does_not_exist(workdir):
+    spec = make_spec(workdir, [{"name": "nofunc", "source": {"framework": "sklearn",
+                                                             "factory": "converter_factories:nothing"}},
+                               {"name": "nomod", "source": {"framework": "sklearn", "factory": "no_such_module:f"}}])
+    with pytest.raises(ConversionError, match="has no function 'nothing'"):
+        convert(spec.models[0], spec, TERMINAL)
+    with pytest.raises(ConversionError, match="cannot import module 'no_such_module'"):
+        convert(spec.models[1], spec, TERMINAL)
+
+
+def test_missing_converter_package_names_the_extra(workdir, monkeypatch):
+    # None in sys.modules makes `import skl2onnx` fail exactly as an uninstalled package does.
+    monkeypatch.setitem(sys.modules, "skl2onnx", None)
+    spec = make_spec(workdir, [{"name": "needs_skl2onnx", "source": {"framework": "sklearn",
+                                                                     "factory": "converter_factories:logistic"}}])
+    with pytest.raises(MissingDependency, match=r"'skl2onnx'.*pip install \"tritonize\[sklearn\]\""):
+        convert(spec.models[0], spec, TERMINAL)
+
+
+# -- the demo's example models ------------------------------------------------------------------
+
+def test_example_models_convert_and_verify():
+    """The models the root model.yaml builds, with the sample ranges their data live in."""
+    spec = Spec.model_validate({"models": [
+        {"name": "iris_classifier", "source": {"framework": "sklearn", "factory": "examples.tabular:iris_classifier"},
+         "inputs": [{"name": "input", "dtype": "FP32", "dims": [4], "range": [0, 8]}]},
+        {"name": "diabetes_xgboost", "source": {"framework": "xgboost", "factory": "examples.tabular:diabetes_xgboost"},
+         "inputs": [{"name": "input", "dtype": "FP32", "dims": [10], "range": [-0.2, 0.2]}]},
+        {"name": "wine_lightgbm", "source": {"framework": "lightgbm", "factory": "examples.tabular:wine_lightgbm"}},
+        {"name": "digits_mlp", "source": {"framework": "pytorch", "factory": "examples.torch_mlp:digits_mlp"},
+         "inputs": [{"name": "pixels", "dtype": "FP32", "dims": [64], "range": [0, 16]}]},
+    ]})
+    spec._path = REPO_ROOT / "model.yaml"
+    outputs = {}
+    for model in spec.models:
+        converted = convert(model, spec, TERMINAL)
+        report = verify(converted, make_samples(model, converted.inputs, batch=64, seed=0), model.verify)
+        assert report.passed, model.name
+        outputs[model.name] = signature(converted.outputs)
+    assert outputs == {
+        "iris_classifier": [("label", "INT64", [1], []), ("probabilities", "FP32", [3], None)],
+        "diabetes_xgboost": [("prediction", "FP32", [1], None)],
+        "wine_lightgbm": [("label", "INT64", [1], []), ("probabilities", "FP32", [3], None)],
+        "digits_mlp": [("output", "FP32", [10], None)],
+    }
+
+
+def test_example_classifiers_are_accurate():
+    """The demo answers should make sense: the models really learned their datasets."""
+    import torch
+    from sklearn.datasets import load_digits, load_iris
+
+    sys.path.insert(0, str(REPO_ROOT))
+    try:
+        from examples.tabular import iris_classifier
+        from examples.torch_mlp import digits_mlp
+    finally:
+        sys.path.remove(str(REPO_ROOT))
+    features, species = load_iris(return_X_y=True)
+    assert (iris_classifier().predict(features) == species).mean() > 0.95
+    pixels, digits = load_digits(return_X_y=True)
+    model = digits_mlp()
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(pixels.astype(np.float32))).argmax(dim=1).numpy()
+    assert (predicted == digits).mean() > 0.95
+
+
+# -- python-backend ONNX runner -----------------------------------------------------------------
+
+def load_backend_model(path: Path, module_name: str):
+    """A python-backend model.py, imported with Triton's own triton_python_backend_utils (shipped in
+    the pytriton wheel; its Tensor/InferenceResponse classes exist only inside the stub, and the
+    functions tested without a server do not use them)."""
+    import importlib.util
+
+    import pytriton
+
+    utils_dir = Path(pytriton.__file__).parent / "tritonserver" / "backends" / "python"
+    sys.path.insert(0, str(utils_dir))
+    try:
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module  # dataclasses look their module up here
+        module_spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(utils_dir))
+    return module
+
+
+@pytest.fixture(scope="module")
+def runner_module():
+    return load_backend_model(REPO_ROOT / "python_backends" / "onnx_runner" / "model.py", "onnx_runner_model")
+
+
+@pytest.fixture(scope="module")
+def iris_onnx(workdir):
+    _, converted, _ = converted_and_verified(
+        workdir, {"name": "iris_runner", "source": {"framework": "sklearn", "factory": "converter_factories:forest"}})
+    return converted
+
+
+def runner_config(converted, max_batch_size: int = 8) -> dict:
+    """The JSON form of config.pbtxt that Triton hands to initialize()."""
+    def tensor(t):
+        entry = {"name": t.name, "data_type": f"TYPE_{t.dtype}", "dims": [str(d) for d in t.dims]}
+        if t.reshape is not None:
+            entry["reshape"] = {"shape": [str(d) for d in t.reshape]}
+        return entry
+
+    return {"max_batch_size": max_batch_size, "input": [tensor(t) for t in converted.inputs],
+            "output": [tensor(t) for t in converted.outputs]}
+
+
+def test_runner_batches_requests_and_isolates_a_bad_one(runner_module, iris_onnx):
+    from tritonize.onnx_signature import session
+
+    config = runner_config(iris_onnx)
+    inputs, outputs = runner_module.layouts(config, "input"), runner_module.layouts(config, "output")
+    assert outputs[0] == runner_module.Layout("label", "INT64", (1,), (), False)
+    ort_session = session(iris_onnx.onnx_model)
+    calls = []
+
+    def run(feeds):
+        calls.append({name: array.shape for name, array in feeds.items()})
+        return dict(zip([o.name for o in outputs], ort_session.run([o.name for o in outputs], feeds)))
+
+    rng = np.random.default_rng(0)
+    requests = [rng.uniform(0, 8, (rows, 4)).astype(np.float32) for rows in (1, 3, 2)]
+    feeds = [runner_module.read_request(lambda name, a=a: a, inputs, True) for a in requests]
+    results = runner_module.run_requests(run, feeds, batched=True)
+    assert calls == [{"input": (6, 4)}]  # one session.run for the three requests
+    for array, result in zip(requests, results):
+        alone = iris_onnx.reference({"input": array})
+        assert np.array_equal(runner_module.to_client(result["label"], outputs[0], True), alone["label"])
+        # Same graph, batched or alone: identical float32 answers (tree sums do not depend on batch).
+        assert result["probabilities"].shape == (len(array), 3)
+        np.testing.assert_allclose(result["probabilities"], alone["probabilities"], atol=1e-5)
+
+    # A request with 5 features cannot join the others: it runs alone and only it fails.
+    calls.clear()
+    feeds.insert(1, {"input": rng.uniform(0, 8, (2, 5)).astype(np.float32)})
+    results = runner_module.run_requests(run, feeds, batched=True)
+    assert isinstance(results[1], Exception)
+    assert all(isinstance(results[i], dict) for i in (0, 2, 3))
+    assert sorted(calls, key=str) == sorted([{"input": (6, 4)}, {"input": (2, 5)}], key=str)
+
+
+def test_runner_rejects_missing_and_mistyped_inputs(runner_module, iris_onnx):
+    inputs = runner_module.layouts(runner_config(iris_onnx), "input")
+    with pytest.raises(ValueError, match="input 'input' is missing"):
+        runner_module.read_request(lambda name: None, inputs, True)
+    with pytest.raises(ValueError, match="has dtype float64, expected FP32"):
+        runner_module.read_request(lambda name: np.zeros((1, 4)), inputs, True)
+
+
+def test_runner_combined_failure_falls_back_to_single_requests(runner_module):
+    def run(feeds):  # a model that fails on any row with a negative value
+        if (feeds["x"] < 0).any():
+            raise RuntimeError("negative input")
+        return {"y": feeds["x"] * 2}
+
+    feeds = [{"x": np.array([[1.0]])}, {"x": np.array([[-1.0], [2.0]])}, {"x": np.array([[3.0]])}]
+    results = runner_module.run_requests(run, feeds, batched=True)
+    assert results[0]["y"].tolist() == [[2.0]] and results[2]["y"].tolist() == [[6.0]]
+    assert str(results[1]) == "negative input"
+
+
+def test_iris_preprocess_parses_csv_rows():
+    module = load_backend_model(REPO_ROOT / "examples" / "iris_preprocess" / "model.py", "iris_preprocess_model")
+    rows = np.array([[b"5.1,3.5,1.4,0.2"], [b" 6.7, 3.0 ,5.2,2.3"]], dtype=object)
+    features = module.parse_rows(rows, 4)
+    assert features.dtype == np.float32 and features.tolist() == np.float32([[5.1, 3.5, 1.4, 0.2],
+                                                                              [6.7, 3.0, 5.2, 2.3]]).tolist()
+    with pytest.raises(ValueError, match="row 1: expected 4 comma-separated numbers, got 3"):
+        module.parse_rows(np.array([[b"1,2,3,4"], [b"1,2,3"]], dtype=object), 4)
+    with pytest.raises(ValueError, match="row 0: 'a,b,c,d' is not 4 numbers"):
+        module.parse_rows(np.array([[b"a,b,c,d"]], dtype=object), 4)
+
+
+# -- the runner and the preprocessing step inside a real tritonserver ----------------------------
+
+@pytest.mark.server
+def test_runner_and_preprocess_served_by_tritonserver(workdir, iris_onnx, triton_server, tmp_path):
+    import tritonclient.http as httpclient
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+    from tritonclient.utils import InferenceServerException
+
+    repo = tmp_path / "repo"
+    (repo / "iris" / "1").mkdir(parents=True)
+    (repo / "iris" / "1" / "model.onnx").write_bytes(iris_onnx.onnx_model.SerializeToString())
+    (repo / "iris" / "1" / "model.py").write_bytes(
+        (REPO_ROOT / "python_backends" / "onnx_runner" / "model.py").read_bytes())
+    config = mc.ModelConfig(name="iris", backend="python", max_batch_size=8)
+    for tensor, field in [*((t, config.input) for t in iris_onnx.inputs), *((t, config.output) for t in iris_onnx.outputs)]:
+        entry = field.add(name=tensor.name, data_type=mc.DataType.Value(f"TYPE_{tensor.dtype}"), dims=tensor.dims)
+        if tensor.reshape is not None:
+            entry.reshape.shape.extend(tensor.reshape)
+    # The scheduler holds requests until 8 rows are queued (or 0.5 s pass), so the four concurrent
+    # requests below (8 rows) reach execute() together and take the runner's concatenating path.
+    config.dynamic_batching.max_queue_delay_microseconds = 500_000
+    config.dynamic_batching.preferred_batch_size.append(8)
+    config.parameters["intra_op_num_threads"].string_value = "1"
+    (repo / "iris" / "config.pbtxt").write_text(text_format.MessageToString(config))
+
+    (repo / "iris_preprocess" / "1").mkdir(parents=True)
+    (repo / "iris_preprocess" / "1" / "model.py").write_bytes(
+        (REPO_ROOT / "examples" / "iris_preprocess" / "model.py").read_bytes())
+    preprocess = mc.ModelConfig(name="iris_preprocess", backend="python", max_batch_size=8)
+    preprocess.input.add(name="CSV", data_type=mc.TYPE_STRING, dims=[1])
+    preprocess.output.add(name="FEATURES", data_type=mc.TYPE_FP32, dims=[4])
+    (repo / "iris_preprocess" / "config.pbtxt").write_text(text_format.MessageToString(preprocess))
+
+    server = triton_server(repo)
+    client = httpclient.InferenceServerClient(server.http_url, concurrency=4)
+
+    def send(rows: np.ndarray):
+        tensor = httpclient.InferInput("input", list(rows.shape), "FP32")
+        tensor.set_data_from_numpy(rows)
+        return client.async_infer("iris", [tensor])
+
+    rng = np.random.default_rng(1)
+    batches = [rng.uniform(0, 8, (rows, 4)).astype(np.float32) for rows in (1, 2, 3, 2)]
+    pending = [send(rows) for rows in batches]  # in flight together (client concurrency 4)
+    answers = [(r.as_numpy("label"), r.as_numpy("probabilities")) for r in (p.get_result() for p in pending)]
+    for rows, (label, probabilities) in zip(batches, answers):
+        expected = iris_onnx.reference({"input": rows})
+        assert label.shape == (len(rows), 1) and label.dtype == np.int64  # dims [1] as the config says
+        assert np.array_equal(label, expected["label"])
+        # float32 ONNX trees vs float64 sklearn averaging: atol 1e-5 is 10x the error seen (~1e-7).
+        np.testing.assert_allclose(probabilities, expected["probabilities"], atol=1e-5)
+    stats = client.get_inference_statistics("iris")["model_stats"][0]
+    assert stats["inference_count"] == 8
+    assert stats["execution_count"] < 4  # some requests shared one execute()
+
+    wrong = httpclient.InferInput("input", [1, 4], "FP64")
+    wrong.set_data_from_numpy(np.zeros((1, 4)))
+    with pytest.raises(InferenceServerException):
+        client.infer("iris", [wrong])
+
+    csv = httpclient.InferInput("CSV", [2, 1], "BYTES")
+    csv.set_data_from_numpy(np.array([[b"5.1,3.5,1.4,0.2"], [b"6.7,3.0,5.2,2.3"]], dtype=object))
+    features = client.infer("iris_preprocess", [csv]).as_numpy("FEATURES")
+    assert features.shape == (2, 4) and features[1].tolist() == np.float32([6.7, 3.0, 5.2, 2.3]).tolist()
+    bad = httpclient.InferInput("CSV", [1, 1], "BYTES")
+    bad.set_data_from_numpy(np.array([[b"5.1,oops"]], dtype=object))
+    with pytest.raises(InferenceServerException, match="expected 4 comma-separated numbers"):
+        client.infer("iris_preprocess", [bad])
+    assert client.is_server_live()
+    client.close()
