@@ -1,0 +1,127 @@
+"""FP8 post-training quantization with NVIDIA ModelOpt and export of a TensorRT-LLM checkpoint,
+plus what it costs: the served (dequantized) checkpoint against the original on held-out prompts.
+
+Runs on CPU here (slow only for big models), on GPU where torch sees one.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import ConversionError, lazy_import
+from .corpus import corpus_lines
+from .spec import CalibrationSpec, QuantizationSpec
+
+# Every HELD_OUT_EVERY-th sample is kept out of calibration and used to measure the error.
+HELD_OUT_EVERY = 4
+
+
+@dataclass
+class QuantizationReport:
+    mode: str
+    kv_cache_fp8: bool
+    calibration_samples: int
+    held_out_prompts: int
+    held_out_positions: int
+    max_logit_error: float          # max |logit_fp8 - logit_orig| over all held-out positions
+    mean_logit_error: float
+    token_agreement: float          # fraction of positions with the same greedy next token
+    budget: dict
+
+    def as_manifest(self) -> dict:
+        return asdict(self)
+
+
+def calibration_texts(calibration: CalibrationSpec, text_file: Path | None) -> tuple[list[str], list[str]]:
+    """(calibration samples, held-out prompts) from the spec's text file or the built-in corpus."""
+    lines = corpus_lines() if text_file is None else [
+        line.strip() for line in text_file.read_text().splitlines() if line.strip()]
+    held_out = lines[HELD_OUT_EVERY - 1::HELD_OUT_EVERY]
+    calibrate = [line for i, line in enumerate(lines) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
+    if not calibrate or not held_out:
+        raise ConversionError(f"calibration text has {len(lines)} non-empty lines; FP8 needs at least "
+                              f"{HELD_OUT_EVERY} (one in {HELD_OUT_EVERY} is held out to measure the error)",
+                              field="llm.quantization.calibration.text_file", fix="give a longer text file")
+    return calibrate[:calibration.samples], held_out
+
+
+def export_checkpoint(hf_dir: Path, out_dir: Path, quantization: QuantizationSpec, *, dtype: str,
+                      tensor_parallel: int, calibration: list[str]) -> None:
+    """Quantize (mode fp8) or not (mode none) and write a TensorRT-LLM checkpoint to out_dir."""
+    torch = lazy_import("torch", purpose="LLM checkpoint export", extra="llm")
+    transformers = lazy_import("transformers", purpose="LLM checkpoint export", extra="llm")
+    export = lazy_import("modelopt.torch.export", purpose="TensorRT-LLM checkpoint export", extra="llm",
+                         package="nvidia-modelopt")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device).eval()
+    if quantization.mode == "fp8":
+        mtq = lazy_import("modelopt.torch.quantization", purpose="FP8 quantization", extra="llm",
+                          package="nvidia-modelopt")
+        tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+        max_length = quantization.calibration.max_length
+
+        def forward_loop(m):
+            with torch.no_grad():
+                for text in calibration:
+                    ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length).input_ids
+                    m(ids.to(device))
+
+        config = copy.deepcopy(mtq.FP8_DEFAULT_CFG)  # ModelOpt's dict is module-global
+        if quantization.kv_cache_fp8:
+            kv = copy.deepcopy(mtq.FP8_KV_CFG["quant_cfg"])
+            if isinstance(config["quant_cfg"], list):  # ModelOpt >= 0.4x: ordered rules, last wins
+                config["quant_cfg"].extend(kv)
+            else:
+                config["quant_cfg"].update(kv)
+        model = mtq.quantize(model, config, forward_loop)
+    torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        export.export_tensorrt_llm_checkpoint(model, "llama", torch_dtype, str(out_dir),
+                                              inference_tensor_parallel=tensor_parallel)
+
+
+def measure(hf_dir: Path, checkpoint_dir: Path, quantization: QuantizationSpec, held_out: list[str],
+            load_served) -> QuantizationReport:
+    """Logit error and next-token agreement of the served checkpoint vs the original model.
+
+    load_served(hf_dir, checkpoint_dir) builds the model exactly as the CPU engine serves it."""
+    torch = lazy_import("torch", purpose="FP8 error measurement", extra="llm")
+    transformers = lazy_import("transformers", purpose="FP8 error measurement", extra="llm")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    original = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    served = load_served(hf_dir, checkpoint_dir)
+    max_error, total_error, agree, positions = 0.0, 0.0, 0, 0
+    max_length = quantization.calibration.max_length
+    with torch.no_grad():
+        for text in held_out:
+            ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length).input_ids
+            a, b = original(ids).logits[0].float(), served(ids).logits[0].float()
+            diff = (a - b).abs()
+            max_error = max(max_error, float(diff.max()))
+            total_error += float(diff.max(dim=-1).values.sum())
+            agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+            positions += ids.shape[1]
+    return QuantizationReport(
+        mode=quantization.mode, kv_cache_fp8=quantization.kv_cache_fp8,
+        calibration_samples=0, held_out_prompts=len(held_out), held_out_positions=positions,
+        max_logit_error=round(max_error, 6), mean_logit_error=round(total_error / max(positions, 1), 6),
+        token_agreement=round(agree / max(positions, 1), 6),
+        budget={"max_logit_error": quantization.max_logit_error,
+                "min_token_agreement": quantization.min_token_agreement})
+
+
+def check_budget(report: QuantizationReport, field: str, spec_path: Path) -> None:
+    """field: the llm block's path, e.g. models[0].llm."""
+    budget = report.budget
+    if report.max_logit_error > budget["max_logit_error"]:
+        raise ConversionError(
+            f"FP8 max logit error {report.max_logit_error:.4f} exceeds the budget {budget['max_logit_error']}",
+            file=spec_path, field=f"{field}.quantization.max_logit_error",
+            fix="raise max_logit_error, calibrate on more representative text, or use mode: none")
+    if report.token_agreement < budget["min_token_agreement"]:
+        raise ConversionError(
+            f"FP8 next-token agreement {report.token_agreement:.4f} is below the budget {budget['min_token_agreement']}",
+            file=spec_path, field=f"{field}.quantization.min_token_agreement",
+            fix="lower min_token_agreement, calibrate on more representative text, or use mode: none")
