@@ -1,0 +1,240 @@
+"""The LLM ensemble on the real tritonserver (embedded runtime, CPU engine).
+
+One repository holds the tiny Llama twice: unquantized (`tiny_llm`) and FP8 with an FP8 KV cache
+(`tiny_llm_fp8`), so one server serves the whole module. Greedy text is compared exactly: the CPU
+engine runs the same float32 forward pass as transformers' generate, and the tiny model is trained
+so its top logits are far apart (margins of several units), so batching/padding cannot flip a token.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+
+import numpy as np
+import pytest
+import requests
+
+from tritonize.terminal import Terminal
+
+pytestmark = pytest.mark.server
+
+PROMPTS = ["The river runs", "A doctor listens to", "The train leaves"]
+MAX_TOKENS = 20
+
+SPEC = """\
+repository: model_repo
+models:
+  - name: tiny_llm
+    source: {framework: huggingface, path: tiny}
+    llm:
+      streaming: true
+      limits: {max_batch_size: 4, max_input_len: 64, max_output_len: 48}
+  - name: tiny_llm_fp8
+    source: {framework: huggingface, path: tiny}
+    llm:
+      streaming: true
+      quantization: {mode: fp8, kv_cache_fp8: true, max_logit_error: 2.0, min_token_agreement: 0.9}
+      limits: {max_batch_size: 4, max_input_len: 64, max_output_len: 48}
+"""
+
+
+def load_tiny_llm_factory(repo_root):
+    """examples/tiny_llm/make_model.py, imported by path (examples/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tiny_llm_make_model",
+                                                  repo_root / "examples" / "tiny_llm" / "make_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.create
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, repo_root):
+    return load_tiny_llm_factory(repo_root)(tmp_path_factory.mktemp("llm") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def built(tiny_dir):
+    from tritonize import build
+
+    spec = tiny_dir.parent / "model.yaml"
+    spec.write_text(SPEC)
+    return build(spec, terminal=Terminal(quiet=True, stderr=True))
+
+
+@pytest.fixture(scope="module")
+def server(triton_server, built):
+    return triton_server(built.repository)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dir):
+    """Direct transformers greedy generation: token ids and text per prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    out = {}
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            generated = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                       max_new_tokens=MAX_TOKENS, eos_token_id=tokenizer.eos_token_id,
+                                       pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+        out[prompt] = (generated, tokenizer.decode(generated, skip_special_tokens=True))
+    return tokenizer, out
+
+
+def generate(server, model, **body):
+    response = requests.post(f"http://{server.http_url}/v2/models/{model}/generate",
+                             json={"max_tokens": MAX_TOKENS, **body}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()["text_output"]
+
+
+def sse_pieces(server, model, **body):
+    response = requests.post(f"http://{server.http_url}/v2/models/{model}/generate_stream",
+                             json={"max_tokens": MAX_TOKENS, "stream": True, **body}, timeout=60, stream=True)
+    assert response.status_code == 200, response.text
+    return [json.loads(line[len("data:"):])["text_output"] for line in response.iter_lines(decode_unicode=True)
+            if line and line.startswith("data:")]
+
+
+def grpc_stream(server, model, prompt, stream=True):
+    import tritonclient.grpc as grpcclient
+
+    results: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inputs = []
+    for name, array, dtype in (("text_input", np.array([[prompt]], dtype=object), "BYTES"),
+                               ("max_tokens", np.array([[MAX_TOKENS]], dtype=np.int32), "INT32"),
+                               ("stream", np.array([[stream]], dtype=bool), "BOOL")):
+        tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        client.async_stream_infer(model, inputs, enable_empty_final_response=True)
+        pieces = []
+        while True:
+            result, error = results.get(timeout=60)
+            assert error is None, error
+            output = result.as_numpy("text_output")
+            if output is not None:
+                pieces.append(output.reshape(-1)[0].decode())
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                return pieces
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def test_ensemble_text_equals_transformers_greedy(server, reference):
+    _, expected = reference
+    for prompt in PROMPTS:
+        assert generate(server, "tiny_llm", text_input=prompt) == expected[prompt][1]
+
+
+def test_concurrent_requests_are_batched_and_still_exact(server, reference):
+    """Concurrent prompts of different lengths decode together (left padding, one KV cache)."""
+    _, expected = reference
+    answers: dict[str, str] = {}
+
+    def ask(prompt):
+        answers[prompt] = generate(server, "tiny_llm", text_input=prompt)
+
+    threads = [threading.Thread(target=ask, args=(p,)) for p in PROMPTS * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == {p: expected[p][1] for p in PROMPTS}
+
+
+def test_grpc_streaming_delivers_tokens_that_join_to_the_full_text(server, reference):
+    _, expected = reference
+    pieces = grpc_stream(server, "tiny_llm", PROMPTS[0])
+    assert len(pieces) > 1
+    assert "".join(pieces) == expected[PROMPTS[0]][1]
+
+
+def test_http_generate_stream_sse_delivers_tokens_that_join_to_the_full_text(server, reference):
+    _, expected = reference
+    pieces = sse_pieces(server, "tiny_llm", text_input=PROMPTS[1])
+    assert len(pieces) > 1
+    assert "".join(pieces) == expected[PROMPTS[1]][1]
+
+
+def test_non_streaming_request_to_the_decoupled_ensemble_gets_one_response(server, reference):
+    _, expected = reference
+    pieces = grpc_stream(server, "tiny_llm", PROMPTS[2], stream=False)
+    assert pieces == [expected[PROMPTS[2]][1]]
+
+
+def test_generation_stops_at_end_id(server, reference):
+    tokenizer, expected = reference
+    ids, _ = expected[PROMPTS[0]]
+    cut = 5
+    end_id = ids[cut]
+    assert end_id not in ids[:cut]  # the first occurrence ends it
+    text = generate(server, "tiny_llm", text_input=PROMPTS[0], end_id=end_id)
+    assert text == tokenizer.decode(ids[:cut])
+
+
+def test_generation_stops_after_a_stop_word(server, reference):
+    tokenizer, expected = reference
+    ids, _ = expected[PROMPTS[1]]
+    # A stop word that tokenizes on its own to exactly one generated token, past the first few.
+    position = next(i for i in range(3, len(ids))
+                    if tokenizer.encode(tokenizer.decode([ids[i]]), add_special_tokens=False) == [ids[i]]
+                    and ids[i] not in ids[:i])
+    word = tokenizer.decode([ids[position]])
+    text = generate(server, "tiny_llm", text_input=PROMPTS[1], stop_words=[word])
+    assert text == tokenizer.decode(ids[:position + 1])  # the stop word is kept, as TRT-LLM does
+    assert text.endswith(word)
+
+
+def test_max_tokens_is_honoured(server, reference):
+    tokenizer, expected = reference
+    ids, _ = expected[PROMPTS[2]]
+    assert generate(server, "tiny_llm", text_input=PROMPTS[2], max_tokens=3) == tokenizer.decode(ids[:3])
+
+
+def test_sampling_with_a_seed_is_reproducible(server):
+    body = {"text_input": PROMPTS[0], "top_k": 0, "top_p": 0.95, "temperature": 1.5}
+    first = generate(server, "tiny_llm", random_seed=7, **body)
+    assert generate(server, "tiny_llm", random_seed=7, **body) == first
+    others = {generate(server, "tiny_llm", random_seed=seed, **body) for seed in (1, 2, 3)}
+    assert len(others | {first}) > 1  # sampling at temperature 1.5 over 20 tokens varies with the seed
+
+
+def test_request_above_the_output_limit_is_refused(server):
+    response = requests.post(f"http://{server.http_url}/v2/models/tiny_llm/generate",
+                             json={"text_input": PROMPTS[0], "max_tokens": 49}, timeout=60)
+    assert response.status_code != 200
+    assert "max_output_len 48" in response.text
+
+
+def test_fp8_model_serves_its_quantized_greedy_text_within_budget(server, built):
+    manifest = built.manifest["models"]
+    report = manifest["tiny_llm_fp8_tensorrt_llm"]["quantization"]
+    assert report["mode"] == "fp8" and report["kv_cache_fp8"]
+    assert report["max_logit_error"] <= report["budget"]["max_logit_error"]
+    assert report["token_agreement"] >= report["budget"]["min_token_agreement"]
+    sample = manifest["tiny_llm_fp8"]["samples"]
+    prompt = sample["inputs"]["text_input"]["data"][0][0]
+    max_tokens = sample["inputs"]["max_tokens"]["data"][0][0]
+    # The expected text was generated at build time from the dequantized checkpoint (what is served).
+    assert generate(server, "tiny_llm_fp8", text_input=prompt, max_tokens=max_tokens) == \
+        sample["outputs"]["text_output"]["data"][0][0]
+
+
+def test_tritonize_check_passes_on_the_llm_ensembles(server, built):
+    from tritonize.check import check_deployment
+
+    report = check_deployment(built.repository, server.http_url, protocol="both", grpc_url=server.grpc_url,
+                              terminal=Terminal(quiet=True, stderr=True))
+    assert report.passed, [m.detail for m in report.failures]
