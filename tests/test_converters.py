@@ -84,6 +84,10 @@ def two_heads():
     return Heads().eval()
 
 
+def needs_absent_package():
+    import tritonize_absent_package  # noqa: F401
+
+
 def not_fitted():
     from sklearn.linear_model import LogisticRegression
     return LogisticRegression()
@@ -162,13 +166,13 @@ def test_sklearn_regressor_output_is_named_prediction(workdir):
 def test_sklearn_from_joblib_file_with_renamed_input(workdir):
     import joblib
     from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC
 
-    joblib.dump(make_pipeline(StandardScaler(), SVC(probability=True, random_state=0)).fit(*load_iris(return_X_y=True)),
-                workdir / "svc.joblib")
-    model = {"name": "iris_svc", "source": {"framework": "sklearn", "path": "svc.joblib"},
+    joblib.dump(make_pipeline(StandardScaler(), LogisticRegression(C=0.5)).fit(*load_iris(return_X_y=True)),
+                workdir / "pipeline.joblib")
+    model = {"name": "iris_pipeline", "source": {"framework": "sklearn", "path": "pipeline.joblib"},
              "inputs": [{"name": "features", "dtype": "FP32", "dims": [4]}],
              "outputs": [{"name": "species", "dtype": "INT64", "dims": [1]}]}
     _, converted, report = converted_and_verified(workdir, model)
@@ -176,7 +180,7 @@ def test_sklearn_from_joblib_file_with_renamed_input(workdir):
     assert [o.name for o in converted.onnx_model.graph.output] == ["species", "probabilities"]
     # The spec said dims [1]; the graph answers [N], so the reshape [] is kept.
     assert signature(converted.outputs)[0] == ("species", "INT64", [1], [])
-    assert report.passed and "Pipeline(StandardScaler() -> SVC(probability=True))" in converted.summary
+    assert report.passed and "Pipeline(StandardScaler() -> LogisticRegression(C=0.5))" in converted.summary
 
 
 def test_spec_dtype_that_contradicts_the_graph_is_rejected(workdir):
@@ -287,6 +291,7 @@ def test_pytorch_two_outputs_named_from_spec(workdir):
     assert report.passed
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_pytorch_torchscript_and_pickled_module_files(workdir):
     import torch
 
@@ -376,6 +381,10 @@ def test_factory_that_does_not_exist(workdir):
         convert(spec.models[0], spec, TERMINAL)
     with pytest.raises(ConversionError, match="cannot import module 'no_such_module'"):
         convert(spec.models[1], spec, TERMINAL)
+    absent = make_spec(workdir, [{"name": "absent", "source": {"framework": "sklearn",
+                                                               "factory": "converter_factories:needs_absent_package"}}])
+    with pytest.raises(MissingDependency, match="needs the Python package 'tritonize_absent_package'"):
+        convert(absent.models[0], absent, TERMINAL)
 
 
 def test_missing_converter_package_names_the_extra(workdir, monkeypatch):

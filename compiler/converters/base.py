@@ -1,6 +1,7 @@
 """What every converter shares: the result type, the registry, source loading and spec overrides."""
 from __future__ import annotations
 
+import abc
 import contextlib
 import importlib
 import sys
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, MissingDependency
 from ..onnx_signature import canonicalize, rename_tensors, signature
 from ..spec import ModelSpec, Spec, TensorSpec
 
@@ -51,14 +52,14 @@ class ConvertedModel:
     summary: str = ""
 
 
-class Converter:
-    """One source framework -> ONNX. Subclasses set `framework`, `extra`, and implement `convert`."""
+class Converter(abc.ABC):
+    """One source framework -> ONNX. Subclasses set `framework` and implement `convert`."""
 
     framework: ClassVar[str]
-    extra: ClassVar[str | None] = None  # the tritonize extra that installs this framework's packages
 
+    @abc.abstractmethod
     def convert(self, model: ModelSpec, spec: Spec, terminal: "Terminal") -> ConvertedModel:
-        raise NotImplementedError
+        """Load the source, export ONNX, and finish() it."""
 
 
 REGISTRY: dict[str, type[Converter]] = {}
@@ -102,12 +103,15 @@ def call_factory(model: ModelSpec, spec: Spec) -> Any:
             if exc.name and module_name.startswith(exc.name):
                 raise ConversionError(f"cannot import module '{module_name}'", file=spec.path, field=where,
                                       fix=f"put {module_name.replace('.', '/')}.py next to the spec file") from None
-            raise
+            raise MissingDependency(exc.name or module_name, f"factory {reference}") from exc
         function = getattr(module, function_name, None)
         if not callable(function):
             raise ConversionError(f"module '{module_name}' has no function '{function_name}'", file=spec.path,
                                   field=where, fix="name a function that returns the model")
-        return function()
+        try:
+            return function()
+        except ModuleNotFoundError as exc:  # the factory imports a package that is not installed
+            raise MissingDependency(exc.name or str(exc), f"factory {reference}") from exc
 
 
 def source_file(model: ModelSpec, spec: Spec, suffixes: tuple[str, ...]) -> Path:

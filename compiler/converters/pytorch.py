@@ -43,7 +43,6 @@ def single_thread(torch: Any) -> Iterator[None]:
 @register
 class PyTorchConverter(Converter):
     framework = "pytorch"
-    extra = "torch"
     suffixes = (".pt", ".pth")
 
     def convert(self, model: ModelSpec, spec: Spec, terminal: "Terminal") -> ConvertedModel:
@@ -108,7 +107,10 @@ class PyTorchConverter(Converter):
     def _load(self, torch: Any, model: ModelSpec, spec: Spec) -> Any:
         path = source_file(model, spec, self.suffixes)
         try:
-            return torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                # torch 2.9+ marks TorchScript deprecated; saved TorchScript files are still a source.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(str(path), map_location="cpu")
         except RuntimeError:
             pass  # not TorchScript: a module pickled with torch.save
         with spec_dir_on_path(spec):

@@ -70,7 +70,6 @@ def signature_text(converted: ConvertedModel) -> str:
 @register
 class SklearnConverter(Converter):
     framework = "sklearn"
-    extra = "sklearn"
 
     def convert(self, model: ModelSpec, spec: Spec, terminal: "Terminal") -> ConvertedModel:
         lazy_import("sklearn", purpose="converting a scikit-learn model", extra="sklearn", package="scikit-learn")

@@ -65,7 +65,6 @@ def _sklearn_api_predict(estimator: Any, classifier: bool) -> Predict:
 @register
 class XGBoostConverter(Converter):
     framework = "xgboost"
-    extra = "xgboost"
     suffixes = (".json", ".ubj")
 
     def convert(self, model: ModelSpec, spec: Spec, terminal: "Terminal") -> ConvertedModel:
@@ -98,7 +97,6 @@ class XGBoostConverter(Converter):
 @register
 class LightGBMConverter(Converter):
     framework = "lightgbm"
-    extra = "lightgbm"
     suffixes = (".txt",)
 
     def convert(self, model: ModelSpec, spec: Spec, terminal: "Terminal") -> ConvertedModel:
