@@ -67,16 +67,17 @@ def _dtype(value, model_name: str) -> str:
     return ONNX_TO_TRITON[elem_type]
 
 
-def signature(model: "onnx.ModelProto", model_name: str) -> Signature:
+def signature(model: "onnx.ModelProto", model_name: str, batching: bool = True) -> Signature:
     """The graph's inputs and outputs as TensorSpecs.
 
-    batch_axis is True when every input and output has a leading dim that is not a fixed size; the
-    leading dim is then dropped from dims. A tensor that is only the batch dim (shape [N]) becomes
-    dims [1] with reshape [] - Triton's convention for a per-row scalar. Unknown sizes become -1.
+    With `batching` (the model's max_batch_size > 0), batch_axis is True when every input and output
+    has a leading dim that is not a fixed size; the leading dim is then dropped from dims. A tensor
+    that is only the batch dim (shape [N]) becomes dims [1] with reshape [] - Triton's convention for
+    a per-row scalar. Without `batching`, dims are the full graph shapes. Unknown sizes become -1.
     """
     values = [*graph_inputs(model), *model.graph.output]
     shapes = [_shape(v) for v in values]
-    batch_axis = bool(values) and all(shape and not isinstance(shape[0], int) for shape in shapes)
+    batch_axis = batching and bool(values) and all(shape and not isinstance(shape[0], int) for shape in shapes)
 
     def tensor(value, shape) -> TensorSpec:
         dims = [d if isinstance(d, int) else -1 for d in (shape[1:] if batch_axis else shape)]

@@ -31,7 +31,8 @@ def triton_dtype_of(array: np.ndarray) -> str:
 def make_samples(model: ModelSpec, inputs: list[TensorSpec], batch: int, seed: int) -> dict[str, np.ndarray]:
     """Sample inputs keyed by tensor name, shaped as clients send them: [batch] + dims.
 
-    batch == 0 means the model does not batch (max_batch_size 0): the shape is dims alone. The spec's
+    A model with max_batch_size 0 takes no batch dim: the shape is dims alone (-1 dims, a dynamic
+    leading one included, are VARIABLE_DIM_SIZE) and `batch` is unused. The spec's
     `sample_inputs` win when given (batch and seed are then unused); otherwise each input is drawn
     uniformly from its `range` (default [0, 1]) with a generator seeded by `seed`, in input order,
     so the same spec always yields the same samples. STRING samples are bytes, as Triton carries them.
@@ -41,7 +42,7 @@ def make_samples(model: ModelSpec, inputs: list[TensorSpec], batch: int, seed: i
     rng = np.random.default_rng(seed)
     samples: dict[str, np.ndarray] = {}
     for tensor in inputs:
-        shape = ([batch] if batch > 0 else []) + [d if d > 0 else VARIABLE_DIM_SIZE for d in tensor.dims]
+        shape = ([batch] if model.max_batch_size > 0 else []) + [d if d > 0 else VARIABLE_DIM_SIZE for d in tensor.dims]
         low, high = tensor.range if tensor.range is not None else (0.0, 1.0)
         samples[tensor.name] = _draw(rng, tensor.dtype, shape, low, high)
     return samples

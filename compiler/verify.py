@@ -96,7 +96,7 @@ def verify(converted: "ConvertedModel", samples: dict[str, np.ndarray], settings
     """Run the ONNX graph on `samples` and compare with the source framework; raise ConversionError
     (one line, with the numbers and the fix) when an output disagrees beyond tolerance."""
     onnx_outputs = run_onnx(converted, samples)
-    rows = len(next(iter(samples.values()))) if samples else 0
+    rows = len(next(iter(samples.values()))) if samples and converted.batch_axis else 1
     report = VerificationReport(converted.name, converted.framework if converted.reference else None,
                                 rows, max_label_mismatch=settings.max_label_mismatch, onnx_outputs=onnx_outputs)
     if converted.reference is None:
@@ -110,22 +110,22 @@ def verify(converted: "ConvertedModel", samples: dict[str, np.ndarray], settings
     exact_outputs = [t for t in converted.outputs if t.dtype not in FLOAT_TOLERANCES]
     float_outputs = [t for t in converted.outputs if t.dtype in FLOAT_TOLERANCES]
     # Rows where some discrete output differs, allowed by max_label_mismatch, are excluded below.
-    excused = np.zeros(rows if converted.batch_axis else 1, dtype=bool)
+    excused = np.zeros(rows, dtype=bool)
+    allowed = int(settings.max_label_mismatch * rows)
     for tensor in exact_outputs:
-        check = _compare_exact(tensor, onnx_outputs[tensor.name], expected[tensor.name], converted.batch_axis)
-        report.checks.append(check)
         differing = _differing_rows(tensor, onnx_outputs[tensor.name], expected[tensor.name], converted.batch_axis)
-        if check.mismatched_rows and check.mismatched_rows <= settings.max_label_mismatch * max(rows, 1):
+        check = OutputCheck(tensor.name, tensor.dtype, exact=True, mismatched_rows=int(differing.sum()))
+        report.checks.append(check)
+        if check.mismatched_rows <= allowed:
             excused |= differing
-        elif check.mismatched_rows:
-            check.passed = False
-            allowed = int(settings.max_label_mismatch * max(rows, 1))
-            raise ConversionError(
-                f"model '{converted.name}' output '{tensor.name}': ONNX differs from {converted.framework} on "
-                f"{check.mismatched_rows} of {rows} samples (allowed {allowed}, exact {tensor.dtype} compare)",
-                field=f"models.{converted.name}.verify",
-                fix=f"if these are split-boundary flips, set verify.max_label_mismatch to "
-                    f"{significant(check.mismatched_rows / max(rows, 1) * 1.5, 2)}; otherwise the conversion is wrong")
+            continue
+        check.passed = False
+        raise ConversionError(
+            f"model '{converted.name}' output '{tensor.name}': ONNX differs from {converted.framework} on "
+            f"{check.mismatched_rows} of {rows} samples (allowed {allowed}, exact {tensor.dtype} compare)",
+            field=f"models.{converted.name}.verify",
+            fix=f"if these are split-boundary flips, set verify.max_label_mismatch to "
+                f"{significant(check.mismatched_rows / rows * 1.5, 2)}; otherwise the conversion is wrong")
     for tensor in float_outputs:
         atol, rtol = _tolerance(tensor.dtype, settings)
         got, want = onnx_outputs[tensor.name], expected[tensor.name]
@@ -189,11 +189,6 @@ def _differing_rows(tensor: TensorSpec, got: np.ndarray, want: np.ndarray, batch
     if not batch_axis:
         return np.atleast_1d(unequal.any())
     return unequal.reshape(len(unequal), -1).any(axis=1)
-
-
-def _compare_exact(tensor: TensorSpec, got: np.ndarray, want: np.ndarray, batch_axis: bool) -> OutputCheck:
-    mismatched = int(_differing_rows(tensor, got, want, batch_axis).sum())
-    return OutputCheck(tensor.name, tensor.dtype, exact=True, mismatched_rows=mismatched)
 
 
 def _compare_float(tensor: TensorSpec, got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> OutputCheck:

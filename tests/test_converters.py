@@ -88,6 +88,17 @@ def needs_absent_package():
     import tritonize_absent_package  # noqa: F401
 
 
+def pool():
+    """Mean and running sum over a variable-length axis."""
+    import torch
+
+    class SequencePool(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=1, keepdim=True), x.cumsum(dim=1)
+
+    return SequencePool().eval()
+
+
 def not_fitted():
     from sklearn.linear_model import LogisticRegression
     return LogisticRegression()
@@ -197,6 +208,19 @@ def test_spec_dims_that_contradict_the_graph_are_rejected(workdir):
                                 "outputs": [{"name": "label", "dtype": "INT64", "dims": [1]},
                                             {"name": "probabilities", "dtype": "FP32", "dims": [4]}]}])
     with pytest.raises(ConversionError, match=r"models.bad_dims.outputs\[1\].dims.*write dims: \[3\]"):
+        convert(spec.models[0], spec, TERMINAL)
+
+
+def test_unbatched_model_keeps_the_graph_batch_dim_in_dims(workdir):
+    model = {"name": "iris_unbatched", "max_batch_size": 0,
+             "source": {"framework": "sklearn", "factory": "converter_factories:logistic"}}
+    _, converted, report = converted_and_verified(workdir, model)
+    assert not converted.batch_axis
+    assert signature(converted.inputs) == [("input", "FP32", [-1, 4], None)]
+    assert signature(converted.outputs) == [("label", "INT64", [-1], None), ("probabilities", "FP32", [-1, 3], None)]
+    assert report.passed and report.samples == 1  # one request of VARIABLE_DIM_SIZE rows
+    spec = make_spec(workdir, [{**model, "inputs": [{"name": "input", "dtype": "FP32", "dims": [4]}]}])
+    with pytest.raises(ConversionError, match=r"write dims: \[-1, 4\]"):
         convert(spec.models[0], spec, TERMINAL)
 
 
@@ -314,6 +338,18 @@ def test_pytorch_torchscript_and_pickled_module_files(workdir):
         convert(spec.models[0], spec, TERMINAL)
 
 
+def test_pytorch_variable_length_axis(workdir):
+    model = {"name": "pool", "source": {"framework": "pytorch", "factory": "converter_factories:pool"},
+             "inputs": [{"name": "x", "dtype": "FP32", "dims": [-1]}]}
+    _, converted, report = converted_and_verified(workdir, model)
+    assert signature(converted.outputs) == [("output_0", "FP32", [1], None), ("output_1", "FP32", [-1], None)]
+    assert report.passed
+    longer = {"x": np.arange(14, dtype=np.float32).reshape(2, 7)}  # another length than traced (3)
+    from tritonize.verify import run_onnx
+    np.testing.assert_allclose(run_onnx(converted, longer)["output_1"], converted.reference(longer)["output_1"],
+                               rtol=1e-6)  # float32 cumulative sums of small integers: exact or last-bit
+
+
 def test_pytorch_output_count_mismatch(workdir):
     spec = make_spec(workdir, [{"name": "heads_wrong", "source": {"framework": "pytorch",
                                                                   "factory": "converter_factories:two_heads"},
@@ -338,6 +374,26 @@ def test_onnx_file_pass_through_with_renamed_input(workdir):
     assert entry["passed"] and entry["note"] == "no source framework: checked that onnxruntime runs it"
     assert report.onnx_outputs["probabilities"].shape == (64, 3)
     assert digest(convert(spec.models[0], spec, TERMINAL)) == digest(converted)
+
+
+def test_onnx_file_with_strings_and_fixed_shapes(workdir):
+    """A hand-built graph: STRING in, STRING out, no batch axis (Triton dims are the full shape)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["words"], ["same"]), helper.make_node("Neg", ["x"], ["negated"])], "strings",
+        [helper.make_tensor_value_info("words", TensorProto.STRING, [2]),
+         helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2, 3])],
+        [helper.make_tensor_value_info("same", TensorProto.STRING, [2]),
+         helper.make_tensor_value_info("negated", TensorProto.DOUBLE, [2, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), workdir / "strings.onnx")
+    spec, converted, report = converted_and_verified(
+        workdir, {"name": "strings", "max_batch_size": 0, "source": {"framework": "onnx", "path": "strings.onnx"}})
+    assert not converted.batch_axis
+    assert signature(converted.inputs) == [("words", "STRING", [2], None), ("x", "FP64", [2, 3], None)]
+    assert report.onnx_outputs["same"].tolist() == [b"0.6370", b"0.2698"]  # bytes, as Triton carries STRING
+    assert report.tolerances()["negated"] == {"atol": 1e-7, "rtol": 1e-6}
 
 
 def test_corrupt_onnx_file(workdir):

@@ -170,7 +170,8 @@ def test_generated_samples_are_seeded_typed_and_in_range():
     assert all(np.array_equal(first[k], again[k]) for k in first)
     other = make_samples(model, model.inputs, batch=16, seed=8)
     assert not np.array_equal(first["x"], other["x"])
-    assert make_samples(model, model.inputs, batch=0, seed=7)["x"].shape == (3,)  # unbatched model
+    unbatched = model_with([{"name": "x", "dtype": "FP32", "dims": [-1, 3]}], max_batch_size=0)
+    assert make_samples(unbatched, unbatched.inputs, batch=16, seed=7)["x"].shape == (4, 3)
 
 
 def test_default_range_is_zero_to_one():

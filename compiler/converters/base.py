@@ -35,8 +35,10 @@ Reference = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 class ConvertedModel:
     """A model converted to ONNX, with its Triton-facing signature and its source framework's answer.
 
-    inputs/outputs are in Triton terms: dims exclude the batch dim when batch_axis is True, and a
-    per-row scalar is dims [1] with reshape [] (the graph sees [N]). `reference` takes and returns
+    inputs/outputs are in Triton terms. batch_axis is True when the model batches (max_batch_size > 0)
+    and every graph input/output has a leading dynamic dim: dims then exclude it, and a per-row scalar
+    is dims [1] with reshape [] (the graph sees [N]). With max_batch_size 0, dims are the full graph
+    shapes (a dynamic leading dim is -1) and batch_axis is False. `reference` takes and returns
     arrays shaped as Triton clients see them ([batch] + dims), keyed by graph tensor names; it is None
     for a plain ONNX file (there is no source framework to compare with).
     """
@@ -136,7 +138,8 @@ def finish(model: ModelSpec, spec: Spec, onnx_model: "onnx.ModelProto", *, tool:
     import onnx
 
     rename_tensors(onnx_model, rename_outputs or {})
-    graph = signature(onnx_model, model.name)
+    batching = model.max_batch_size > 0
+    graph = signature(onnx_model, model.name, batching)
     renames = {**_spec_renames(model, spec, graph.inputs, model.inputs, "inputs"),
                **_spec_renames(model, spec, graph.outputs, model.outputs, "outputs")}
     rename_tensors(onnx_model, renames)
@@ -148,7 +151,7 @@ def finish(model: ModelSpec, spec: Spec, onnx_model: "onnx.ModelProto", *, tool:
         first = str(exc).strip().splitlines()[0]
         raise ConversionError(f"model '{model.name}': the ONNX graph fails onnx.checker: {first}", file=spec.path,
                               field=f"models.{model.name}.source", fix="re-export the model with a supported opset")
-    final = signature(onnx_model, model.name)
+    final = signature(onnx_model, model.name, batching)
     inputs, outputs = _merged(final.inputs, model.inputs), _merged(final.outputs, model.outputs)
     if reference is not None:
         reference = _client_reference(reference, renames, inputs, outputs, final.batch_axis)
