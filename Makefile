@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test build clean
+.PHONY: setup demo test build clean golden
 
 setup: $(STAMP)
 
@@ -27,3 +27,9 @@ test: setup
 
 clean:
 	rm -rf $(VENV)
+
+# Regenerate the committed golden files (model_repo/ text files, tests/golden/) after an intended change.
+golden: setup
+	$(BIN)/tritonize build model.yaml --force
+	rm -rf tests/golden/container
+	$(BIN)/tritonize build model.yaml --runtime container -o tests/golden/container

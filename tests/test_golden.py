@@ -1,0 +1,60 @@
+"""Golden files: rebuilding the root model.yaml reproduces the committed model_repo/ text files
+byte for byte, and the container-runtime build reproduces tests/golden/container/.
+
+Regenerate after an intended change with `make golden` and review the diff.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import tritonize
+from tritonize.rules import check_repository
+from tritonize.terminal import Terminal
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Text files are committed; binaries (ONNX models, weights) are rebuilt and listed in .gitignore.
+TEXT_SUFFIXES = {".pbtxt", ".py", ".json", ".txt", ".sh", ".md", ".jinja", ".model"}
+
+
+def text_files(repository: Path) -> dict[str, bytes]:
+    return {p.relative_to(repository).as_posix(): p.read_bytes()
+            for p in sorted(repository.rglob("*"))
+            if p.is_file() and p.suffix in TEXT_SUFFIXES and not p.name.startswith(".")}
+
+
+@pytest.fixture(scope="module")
+def embedded_build(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("golden") / "model_repo"
+    tritonize.build(REPO_ROOT / "model.yaml", out, terminal=Terminal(quiet=True))
+    return out
+
+
+@pytest.fixture(scope="module")
+def container_build(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("golden") / "container_repo"
+    tritonize.build(REPO_ROOT / "model.yaml", out, runtime="container", terminal=Terminal(quiet=True))
+    return out
+
+
+@pytest.mark.parametrize("build, golden", [("embedded_build", REPO_ROOT / "model_repo"),
+                                           ("container_build", REPO_ROOT / "tests" / "golden" / "container")])
+def test_rebuild_matches_committed_text_files(request, build: str, golden: Path):
+    built = text_files(request.getfixturevalue(build))
+    committed = text_files(golden)
+    assert sorted(built) == sorted(committed), "file set differs: run `make golden` and review"
+    changed = [name for name in built if built[name] != committed[name]]
+    assert not changed, f"rebuilt files differ from the committed ones: {changed} (run `make golden` and review)"
+
+
+@pytest.mark.parametrize("build", ["embedded_build", "container_build"])
+def test_everything_build_emits_passes_validate(request, build: str):
+    assert check_repository(request.getfixturevalue(build)) == []
+
+
+def test_container_runtime_uses_native_backends(container_build: Path):
+    config = (container_build / "digits_mlp" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in config and 'backend: "onnxruntime"' in config
+    assert "KIND_GPU" in config
+    assert not (container_build / "digits_mlp" / "1" / "model.py").exists()
