@@ -8,6 +8,7 @@ so its top logits are far apart (margins of several units), so batching/padding 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import queue
 import threading
 
@@ -50,9 +51,20 @@ def load_tiny_llm_factory(repo_root):
     return module.create
 
 
+def shared_tiny_llm(tmp_path_factory, repo_root) -> Path:
+    """The tiny model, created once per test session (training it takes seconds) and copied into
+    a fresh directory for each module's spec."""
+    import shutil
+
+    model = load_tiny_llm_factory(repo_root)(tmp_path_factory.getbasetemp() / "tiny_llm_shared")
+    target = tmp_path_factory.mktemp("llm") / "tiny"
+    shutil.copytree(model, target)
+    return target
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, repo_root):
-    return load_tiny_llm_factory(repo_root)(tmp_path_factory.mktemp("llm") / "tiny")
+    return shared_tiny_llm(tmp_path_factory, repo_root)
 
 
 @pytest.fixture(scope="module")
