@@ -50,7 +50,7 @@ def build_llm(model: ModelSpec, spec: Spec, terminal: Terminal, *, work_dir: Pat
 
     plan = engine_step.memory_plan(llm, hf_config)
     terminal.table(f"{model.name}: GPU memory plan on {llm.target_gpu} (tp={llm.tensor_parallel})",
-                   ["item", "bytes"], plan.rows())
+                   ["item", "size"], plan.rows())
     engine_step.require_fit(plan, llm, spec_path=spec.path, field=f"{field}.limits")
 
     checkpoint, quant_report = None, None
@@ -111,7 +111,9 @@ def _checkpoint(model: ModelSpec, spec: Spec, llm: LlmSpec, hf_dir: Path, termin
     text_file = spec.resolve(quant.calibration.text_file) if quant.calibration.text_file else None
     calibration, held_out = quantize.calibration_texts(quant.calibration, text_file) if quant.mode == "fp8" else ([], [])
     modelopt_version = _version("nvidia-modelopt")
-    key = _hash({"model": dir_hash(hf_dir), "quantization": quant.model_dump(), "dtype": llm.dtype,
+    # The error budget is checked on every build, so changing it does not redo the export.
+    recipe = quant.model_dump(exclude={"max_logit_error", "min_token_agreement"})
+    key = _hash({"model": dir_hash(hf_dir), "quantization": recipe, "dtype": llm.dtype,
                  "tp": llm.tensor_parallel, "calibration": calibration, "held_out": held_out,
                  "modelopt": modelopt_version, "loader": _file_hash(BACKENDS_DIR / "llm_cpu_engine" / "trtllm_checkpoint.py")})
     target = cache_root(spec) / "checkpoints" / key.removeprefix("sha256:")[:32]
@@ -135,6 +137,7 @@ def _checkpoint(model: ModelSpec, spec: Spec, llm: LlmSpec, hf_dir: Path, termin
     if quant.mode == "none":
         return target, None
     report = json.loads(report_path.read_text())
+    report["budget"] = {"max_logit_error": quant.max_logit_error, "min_token_agreement": quant.min_token_agreement}
     terminal.table(f"{model.name}: FP8 cost on {report['held_out_prompts']} held-out prompts",
                    ["measure", "value", "budget"],
                    [["max logit error", report["max_logit_error"], f"<= {quant.max_logit_error}"],
@@ -297,6 +300,7 @@ def greedy_text(hf_dir: Path, checkpoint: Path | None, prompt: str, max_tokens: 
     """Greedy continuation of prompt by the model as served (from checkpoint when given)."""
     torch = lazy_import("torch", purpose="LLM reference generation", extra="llm")
     transformers = lazy_import("transformers", purpose="LLM reference generation", extra="llm")
+    quantize.quiet_transformers()
     tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
     model = _served_model_loader()(str(hf_dir), str(checkpoint) if checkpoint else None)
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids

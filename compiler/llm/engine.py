@@ -113,7 +113,11 @@ class MemoryPlan:
 
 
 def _gib(n: int) -> str:
-    return f"{n / GIB:.3f} GiB"
+    """A byte count in the largest unit that keeps it >= 1 (tiny test models have KiB of KV cache)."""
+    for unit, size in (("GiB", GIB), ("MiB", 1024 ** 2), ("KiB", 1024)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
 
 
 def memory_plan(llm: LlmSpec, hf_config: dict) -> MemoryPlan:

@@ -5,7 +5,10 @@ Runs on CPU here (slow only for big models), on GPU where torch sees one.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,13 +49,30 @@ def calibration_texts(calibration: CalibrationSpec, text_file: Path | None) -> t
     return calibrate[:calibration.samples], held_out
 
 
+def quiet_transformers():
+    """transformers' weight-loading progress bars and ModelOpt's prints would bury the build's own
+    output; their warnings (untested version pairs, lm_head left unquantized) are expected here."""
+    transformers = lazy_import("transformers", purpose="LLM checkpoint export", extra="llm")
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+@contextlib.contextmanager
+def _silenced():
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def export_checkpoint(hf_dir: Path, out_dir: Path, quantization: QuantizationSpec, *, dtype: str,
                       tensor_parallel: int, calibration: list[str]) -> None:
     """Quantize (mode fp8) or not (mode none) and write a TensorRT-LLM checkpoint to out_dir."""
     torch = lazy_import("torch", purpose="LLM checkpoint export", extra="llm")
     transformers = lazy_import("transformers", purpose="LLM checkpoint export", extra="llm")
-    export = lazy_import("modelopt.torch.export", purpose="TensorRT-LLM checkpoint export", extra="llm",
-                         package="nvidia-modelopt")
+    with _silenced():  # ModelOpt warns at import about untested transformers versions
+        export = lazy_import("modelopt.torch.export", purpose="TensorRT-LLM checkpoint export", extra="llm",
+                             package="nvidia-modelopt")
+    quiet_transformers()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device).eval()
     if quantization.mode == "fp8":
@@ -74,10 +94,11 @@ def export_checkpoint(hf_dir: Path, out_dir: Path, quantization: QuantizationSpe
                 config["quant_cfg"].extend(kv)
             else:
                 config["quant_cfg"].update(kv)
-        model = mtq.quantize(model, config, forward_loop)
+        with _silenced():
+            model = mtq.quantize(model, config, forward_loop)
     torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     out_dir.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), _silenced():
         export.export_tensorrt_llm_checkpoint(model, "llama", torch_dtype, str(out_dir),
                                               inference_tensor_parallel=tensor_parallel)
 
@@ -89,6 +110,7 @@ def measure(hf_dir: Path, checkpoint_dir: Path, quantization: QuantizationSpec, 
     load_served(hf_dir, checkpoint_dir) builds the model exactly as the CPU engine serves it."""
     torch = lazy_import("torch", purpose="FP8 error measurement", extra="llm")
     transformers = lazy_import("transformers", purpose="FP8 error measurement", extra="llm")
+    quiet_transformers()
     tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
     original = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     served = load_served(hf_dir, checkpoint_dir)
