@@ -181,7 +181,8 @@ def _run_check(name: str, samples: dict, client: "_Client", stream_join: str | N
         if not client.is_model_ready(name):
             return ModelCheck(name, label, "failed", message=f"not ready on the server: {client.model_reason(name)}")
         expected = samples.get("outputs") or {}
-        output_names = list(expected) or [o["name"] for o in client.output_metadata(name)]
+        declared = None if expected else {o["name"]: o for o in client.output_metadata(name)}
+        output_names = list(expected or declared)
         if stream_join:
             parts = client.stream(name, samples["inputs"], output_names, samples.get("parameters"))
             served = {n: [p[n] for p in parts if n in p] for n in output_names}
@@ -198,7 +199,6 @@ def _run_check(name: str, samples: dict, client: "_Client", stream_join: str | N
         tensors = [_compare(n, served[n], spec, tolerances.get(n) or {}, stream_join)
                    for n, spec in expected.items()]
     else:
-        declared = {o["name"]: o for o in client.output_metadata(name)}
         tensors = [_check_declared(n, served[n], declared[n]) for n in output_names]
     status = "passed" if all(t.passed for t in tensors) else "failed"
     return ModelCheck(name, label, status, tensors)
@@ -263,6 +263,7 @@ class _Client:
     """The part of tritonclient's HTTP and gRPC clients the check uses, with numpy in and out."""
 
     protocol: str
+    display_name: str
 
     def __init__(self, url: str, timeout_s: float):
         self.url, self.timeout_s = url, timeout_s
@@ -271,7 +272,7 @@ class _Client:
         try:
             live = self._client.is_server_live()
         except Exception as exc:  # connection refused, DNS, TLS: all mean "nobody answers here"
-            raise TritonizeError(f"no Triton server answers at {self.url} over {self.protocol.upper()} "
+            raise TritonizeError(f"no Triton server answers at {self.url} over {self.display_name} "
                                  f"({_one_line(str(exc)) or type(exc).__name__})",
                                  fix=f"start one with `tritonize serve {repository}` or pass the server's address "
                                  "with --url") from None
@@ -303,7 +304,7 @@ class _Client:
 
 
 class _HttpClient(_Client):
-    protocol = "http"
+    protocol, display_name = "http", "HTTP"
 
     def __init__(self, url: str, timeout_s: float):
         super().__init__(url, timeout_s)
@@ -326,7 +327,7 @@ class _HttpClient(_Client):
 
 
 class _GrpcClient(_Client):
-    protocol = "grpc"
+    protocol, display_name = "grpc", "gRPC"
 
     def __init__(self, url: str, timeout_s: float):
         super().__init__(url, timeout_s)

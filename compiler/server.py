@@ -234,28 +234,38 @@ class TritonServer:
 
         If the server exits first, raise a one-line ServerError quoting why (the model that failed
         to load and its error, a port in use, ...). Auto-picked ports lost to a race are re-picked.
+        A python-backend stub that dies before its model is created (e.g. no model.py) leaves
+        tritonserver 2.51 waiting forever: such a failure stops the server after a short grace.
         """
         if self.process is None:
             raise RuntimeError("call start() before wait_ready()")
         deadline = time.monotonic() + (self.startup_timeout_s if timeout_s is None else timeout_s)
         port_retries = 3
+        stub_failed_at: float | None = None
         while True:
-            if _http_ok(f"http://{self.http_url}/v2/health/ready"):
+            if self._endpoints_up() and self.process.poll() is None:
                 return
             code = self.process.poll()
             if code is not None:
                 log = self.log_text()
-                if port_retries and _port_in_use(log) and None in self._requested_ports:
+                taken = _port_in_use(log)
+                if port_retries and taken and self._requested_ports[taken[0]] is None:
                     port_retries -= 1
                     self.start()
                     continue
-                raise self._startup_error(code, log)
-            if time.monotonic() > deadline:
+                raise self._startup_error(log, f"tritonserver exited with code {code} before it was ready")
+            now = time.monotonic()
+            if stub_failed_at is None and _STUB_FAILURE.search(self.log_text()):
+                stub_failed_at = now
+            if stub_failed_at is not None and now - stub_failed_at > STUB_FAILURE_GRACE_S:
                 log = self.log_text()
                 self.stop()
-                raise ServerError(f"tritonserver did not become ready within {self._timeout_text(timeout_s)}"
-                                  f"{_last_line_hint(log)}", file=self.repository,
-                                  fix=f"see the server log {self.log_path}")
+                raise self._startup_error(log, "a python-backend stub failed and tritonserver did not exit")
+            if now > deadline:
+                log = self.log_text()
+                self.stop()
+                raise self._startup_error(log, "tritonserver did not become ready within "
+                                               f"{self._timeout_text(timeout_s)}")
             time.sleep(0.1)
 
     def stop(self, timeout_s: float = 40) -> int | None:
@@ -306,12 +316,18 @@ class TritonServer:
             chosen.append(port)
         self.http_port, self.grpc_port, self.metrics_port = chosen
 
+    def _endpoints_up(self) -> bool:
+        """Ready, and the metrics endpoint (started last) up: a port clash there ends the server."""
+        if not _http_ok(f"http://{self.http_url}/v2/health/ready"):
+            return False
+        return "--allow-metrics=false" in self.extra_args or _http_ok(f"http://{self.metrics_url}")
+
     def _timeout_text(self, timeout_s: float | None) -> str:
         return f"{self.startup_timeout_s if timeout_s is None else timeout_s:g} s"
 
-    def _startup_error(self, code: int, log: str) -> ServerError:
+    def _startup_error(self, log: str, what: str) -> ServerError:
         fix = f"full server log: {self.log_path}"
-        failures = _model_load_failures(log)
+        failures = _model_load_failures(log, self.repository)
         if failures:
             names = ", ".join(f"'{name}'" for name, _ in failures)
             detail = failures[0][1] if len(failures) == 1 else \
@@ -319,12 +335,13 @@ class TritonServer:
             file = self.repository / failures[0][0] if len(failures) == 1 else self.repository
             return ServerError(f"model{'s' if len(failures) > 1 else ''} {names} failed to load: {detail}",
                                file=file, fix=f"correct the model, then start again; {fix}")
-        if _port_in_use(log):
-            return ServerError(f"a port is already in use (HTTP {self.http_port}, gRPC {self.grpc_port}, "
-                               f"metrics {self.metrics_port})", fix="stop the other server or choose other ports "
-                               "with --http-port/--grpc-port/--metrics-port")
-        return ServerError(f"tritonserver exited with code {code} before it was ready{_last_line_hint(log)}",
-                           file=self.repository, fix=fix)
+        taken = _port_in_use(log)
+        if taken:
+            index, service, port = taken
+            option = ("--http-port", "--grpc-port", "--metrics-port")[index]
+            return ServerError(f"the {service} port {port} is already in use", file=self.repository,
+                               fix=f"stop what listens there, or choose another port with {option}")
+        return ServerError(f"{what}{_last_line_hint(log)}", file=self.repository, fix=fix)
 
 
 def repository_index(http_url: str) -> list[dict]:
@@ -405,15 +422,36 @@ def _http_ok(url: str) -> bool:
 _LOAD_FAILURE = re.compile(r"^E\d{4} [\d:.]+ +\d+ \S+\] \"failed to load '([^']+)' version \d+: (.*)\"\s*$")
 # Errors before a model is even tried, e.g. a config.pbtxt that does not parse.
 _REPOSITORY_FAILURE = re.compile(r"^E\d{4} [\d:.]+ +\d+ \S+\] \"Poll failed for model directory '([^']+)': (.*)\"\s*$")
+_PARSE_ERROR = re.compile(r"Error parsing text-format inference\.ModelConfig: (\d+):(\d+): (.*)$")
+# A stub that dies before its model exists: "Failed to preinitialize Python stub: Python model file
+# not found in '/repo/m/1/model.py'" (the server then hangs; see wait_ready).
+_STUB_FAILURE = re.compile(r"Failed to (?:pre)?initialize Python stub: (.*?)\"?\s*$", re.MULTILINE)
+STUB_FAILURE_GRACE_S = 10.0  # an initialize() error makes the server exit by itself within a few s
 
 
-def _model_load_failures(log: str) -> list[tuple[str, str]]:
+def _model_load_failures(log: str, repository: Path) -> list[tuple[str, str]]:
     failures: dict[str, str] = {}
+    parse_error = ""  # protobuf logs where a config.pbtxt stops parsing just before the poll failure
     for line in log.splitlines():
+        if (found := _PARSE_ERROR.search(line)) is not None:
+            parse_error = f" (line {found.group(1)}, column {found.group(2)}: {found.group(3).strip()})"
         match = _LOAD_FAILURE.match(line) or _REPOSITORY_FAILURE.match(line)
         if match and match.group(1) not in failures:
-            failures[match.group(1)] = _one_line_message(match.group(2))
+            message = _one_line_message(match.group(2))
+            if "failed to read text proto" in message:
+                message, parse_error = message + parse_error, ""
+            failures[match.group(1)] = message
+    for match in _STUB_FAILURE.finditer(log):
+        model = _model_in_path(match.group(1), repository)
+        if model not in failures:
+            failures[model] = _one_line_message(match.group(1))
     return list(failures.items())
+
+
+def _model_in_path(message: str, repository: Path) -> str:
+    """The model whose directory a message names: '/repo/<model>/1/model.py' -> '<model>'."""
+    found = re.search(re.escape(str(repository)) + r"/([^/'\s]+)/", message)
+    return found.group(1) if found else "?"
 
 
 def _one_line_message(message: str) -> str:
@@ -424,8 +462,18 @@ def _one_line_message(message: str) -> str:
     return f"{head} (at {frame_lines[0]})" if frame_lines else head
 
 
-def _port_in_use(log: str) -> bool:
-    return "Address already in use" in log or "address already in use" in log
+# E1122 11:41:32.683948 18745 main.cc:257] "failed to start HTTP service: Unavailable - Socket '0.0.0.0:60167' already in use "
+_PORT_IN_USE = re.compile(r"failed to start (HTTP|GRPC|Metrics) service: .*?'[^']*:(\d+)' already in use")
+_PORT_INDEX = {"HTTP": 0, "GRPC": 1, "Metrics": 2}
+
+
+def _port_in_use(log: str) -> tuple[int, str, int] | None:
+    """(index into (http, grpc, metrics), service, port) of the port tritonserver could not bind."""
+    found = _PORT_IN_USE.search(log)
+    if found is None:
+        return None
+    service = found.group(1)
+    return _PORT_INDEX[service], {"GRPC": "gRPC", "Metrics": "metrics"}.get(service, service), int(found.group(2))
 
 
 def _last_line_hint(log: str) -> str:

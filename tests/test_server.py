@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,32 @@ def test_broken_model_fails_start_with_one_line_naming_it(tmp_path, triton_serve
     assert "\n" not in line
 
 
+def test_every_model_that_cannot_load_is_named(tmp_path, triton_server):
+    # A config that does not parse, and a model directory without model.py: the stub of the
+    # latter dies before its model exists, which leaves tritonserver 2.51 waiting forever.
+    repo = tmp_path / "repo"
+    _write_model(repo, "unparsable", 'name: "unparsable"\nbackend: "python"\ninput { dims: [ 4 }\n', DOUBLE_MODEL)
+    _write_model(repo, "no_code", DOUBLE_CONFIG.replace('"double"', '"no_code"'), DOUBLE_MODEL)
+    (repo / "no_code" / "1" / "model.py").unlink()
+    with pytest.raises(ServerError) as error:
+        triton_server(repo, startup_timeout_s=120)
+    line = error.value.one_line()
+    assert "models 'unparsable', 'no_code' failed to load" in line
+    assert "unparsable/config.pbtxt (line 3, column " in line and "no_code/1/model.py" in line
+
+
+def test_a_taken_port_is_named_with_its_option(tmp_path, triton_server):
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(ServerError) as error:
+            triton_server(tmp_path / "empty", grpc_port=port)
+    assert f"the gRPC port {port} is already in use" in error.value.one_line()
+    assert "--grpc-port" in error.value.one_line()
+
+
 def test_stop_leaves_no_process(tmp_path, tiny_repo):
     repo = tmp_path / "repo"
     shutil.copytree(tiny_repo / "double", repo / "double")
@@ -218,3 +245,19 @@ def test_stop_leaves_no_process(tmp_path, tiny_repo):
         assert len(_process_group(server.pid)) >= 2  # the server and the model's python stub
     assert server.process.returncode == 0  # SIGTERM: a clean shutdown, not the SIGKILL fallback
     assert _process_group(server.pid) == []
+
+
+def test_backend_directory_is_prepared_once_under_concurrency(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tritonize.server import find_tritonserver
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with ThreadPoolExecutor(4) as pool:
+        installs = list(pool.map(lambda _: find_tritonserver(), range(4)))
+    backend_dirs = {install.backend_dir for install in installs}
+    assert len(backend_dirs) == 1
+    (backend_dir,) = backend_dirs
+    assert (backend_dir / "python" / "triton_python_backend_stub").stat().st_mode & 0o111  # still executable
+    # The losers' staging copies are gone: only the finished directory is left.
+    assert [p.name for p in backend_dir.parent.parent.iterdir()] == [backend_dir.parent.name]
