@@ -116,7 +116,13 @@ def _prepare_backends(dist_dir: Path, stub: Path, key: str) -> Path:
     final = _cache_root() / key
     if _backends_complete(final):
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # no writable home (CI users, containers): a per-user temp dir serves as well
+        final = Path(tempfile.gettempdir()) / f"tritonize-{os.getuid()}" / "tritonserver" / key
+        if _backends_complete(final):
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
     try:
         shutil.copytree(dist_dir / "backends", staging / "backends",

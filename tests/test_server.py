@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +249,35 @@ def test_stop_leaves_no_process(tmp_path, tiny_repo):
         assert len(_process_group(server.pid)) >= 2  # the server and the model's python stub
     assert server.process.returncode == 0  # SIGTERM: a clean shutdown, not the SIGKILL fallback
     assert _process_group(server.pid) == []
+
+
+def test_serve_runs_until_sigterm_then_stops_the_server(tiny_repo, tmp_path):
+    with socket.socket() as a, socket.socket() as b, socket.socket() as c:  # held together: 3 distinct ports
+        for sock in (a, b, c):
+            sock.bind(("", 0))
+        http_port, grpc_port, metrics_port = (sock.getsockname()[1] for sock in (a, b, c))
+    command = [sys.executable, "-m", "tritonize", "serve", str(tiny_repo), "--http-port", str(http_port),
+               "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]
+    with open(tmp_path / "serve.out", "w+") as out:
+        serve = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while "press Ctrl-C to stop" not in (tmp_path / "serve.out").read_text():
+                assert serve.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.out").read_text()
+                time.sleep(0.2)
+            children = [int(pid) for pid in Path(f"/proc/{serve.pid}/task/{serve.pid}/children").read_text().split()]
+            result = check_deployment(tiny_repo, f"localhost:{http_port}", "both",
+                                      grpc_url=f"localhost:{grpc_port}", terminal=_quiet())
+            assert result.passed
+            serve.send_signal(signal.SIGTERM)
+            assert serve.wait(timeout=60) == 0
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+                serve.wait()
+    printed = (tmp_path / "serve.out").read_text()
+    assert f"http://localhost:{http_port}" in printed and "tritonserver stopped" in printed
+    assert len(children) == 1 and _process_group(children[0]) == []
 
 
 def test_backend_directory_is_prepared_once_under_concurrency(tmp_path, monkeypatch):
