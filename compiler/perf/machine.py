@@ -1,0 +1,64 @@
+"""The machine and tool versions a measurement was taken on (numbers mean little without them)."""
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+
+def machine_info() -> dict[str, object]:
+    info: dict[str, object] = {
+        "hostname": platform.node(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+    return info
+
+
+def tool_versions(perf_analyzer_version: str, server_version: str | None) -> dict[str, str]:
+    versions = {"perf_analyzer": perf_analyzer_version, "tritonserver": server_version or "unknown"}
+    for package in ("tritonize", "tritonclient", "nvidia-pytriton", "onnxruntime", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def server_version(url: str, protocol: str) -> str | None:
+    """The server's own version from its metadata endpoint."""
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc as client_module
+
+            with client_module.InferenceServerClient(url) as client:
+                return client.get_server_metadata().version
+        import tritonclient.http as client_module
+
+        with client_module.InferenceServerClient(url) as client:
+            return client.get_server_metadata()["version"]
+    except Exception:  # the version is informative only; a dead server fails loudly elsewhere
+        return None
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 ** 2, 1)
+    return None

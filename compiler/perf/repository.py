@@ -1,0 +1,153 @@
+"""What perf needs to know about a model repository: the models, their configs, their sample inputs."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import TritonizeError
+
+MANIFEST = "tritonize.manifest.json"
+
+
+@dataclass
+class ServedModel:
+    name: str
+    config: Any                      # tritonclient.grpc.model_config_pb2.ModelConfig
+    samples: dict | None = None      # the manifest's samples.inputs, when the build recorded them
+    composing: list[str] = field(default_factory=list)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.config.platform == "ensemble"
+
+    @property
+    def decoupled(self) -> bool:
+        return self.config.model_transaction_policy.decoupled
+
+    def settings(self) -> dict[str, Any]:
+        """The serving settings under test, as read from config.pbtxt (shown in the report)."""
+        config = self.config
+        settings: dict[str, Any] = {"backend": config.backend or config.platform,
+                                    "max_batch_size": config.max_batch_size}
+        if config.HasField("dynamic_batching"):
+            batching = config.dynamic_batching
+            settings["dynamic_batching"] = {
+                "preferred_batch_size": list(batching.preferred_batch_size),
+                "max_queue_delay_microseconds": batching.max_queue_delay_microseconds}
+        else:
+            settings["dynamic_batching"] = None
+        if config.instance_group:
+            from tritonclient.grpc import model_config_pb2
+
+            settings["instance_group"] = [
+                {"count": group.count, "kind": model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind)}
+                for group in config.instance_group]
+        if self.decoupled:
+            settings["decoupled"] = True
+        if config.response_cache.enable:
+            settings["response_cache"] = True
+        if self.composing:
+            settings["steps"] = list(self.composing)
+        return settings
+
+
+def read_config(path: Path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(path.read_text(), config)
+    except text_format.ParseError as exc:
+        raise TritonizeError(f"config.pbtxt does not parse: {exc}", file=path,
+                             fix="rebuild the repository with `tritonize build`") from None
+    return config
+
+
+def load_repository(repository: Path) -> dict[str, ServedModel]:
+    """Every model directory with a config.pbtxt, with its manifest samples when present."""
+    if not repository.is_dir():
+        raise TritonizeError("model repository not found", file=repository,
+                             fix="build one with `tritonize build model.yaml` or pass its path")
+    manifest_models: dict = {}
+    manifest_path = repository / MANIFEST
+    if manifest_path.is_file():
+        manifest_models = json.loads(manifest_path.read_text()).get("models", {})
+    models: dict[str, ServedModel] = {}
+    for config_path in sorted(repository.glob("*/config.pbtxt")):
+        config = read_config(config_path)
+        name = config.name or config_path.parent.name
+        samples = (manifest_models.get(name) or {}).get("samples", {}).get("inputs")
+        composing = [step.model_name for step in config.ensemble_scheduling.step]
+        models[name] = ServedModel(name, config, samples, composing)
+    if not models:
+        raise TritonizeError("no model directories with a config.pbtxt", file=repository,
+                             fix="pass the repository that `tritonize build` wrote")
+    return models
+
+
+def select_models(models: dict[str, ServedModel], names: list[str] | None) -> list[ServedModel]:
+    """The requested models (all top-level models by default: composing models of an ensemble are
+    measured too, since their own numbers show what the ensemble costs on top)."""
+    if not names:
+        return list(models.values())
+    unknown = [n for n in names if n not in models]
+    if unknown:
+        raise TritonizeError(f"unknown model(s): {', '.join(unknown)}", field="--model",
+                             fix=f"use one of: {', '.join(models)}")
+    return [models[n] for n in names]
+
+
+def write_input_data(model: ServedModel, path: Path) -> tuple[Path | None, tuple[str, ...]]:
+    """perf_analyzer input: the manifest's sample rows when there are some, else random data.
+
+    Returns (--input-data file or None, --shape arguments for variable dims of random data).
+    Batched models get one entry per sample row (perf_analyzer cycles through them, batch 1).
+    A decoupled model's BOOL input named `stream` is set true so that it streams.
+    """
+    config = model.config
+    batched = config.max_batch_size > 0
+    if model.samples:
+        rows = _sample_rows(model.samples, batched)
+        if model.decoupled:
+            for entry in rows:
+                for tensor in config.input:
+                    if tensor.name == "stream" and tensor.data_type == _bool_type():
+                        entry[tensor.name] = {"content": [True], "shape": list(tensor.dims) or [1]}
+        path.write_text(json.dumps({"data": rows}))
+        return path, ()
+    shapes = tuple(f"{t.name}:{','.join(str(d if d > 0 else 1) for d in t.dims)}"
+                   for t in config.input if any(d < 0 for d in t.dims))
+    return None, shapes
+
+
+# perf_analyzer's JSON reader wants floats written as floats ("1.0", not "1") for FP tensors.
+_NUMPY_KINDS = {"FP": "float64", "BF": "float64", "IN": "int64", "UI": "int64", "BO": "bool"}
+
+
+def _sample_rows(samples: dict, batched: bool) -> list[dict]:
+    import numpy as np
+
+    tensors = {}
+    for name, sample in samples.items():
+        tensors[name] = np.asarray(sample["data"], dtype=_NUMPY_KINDS.get(sample["datatype"][:2], object))
+    if not batched:
+        return [{name: _content(array) for name, array in tensors.items()}]
+    count = min(array.shape[0] for array in tensors.values())
+    return [{name: _content(array[i]) for name, array in tensors.items()} for i in range(count)]
+
+
+def _content(array) -> dict:
+    import numpy as np
+
+    array = np.asarray(array)
+    flat = array.reshape(-1).tolist()
+    return {"content": flat, "shape": list(array.shape) or [1]}
+
+
+def _bool_type() -> int:
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2.TYPE_BOOL

@@ -1,0 +1,196 @@
+"""`tritonize perf`: measure every model of a repository, report, and judge against a baseline."""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import TritonizeError
+from ..terminal import Terminal, default_terminal
+from .analyzer import MeasurementSettings, PerfAnalyzer, PointRequest, find_perf_analyzer
+from .repository import ServedModel, load_repository, select_models, write_input_data
+from .results import ModelResult, PerfResult, aggregate, load_results
+from .verdict import DEFAULT_LATENCY_TOLERANCE, DEFAULT_TOLERANCE, TABLE_COLUMNS, compare
+
+PROTOCOLS = ("grpc", "http")
+
+
+def parse_concurrency(text: str) -> list[int]:
+    """'8' -> [8]; 'start:end' -> powers of two from start up to end (end included);
+    'start:end:step' -> start, start+step, ... up to end."""
+    parts = text.split(":")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if not 1 <= len(numbers) <= 3 or any(n < 1 for n in numbers) or (len(numbers) > 1 and numbers[1] < numbers[0]):
+        raise TritonizeError(f"'{text}' is not a concurrency range", field="--concurrency",
+                             fix="write N, START:END (doubling) or START:END:STEP with 1 <= START <= END")
+    if len(numbers) == 1:
+        return numbers
+    start, end = numbers[0], numbers[1]
+    if len(numbers) == 3:
+        return list(range(start, end + 1, numbers[2]))
+    levels = []
+    level = start
+    while level < end:
+        levels.append(level)
+        level *= 2
+    return levels + [end]
+
+
+def run_perf(repository: Path, *, models: list[str] | None = None, url: str | None = None,
+             protocol: str = "grpc", concurrency: str = "1:8", baseline: Path | None = None,
+             save_baseline: Path | None = None, report_dir: Path = Path("perf_report"), repeats: int = 3,
+             tolerance: float = DEFAULT_TOLERANCE, latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
+             settings: MeasurementSettings = MeasurementSettings(),
+             terminal: Terminal = default_terminal) -> PerfResult:
+    """Profile `models` of `repository` (all by default) with perf_analyzer and write the report.
+
+    Starts the embedded tritonserver on the repository unless `url` names a running server
+    (host:port of the chosen protocol). Returns the result; `result.exit_code` is 3 when a
+    `baseline` was given and some point got slower (the verdict table has then been printed).
+    """
+    if protocol not in PROTOCOLS:
+        raise TritonizeError(f"unknown protocol '{protocol}'", field="--protocol", fix="use grpc or http")
+    if repeats < 1:
+        raise TritonizeError("repeats must be at least 1", field="--repeats", fix="pass --repeats 3")
+    levels = parse_concurrency(concurrency)
+    repository = Path(repository)
+    served = load_repository(repository)
+    chosen = select_models(served, models)
+    baseline_result = load_results(Path(baseline)) if baseline is not None else None  # fail early
+    analyzer = find_perf_analyzer()
+
+    report_dir = Path(report_dir)
+    raw_dir = report_dir / "raw"
+    if raw_dir.exists():
+        shutil.rmtree(raw_dir)  # raw files of an earlier run would mix with this one's
+    raw_dir.mkdir(parents=True)
+
+    with _server(repository, url, protocol, report_dir, terminal) as endpoints:
+        from .machine import machine_info, server_version, tool_versions
+
+        tools = tool_versions(analyzer.version(), server_version(endpoints[protocol], protocol))
+        results = _measure_all(analyzer, served, chosen, levels, endpoints, protocol, repeats, settings,
+                               raw_dir, terminal)
+
+    result = PerfResult(
+        models=results, repository=str(repository.resolve()), url=url or "embedded server",
+        protocol=protocol, repeats=repeats, measurement=asdict(settings), machine=machine_info(),
+        tools=tools, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        report_dir=report_dir, baseline=str(baseline) if baseline is not None else None)
+    if baseline_result is not None:
+        result.verdict = compare(result, baseline_result, tolerance=tolerance, latency_tolerance=latency_tolerance)
+
+    from .report import write_report
+
+    with terminal.status(f"writing the report to {report_dir}"):
+        write_report(result, report_dir)
+    _print_summary(result, terminal)
+    if save_baseline is not None:
+        Path(save_baseline).parent.mkdir(parents=True, exist_ok=True)
+        result.write(Path(save_baseline))
+        terminal.success(f"baseline saved to {save_baseline}")
+    return result
+
+
+@contextlib.contextmanager
+def _server(repository: Path, url: str | None, protocol: str, report_dir: Path,
+            terminal: Terminal) -> Iterator[dict[str, str | None]]:
+    """Endpoints by protocol: the given URL for its protocol only, or both of a server started here."""
+    if url is not None:
+        yield {protocol: url, "grpc" if protocol == "http" else "http": None}
+        return
+    from ..server import TritonServer
+
+    with terminal.status(f"starting tritonserver on {repository}"):
+        server = TritonServer(repository, log_path=report_dir / "tritonserver.log")
+        server.__enter__()
+    try:
+        yield {"grpc": server.grpc_url, "http": server.http_url}
+    finally:
+        server.stop()
+
+
+def _streams(model: ServedModel, served: dict[str, ServedModel]) -> bool:
+    """A decoupled model, or an ensemble with a decoupled step, answers through a gRPC stream."""
+    if model.decoupled:
+        return True
+    return any(step in served and _streams(served[step], served) for step in model.composing)
+
+
+def _measure_all(analyzer: PerfAnalyzer, served: dict[str, ServedModel], chosen: list[ServedModel],
+                 levels: list[int], endpoints: dict[str, str | None], protocol: str, repeats: int,
+                 settings: MeasurementSettings, raw_dir: Path, terminal: Terminal) -> list[ModelResult]:
+    from .streaming import token_metrics
+
+    plan = []
+    for model in chosen:
+        streaming = _streams(model, served)
+        if streaming and endpoints["grpc"] is None:
+            terminal.warning(f"skipping '{model.name}': a streaming model is measured over gRPC "
+                             f"(pass --protocol grpc and the server's gRPC address)")
+            continue
+        plan.append((model, streaming))
+
+    results = []
+    total = sum(len(levels) * repeats for _ in plan)
+    with terminal.progress(f"measuring {len(plan)} models x {len(levels)} concurrency levels x {repeats} repeats",
+                           total=total) as advance:
+        for model, streaming in plan:
+            model_dir = raw_dir / model.name
+            model_dir.mkdir(parents=True)
+            input_data, shapes = write_input_data(model, model_dir / "input_data.json")
+            kind = "streaming" if streaming else ("ensemble" if model.is_ensemble else "model")
+            result = ModelResult(model.name, kind, model.settings(),
+                                 "manifest samples" if input_data else "random")
+            point_settings = settings
+            if streaming:
+                # A generation takes far longer than a classifier call: smaller windows, same stability rule.
+                from dataclasses import replace
+
+                point_settings = replace(settings, window_requests=max(8, settings.window_requests // 20))
+            for level in levels:
+                request = PointRequest(model.name, level, endpoints["grpc"] if streaming else endpoints[protocol],
+                                       "grpc" if streaming else protocol, input_data, shapes,
+                                       streaming=streaming, profile_export=streaming)
+                measurements, tokens = [], []
+                for repeat in range(1, repeats + 1):
+                    tag = f"c{level}.r{repeat}"
+                    measurement = analyzer.measure(request, point_settings, model_dir, tag)
+                    measurements.append(measurement)
+                    profile = model_dir / f"{tag}.attempt{measurement.attempts}.profile.json"
+                    tokens.append(token_metrics(profile) if streaming and profile.exists() else None)
+                    advance(f"{model.name} c={level} repeat {repeat}: {measurement.throughput:.1f} infer/s, "
+                            f"p99 {measurement.p99_us / 1000:.2f} ms")
+                result.points.append(aggregate(level, measurements, tokens))
+            results.append(result)
+    return results
+
+
+def _print_summary(result: PerfResult, terminal: Terminal) -> None:
+    rows = []
+    for model in result.models:
+        for point in model.points:
+            extra = ""
+            if point.tokens:
+                extra = (f"TTFT p50 {point.tokens['ttft_p50_ms']:.1f} ms, "
+                         f"{point.tokens['output_tokens_per_s']:.1f} tok/s")
+            rows.append([model.name, point.concurrency, f"{point.throughput:.1f}", f"{point.p50_ms:.2f}",
+                         f"{point.p99_ms:.2f}", "yes" if point.stable else "NO", extra])
+    terminal.table("perf results (median of repeats)",
+                   ["model", "concurrency", "infer/s", "p50 ms", "p99 ms", "stable", "streaming"], rows)
+    if result.verdict is not None:
+        verdict = result.verdict
+        terminal.table(f"verdict against {result.baseline}", TABLE_COLUMNS, verdict.table_rows())
+        for missing in verdict.missing:
+            terminal.warning(f"{missing} is in the baseline but was not measured")
+        if verdict.regressed:
+            terminal.error(verdict.summary)
+        else:
+            terminal.success(verdict.summary)
+    terminal.success(f"report: {result.report_dir / 'report.html'}")

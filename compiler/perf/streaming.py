@@ -1,0 +1,68 @@
+"""Token metrics of a streaming (decoupled) model, derived from perf_analyzer's profile export.
+
+perf_analyzer 2.51 measures a decoupled model's latency up to its *first* response and counts
+responses per second; it reports no token metrics itself. Its `--profile-export-file` keeps, per
+request, the send timestamp and every response's timestamp and outputs, from which:
+
+- time to first token (TTFT) = first response carrying output - request sent;
+- inter-token latency (ITL) = (last token response - first token response) / (token responses - 1),
+  per request;
+- output tokens/s = token responses across all requests / (last response - first request sent).
+
+"Token" here means a streamed response carrying output: exact for servers that stream one token
+per response (tritonize's LLM backends do); a response carrying several tokens counts once. The
+final empty response that only closes a stream (flag COMPLETE_FINAL) carries no output and is not
+counted.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class TokenMetrics:
+    requests: int
+    output_tokens: int
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    itl_mean_ms: float | None      # None when every request produced at most one token
+    itl_p99_ms: float | None
+    output_tokens_per_s: float
+    tokens_per_request: float
+
+
+def token_metrics(profile_export: Path) -> TokenMetrics | None:
+    data = json.loads(profile_export.read_text())
+    requests = [r for experiment in data.get("experiments", []) for r in experiment.get("requests", [])]
+    ttfts, itls, tokens, first_sent, last_response = [], [], 0, None, None
+    for request in requests:
+        sent = request["timestamp"]
+        outputs = request.get("response_outputs") or []
+        stamps = request.get("response_timestamps") or []
+        token_stamps = [t for t, out in zip(stamps, outputs) if out]
+        if not token_stamps:
+            continue
+        ttfts.append((token_stamps[0] - sent) / 1e6)
+        if len(token_stamps) > 1:
+            itls.append((token_stamps[-1] - token_stamps[0]) / (len(token_stamps) - 1) / 1e6)
+        tokens += len(token_stamps)
+        first_sent = sent if first_sent is None else min(first_sent, sent)
+        last_response = stamps[-1] if last_response is None else max(last_response, stamps[-1])
+    if not ttfts:
+        return None
+    elapsed_s = max((last_response - first_sent) / 1e9, 1e-9)
+    return TokenMetrics(
+        requests=len(ttfts), output_tokens=tokens,
+        ttft_p50_ms=statistics.median(ttfts), ttft_p99_ms=_percentile(ttfts, 99),
+        itl_mean_ms=statistics.fmean(itls) if itls else None,
+        itl_p99_ms=_percentile(itls, 99) if itls else None,
+        output_tokens_per_s=tokens / elapsed_s, tokens_per_request=tokens / len(ttfts))
+
+
+def _percentile(values: list[float], percent: float) -> float:
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, int(round(percent / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[rank]
