@@ -51,6 +51,7 @@ class ModelCheck:
         errors = [t.max_abs_error for t in self.tensors if t.max_abs_error is not None]
         return max(errors) if errors else None
 
+    @property
     def detail(self) -> str:
         failed = [f"{t.name}: {t.message}" for t in self.tensors if not t.passed]
         return "; ".join([self.message] * bool(self.message) + failed)
@@ -155,6 +156,7 @@ STREAM_JOINS: dict[str, StreamJoin] = {
     "last": _join_last,
     "concat_strings": _join_concat_strings,
 }
+DEFAULT_STREAM_JOIN = "concat"
 
 
 # -- one model ------------------------------------------------------------------------------------
@@ -166,7 +168,7 @@ def _check_model(name: str, entry: dict, clients: dict[str, "_Client"], protocol
         if "grpc" not in clients:
             return [ModelCheck(name, "http", "skipped",
                                message="decoupled: answers over gRPC streaming only (use --protocol grpc or both)")]
-        join = samples.get("stream_join", "concat")
+        join = samples.get("stream_join", DEFAULT_STREAM_JOIN)
         if join not in STREAM_JOINS:
             return [ModelCheck(name, "grpc-stream", "failed",
                                message=f"unknown stream_join '{join}' (known: {', '.join(STREAM_JOINS)})")]
@@ -431,7 +433,7 @@ def _report(result: CheckResult, terminal: Terminal) -> None:
     for check in result.checks:
         error = check.max_abs_error
         rows.append([check.model, check.protocol, check.status.upper(),
-                     "" if error is None else f"{error:.3g}", check.detail()])
+                     "" if error is None else f"{error:.3g}", check.detail])
     endpoints = ", ".join(u for u in (result.http_url, result.grpc_url) if u)
     terminal.table(f"tritonize check {result.repository} at {endpoints}",
                    ["Model", "Protocol", "Result", "Max |error|", "Detail"], rows)

@@ -79,7 +79,7 @@ def test_every_built_model_is_served_ready(demo_server, manifest):
 def test_served_answers_match_the_recorded_source_answers(demo_server, demo_repo, manifest):
     result = check_deployment(demo_repo, demo_server.http_url, "both", grpc_url=demo_server.grpc_url,
                               terminal=Terminal(quiet=True, stderr=True))
-    assert not result.failures, [f"{c.model} ({c.protocol}): {c.detail()}" for c in result.failures]
+    assert not result.failures, [f"{c.model} ({c.protocol}): {c.detail}" for c in result.failures]
 
     with_answers = {name for name, entry in manifest["models"].items()
                     if (entry.get("samples") or {}).get("outputs")}

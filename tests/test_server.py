@@ -169,7 +169,7 @@ def test_repository_index_lists_ready_models(server):
 
 def test_check_passes_over_http_grpc_and_streaming(server, tiny_repo):
     result = check_deployment(tiny_repo, server.http_url, "both", grpc_url=server.grpc_url, terminal=_quiet())
-    assert result.passed, [c.detail() for c in result.checks]
+    assert result.passed, [c.detail for c in result.checks]
     assert {(c.model, c.protocol) for c in result.checks} == {
         ("double", "http"), ("double", "grpc"), ("spell", "grpc-stream")}
     assert all(c.max_abs_error == 0.0 for c in result.checks if c.model == "double")
@@ -189,7 +189,7 @@ def test_check_reports_wrong_expected_answers_with_numbers(server, tmp_path):
     assert values.max_abs_error == 0.5
     assert "1 of 8 values outside tolerance" in values.message and "max |error| 0.5 at [1, 2]" in values.message
     assert not argmax.passed and argmax.max_abs_error == 1.0 and "exact" in argmax.message
-    assert "got 'hello', expected 'help'" in spell.detail()
+    assert "got 'hello', expected 'help'" in spell.detail
 
 
 def test_check_http_only_skips_decoupled_models(server, tiny_repo):
