@@ -10,9 +10,9 @@ request, the send timestamp and every response's timestamp and outputs, from whi
 - output tokens/s = token responses across all requests / (last response - first request sent).
 
 "Token" here means a streamed response carrying output: exact for servers that stream one token
-per response (tritonize's LLM backends do); a response carrying several tokens counts once. The
-final empty response that only closes a stream (flag COMPLETE_FINAL) carries no output and is not
-counted.
+per response (tritonize's LLM backends do); a response carrying several tokens counts once. A
+last response with empty outputs is the one that only closes the stream (flag COMPLETE_FINAL, which
+perf_analyzer records as an empty value) and is not counted.
 """
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ def token_metrics(profile_export: Path) -> TokenMetrics | None:
         sent = request["timestamp"]
         outputs = request.get("response_outputs") or []
         stamps = request.get("response_timestamps") or []
-        token_stamps = [t for t, out in zip(stamps, outputs) if out]
+        token_stamps = list(stamps[:len(outputs)])
+        if outputs and not any(value not in ("", [], None) for value in outputs[-1].values()):
+            token_stamps.pop()  # the stream's closing response: perf_analyzer shows it with empty outputs
         if not token_stamps:
             continue
         ttfts.append((token_stamps[0] - sent) / 1e6)
