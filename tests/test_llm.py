@@ -1,7 +1,8 @@
 """The LLM ensemble on the real tritonserver (embedded runtime, CPU engine).
 
-One repository holds the tiny Llama twice: unquantized (`tiny_llm`) and FP8 with an FP8 KV cache
-(`tiny_llm_fp8`), so one server serves the whole module. Greedy text is compared exactly: the CPU
+One repository holds the tiny Llama three times: unquantized and streaming (`tiny_llm`, decoupled
+engine with in-flight batching), unquantized without streaming (`tiny_llm_sync`, Triton's dynamic
+batcher) and FP8 with an FP8 KV cache (`tiny_llm_fp8`), so one server serves the whole module. Greedy text is compared exactly: the CPU
 engine runs the same float32 forward pass as transformers' generate, and the tiny model is trained
 so its top logits are far apart (margins of several units), so batching/padding cannot flip a token.
 """
@@ -30,6 +31,11 @@ models:
     source: {framework: huggingface, path: tiny}
     llm:
       streaming: true
+      limits: {max_batch_size: 4, max_input_len: 64, max_output_len: 48}
+  - name: tiny_llm_sync
+    source: {framework: huggingface, path: tiny}
+    llm:
+      streaming: false
       limits: {max_batch_size: 4, max_input_len: 64, max_output_len: 48}
   - name: tiny_llm_fp8
     source: {framework: huggingface, path: tiny}
@@ -159,6 +165,55 @@ def test_concurrent_requests_are_batched_and_still_exact(server, reference):
         answers[prompt] = generate(server, "tiny_llm", text_input=prompt)
 
     threads = [threading.Thread(target=ask, args=(p,)) for p in PROMPTS * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == {p: expected[p][1] for p in PROMPTS}
+
+
+def test_request_joining_a_running_generation_gets_the_same_text(server, reference):
+    """A request arriving while another is mid-generation joins the running batch (its KV cache
+    is merged in, left-padded); both answers stay exactly the greedy ones."""
+    import tritonclient.grpc as grpcclient
+
+    _, expected = reference
+    results: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inputs = []
+    for name, array, dtype in (("text_input", np.array([[PROMPTS[0]]], dtype=object), "BYTES"),
+                               ("max_tokens", np.array([[MAX_TOKENS]], dtype=np.int32), "INT32"),
+                               ("stream", np.array([[True]], dtype=bool), "BOOL")):
+        tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        client.async_stream_infer("tiny_llm", inputs, enable_empty_final_response=True)
+        pieces = [results.get(timeout=60)[0].as_numpy("text_output").reshape(-1)[0].decode()]
+        joined = generate(server, "tiny_llm", text_input=PROMPTS[2])  # while the stream runs
+        while True:
+            result, error = results.get(timeout=60)
+            assert error is None, error
+            if result.as_numpy("text_output") is not None:
+                pieces.append(result.as_numpy("text_output").reshape(-1)[0].decode())
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                break
+    finally:
+        client.stop_stream()
+        client.close()
+    assert "".join(pieces) == expected[PROMPTS[0]][1]
+    assert joined == expected[PROMPTS[2]][1]
+
+
+def test_non_streaming_engine_batches_through_the_dynamic_batcher(server, reference):
+    _, expected = reference
+    answers: dict[str, str] = {}
+
+    def ask(prompt):
+        answers[prompt] = generate(server, "tiny_llm_sync", text_input=prompt)
+
+    threads = [threading.Thread(target=ask, args=(p,)) for p in PROMPTS]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -8,10 +8,11 @@ Inputs:  input_ids INT32[-1], input_lengths INT32[1], request_output_len INT32[1
 Outputs: output_ids INT32[-1,-1] (beam x tokens), sequence_length INT32[-1] (per beam).
 
 Decoupled (model_transaction_policy.decoupled) the model streams: execute() hands requests to a
-generation thread and returns; the thread gathers every request waiting at that moment into one
-batch, decodes them together with a KV cache, and sends one response per token to requests that
-asked for streaming, one response with all tokens to the others, each closed with a final flag.
-Not decoupled, execute() generates the batch Triton's dynamic batcher gathered and returns.
+generation thread and returns; the thread batches in flight (RunningBatch): requests join the
+running batch at the next decoding step, up to max_batch_size, and leave it when they finish. It
+sends one response per token to requests that asked for streaming, one response with all tokens
+to the others, each closed with a final flag. Not decoupled, execute() decodes the batch Triton's
+dynamic batcher gathered and returns.
 
 Parameters (strings): hf_model_dir, checkpoint_dir (optional TRT-LLM checkpoint, see
 trtllm_checkpoint.py; both relative to this version directory), max_input_len, max_output_len,
@@ -106,6 +107,7 @@ class TritonPythonModel:
         self.max_input_len = int(params["max_input_len"])
         self.max_output_len = int(params["max_output_len"])
         self.exclude_input = params.get("exclude_input_in_output", "true").lower() == "true"
+        self.max_batch_size = max(1, int(config.get("max_batch_size", 1)))
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         if self.decoupled:
             self.pending = queue.Queue()
@@ -124,10 +126,12 @@ class TritonPythonModel:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(error))
             else:
                 batch.append((i, parsed))
-        if batch:
-            self._generate([r for _, r in batch])
-            for i, r in batch:
-                responses[i] = self._response(r, r.generated)
+        running = RunningBatch(self)
+        running.admit([r for _, r in batch])
+        while running.rows:
+            running.step()
+        for i, r in batch:
+            responses[i] = self._response(r, r.generated)
         return [responses[i] for i in range(len(requests))]
 
     def finalize(self):
@@ -135,25 +139,18 @@ class TritonPythonModel:
             self.pending.put(None)
             self.worker.join(timeout=10)
 
-    # -- decoupled serving loop -------------------------------------------------------------
+    # -- decoupled serving loop: in-flight batching ---------------------------------------------
 
     def _serve(self):
+        """Requests join the running batch at the next step and leave it when they finish, so a
+        long generation does not hold back requests that arrive after it started."""
+        running = RunningBatch(self, on_token=self._stream_token, on_done=self._finish)
         while True:
-            first = self.pending.get()
-            if first is None:
+            arrived = self._take_pending(block=not running.rows, limit=self.max_batch_size - len(running.rows))
+            if arrived is None:
                 return
-            raw = [first]
-            while True:  # everything that arrived meanwhile joins this batch
-                try:
-                    item = self.pending.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self.pending.put(None)
-                    break
-                raw.append(item)
             batch = []
-            for request in raw:
+            for request in arrived:
                 parsed, error = self._parse(request)
                 if error is not None:
                     request.get_response_sender().send(
@@ -162,24 +159,44 @@ class TritonPythonModel:
                 else:
                     parsed.sender = request.get_response_sender()
                     batch.append(parsed)
-            if not batch:
-                continue
             try:
-                self._generate(batch, on_token=self._stream_token)
-                for r in batch:
-                    if r.streaming:
-                        r.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                    else:
-                        r.sender.send(self._response(r, r.generated),
-                                      flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                running.admit(batch)
+                if running.rows:
+                    running.step()
             except Exception as exc:  # report to every client instead of hanging them
-                for r in batch:
+                for r in running.rows + [r for r in batch if r not in running.rows and not r.done]:
                     r.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {exc}")),
                                   flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                running = RunningBatch(self, on_token=self._stream_token, on_done=self._finish)
+
+    def _take_pending(self, block, limit):
+        """Up to limit requests queued now (waiting for the first one when block); None at shutdown."""
+        items = []
+        if block:
+            first = self.pending.get()
+            if first is None:
+                return None
+            items.append(first)
+        while len(items) < limit:
+            try:
+                item = self.pending.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self.pending.put(None)  # shut down after this batch
+                break
+            items.append(item)
+        return items
 
     def _stream_token(self, r, token):
         if r.streaming:
             r.sender.send(self._response(r, [token], streamed=True))
+
+    def _finish(self, r):
+        if r.streaming:
+            r.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        else:
+            r.sender.send(self._response(r, r.generated), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     # -- generation -------------------------------------------------------------------------
 
@@ -195,36 +212,6 @@ class TritonPythonModel:
         if not 1 <= r.max_new <= self.max_output_len:
             return None, f"request_output_len {r.max_new} is outside 1..max_output_len {self.max_output_len}"
         return r, None
-
-    def _generate(self, batch, on_token=None):
-        """Decode a batch together: left-padded prompts, one KV cache, each request stops on its
-        own (end_id, stop words, max tokens, cancellation)."""
-        torch = self.torch
-        width = max(len(r.prompt) for r in batch)
-        ids = torch.full((len(batch), width), self.defaults["pad_id"], dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, r in enumerate(batch):
-            ids[row, width - len(r.prompt):] = torch.tensor(r.prompt)
-            mask[row, width - len(r.prompt):] = 1
-            r.generator = torch.Generator().manual_seed(r.seed)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = None
-        with torch.inference_mode():
-            while not all(r.done for r in batch):
-                out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                 past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
-                logits = out.logits[:, -1, :].float()
-                next_ids = torch.full((len(batch),), self.defaults["pad_id"], dtype=torch.long)
-                for row, r in enumerate(batch):
-                    if r.done:
-                        continue
-                    token = self._choose(r, logits[row])
-                    next_ids[row] = token
-                    self._advance(r, token, on_token)
-                ids = next_ids[:, None]
-                mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=torch.long)], dim=1)
-                positions = positions[:, -1:] + 1
 
     def _choose(self, r, logits):
         torch = self.torch
@@ -266,3 +253,100 @@ class TritonPythonModel:
             pb_utils.Tensor("output_ids", output_ids),
             pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32)),
         ])
+
+
+class RunningBatch:
+    """The sequences being decoded together: one KV cache (batch x heads x time x dim), an
+    attention mask that hides each row's left padding, and each row's next position.
+
+    admit() prefills new prompts as their own batch and merges them in (left-padding the shorter
+    side's cache and mask); step() decodes one token for every row; finished rows leave at once.
+    """
+
+    def __init__(self, engine, on_token=None, on_done=None):
+        self.engine, self.torch = engine, engine.torch
+        self.on_token, self.on_done = on_token, on_done
+        self.rows = []
+        self.cache = self.mask = self.positions = self.next_ids = None
+
+    def admit(self, requests):
+        if not requests:
+            return
+        torch, pad = self.torch, self.engine.defaults["pad_id"]
+        width = max(len(r.prompt) for r in requests)
+        ids = torch.full((len(requests), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for row, r in enumerate(requests):
+            ids[row, width - len(r.prompt):] = torch.tensor(r.prompt)
+            mask[row, width - len(r.prompt):] = 1
+            r.generator = torch.Generator().manual_seed(r.seed)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self.engine.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        next_ids = self._choose_all(requests, out.logits[:, -1, :].float())
+        if self.rows:
+            self._merge(out.past_key_values, mask, positions[:, -1:] + 1, next_ids)
+        else:
+            self.cache, self.mask, self.positions, self.next_ids = out.past_key_values, mask, positions[:, -1:] + 1, next_ids
+        self.rows = self.rows + list(requests)
+        self._drop_done()
+
+    def step(self):
+        torch = self.torch
+        self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], dim=1)
+        with torch.inference_mode():
+            out = self.engine.model(input_ids=self.next_ids, attention_mask=self.mask, position_ids=self.positions,
+                                    past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        self.positions = self.positions + 1
+        self.next_ids = self._choose_all(self.rows, out.logits[:, -1, :].float())
+        self._drop_done()
+
+    def _choose_all(self, rows, logits):
+        next_ids = self.torch.full((len(rows), 1), self.engine.defaults["pad_id"], dtype=self.torch.long)
+        for row, r in enumerate(rows):
+            token = self.engine._choose(r, logits[row])
+            next_ids[row, 0] = token
+            self.engine._advance(r, token, self.on_token)
+        return next_ids
+
+    def _merge(self, cache, mask, positions, next_ids):
+        torch = self.torch
+        width = max(self.mask.shape[1], mask.shape[1])
+
+        def left_pad(t, dim):
+            missing = width - t.shape[dim]
+            if missing == 0:
+                return t
+            shape = list(t.shape)
+            shape[dim] = missing
+            return torch.cat([torch.zeros(shape, dtype=t.dtype), t], dim=dim)
+
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys = torch.cat([left_pad(mine.keys, 2), left_pad(theirs.keys, 2)], dim=0)
+            mine.values = torch.cat([left_pad(mine.values, 2), left_pad(theirs.values, 2)], dim=0)
+        self.mask = torch.cat([left_pad(self.mask, 1), left_pad(mask, 1)], dim=0)
+        self.positions = torch.cat([self.positions, positions], dim=0)
+        self.next_ids = torch.cat([self.next_ids, next_ids], dim=0)
+
+    def _drop_done(self):
+        keep = [i for i, r in enumerate(self.rows) if not r.done]
+        if len(keep) == len(self.rows):
+            return
+        for r in self.rows:
+            if r.done and self.on_done is not None:
+                self.on_done(r)
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self.cache = self.mask = self.positions = self.next_ids = None
+            return
+        index = self.torch.tensor(keep)
+        # Columns that are padding for every remaining row are dropped too.
+        mask = self.mask.index_select(0, index)
+        first = int((mask.sum(0) > 0).nonzero()[0])
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, first:]
+            layer.values = layer.values.index_select(0, index)[:, :, first:]
+        self.mask = mask[:, first:]
+        self.positions = self.positions.index_select(0, index)
+        self.next_ids = self.next_ids.index_select(0, index)
