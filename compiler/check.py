@@ -11,7 +11,6 @@ and joined as `samples["stream_join"]` says (see STREAM_JOINS) before the compar
 """
 from __future__ import annotations
 
-import json
 import queue
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +18,10 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from .emit import MANIFEST_NAME, load_manifest
 from .errors import TritonizeError, lazy_import
 from .terminal import Terminal
 
-MANIFEST_NAME = "tritonize.manifest.json"
 Protocol = Literal["http", "grpc", "both"]
 
 
@@ -32,6 +31,7 @@ class TensorCheck:
     passed: bool
     max_abs_error: float | None = None  # None for strings and when shapes differ
     message: str = ""  # why it failed, with the numbers
+    served: Any = None  # the server's answer (joined, for streams), for display
 
 
 @dataclass
@@ -109,25 +109,6 @@ def check_deployment(repository: str | Path, url: str = "localhost:8000", protoc
         result.checks.extend(_check_model(name, entries[name], clients, protocol))
     _report(result, terminal)
     return result
-
-
-def load_manifest(repository: Path) -> dict:
-    path = repository / MANIFEST_NAME
-    if not repository.is_dir():
-        raise TritonizeError("model repository not found", file=repository,
-                             fix="give the directory `tritonize build` wrote")
-    if not path.is_file():
-        raise TritonizeError("no tritonize manifest in this repository", file=path,
-                             fix="build the repository with `tritonize build model.yaml`")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TritonizeError(f"the manifest is not valid JSON ({exc.msg})", file=path, line=exc.lineno,
-                             fix="rebuild the repository with `tritonize build`") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
-        raise TritonizeError("the manifest has no 'models' mapping", file=path,
-                             fix="rebuild the repository with `tritonize build`")
-    return manifest
 
 
 # -- stream joins: how a decoupled model's responses become one answer ---------------------------
@@ -218,15 +199,15 @@ def _compare(name: str, parts: list[tuple[str, np.ndarray]], spec: dict, toleran
     arrays = [a for _, a in parts]
     got, want = STREAM_JOINS[stream_join](arrays, want) if stream_join else (arrays[0], want)
     if got.shape != want.shape:
-        return TensorCheck(name, False, message=f"shape {list(got.shape)}, expected {list(want.shape)}")
+        return TensorCheck(name, False, message=f"shape {list(got.shape)}, expected {list(want.shape)}", served=got)
     if datatype == "BYTES":
         got_text, want_text = _texts(got), _texts(want)
         wrong = np.argwhere(got_text != want_text)
         if wrong.size:
             index = tuple(int(i) for i in wrong[0])
             return TensorCheck(name, False, message=f"{len(wrong)} of {want.size} strings differ, first at "
-                               f"{list(index)}: got {got_text[index]!r}, expected {want_text[index]!r}")
-        return TensorCheck(name, True)
+                               f"{list(index)}: got {got_text[index]!r}, expected {want_text[index]!r}", served=got)
+        return TensorCheck(name, True, served=got)
 
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
     max_abs = float(np.nanmax(diff)) if diff.size else 0.0
@@ -238,13 +219,13 @@ def _compare(name: str, parts: list[tuple[str, np.ndarray]], spec: dict, toleran
         ok = got == want
         rule = "exact"
     if ok.all():
-        return TensorCheck(name, True, max_abs)
+        return TensorCheck(name, True, max_abs, served=got)
     excess = np.where(ok, -np.inf, np.nan_to_num(diff, nan=np.inf))
     index = tuple(int(i) for i in np.unravel_index(int(np.argmax(excess)), got.shape))
     verdict = "outside tolerance" if rule != "exact" else "differ"
     return TensorCheck(name, False, max_abs,
                        f"{int((~ok).sum())} of {ok.size} values {verdict} ({rule}); max |error| "
-                       f"{max_abs:.6g} at {list(index)}: got {got[index]!r}, expected {want[index]!r}")
+                       f"{max_abs:.6g} at {list(index)}: got {got[index]!r}, expected {want[index]!r}", served=got)
 
 
 def _check_declared(name: str, parts: list[tuple[str, np.ndarray]], declared: dict) -> TensorCheck:
@@ -257,7 +238,8 @@ def _check_declared(name: str, parts: list[tuple[str, np.ndarray]], declared: di
     dims = [int(d) for d in declared["shape"]]
     if len(dims) != array.ndim or any(d != -1 and d != s for d, s in zip(dims, array.shape)):
         return TensorCheck(name, False, message=f"shape {list(array.shape)} does not fit declared {dims}")
-    return TensorCheck(name, True, message="no expected values recorded: checked datatype and shape")
+    return TensorCheck(name, True, message="no expected values recorded: checked datatype and shape",
+                       served=array)
 
 
 # -- clients ---------------------------------------------------------------------------------------

@@ -27,6 +27,26 @@ def read_manifest(repository: Path) -> dict[str, Any] | None:
         return None
 
 
+def load_manifest(repository: Path) -> dict[str, Any]:
+    """The manifest of a built repository, or a one-line user error saying what is wrong."""
+    path = repository / MANIFEST_NAME
+    if not repository.is_dir():
+        raise TritonizeError("model repository not found", file=repository,
+                             fix="give the directory `tritonize build` wrote")
+    if not path.is_file():
+        raise TritonizeError("no tritonize manifest in this repository", file=path,
+                             fix="build the repository with `tritonize build model.yaml`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TritonizeError(f"the manifest is not valid JSON ({exc.msg})", file=path, line=exc.lineno,
+                             fix="rebuild the repository with `tritonize build`") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
+        raise TritonizeError("the manifest has no 'models' mapping", file=path,
+                             fix="rebuild the repository with `tritonize build`")
+    return manifest
+
+
 def check_output_dir(out: Path) -> None:
     """Refuse to replace a non-empty directory that tritonize did not build."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).exists())):

@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from tritonize.check import check_deployment, load_manifest
+from tritonize.check import check_deployment
+from tritonize.emit import load_manifest
 from tritonize.terminal import Terminal
 
 pytestmark = pytest.mark.server

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tritonize.check import MANIFEST_NAME, check_deployment
+from tritonize.check import check_deployment
+from tritonize.emit import MANIFEST_NAME
 from tritonize.errors import TritonizeError
 from tritonize.server import ServerError, TritonServer, free_port
 from tritonize.terminal import Terminal
