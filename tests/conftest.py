@@ -16,6 +16,17 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+@pytest.fixture()
+def spec(tmp_path: Path) -> Path:
+    """The python-only spec of specs.py written to tmp_path (builds in well under a second)."""
+    from specs import MODEL_PY, VALID
+
+    (tmp_path / "pre.py").write_text(MODEL_PY)
+    path = tmp_path / "spec.yaml"
+    path.write_text(VALID)
+    return path
+
+
 @pytest.fixture(scope="module")
 def triton_server(tmp_path_factory) -> Callable[..., TritonServer]:
     """Start a ready TritonServer on a repository: `server = triton_server(repo, **kwargs)`.

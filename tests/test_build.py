@@ -14,17 +14,10 @@ from tritonize.errors import TritonizeError
 from tritonize.rules import check_repository
 from tritonize.terminal import Terminal
 
-from test_spec_errors import MODEL_PY, VALID
+from specs import MODEL_PY, VALID
 
 QUIET = Terminal(quiet=True)
 
-
-@pytest.fixture()
-def spec(tmp_path: Path) -> Path:
-    (tmp_path / "pre.py").write_text(MODEL_PY)
-    path = tmp_path / "spec.yaml"
-    path.write_text(VALID)
-    return path
 
 
 def _texts(repository: Path) -> dict[str, bytes]:

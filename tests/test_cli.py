@@ -8,16 +8,6 @@ import pytest
 
 from tritonize.cli import main
 
-from test_spec_errors import MODEL_PY, VALID
-
-
-@pytest.fixture()
-def spec(tmp_path: Path) -> Path:
-    (tmp_path / "pre.py").write_text(MODEL_PY)
-    path = tmp_path / "spec.yaml"
-    path.write_text(VALID)
-    return path
-
 
 def test_help_lists_every_command(capsys):
     assert main(["--help"]) == 0

@@ -10,31 +10,7 @@ import pytest
 
 from tritonize.cli import main
 
-MODEL_PY = "# a python-backend model; the build copies it, never runs it\n"
-
-VALID = """\
-repository: out
-models:
-  - name: pre
-    source: {framework: python, path: pre.py}
-    max_batch_size: 8
-    inputs: [{name: TEXT, dtype: STRING, dims: [1]}]
-    outputs: [{name: VEC, dtype: FP32, dims: [4]}]
-  - name: post
-    source: {framework: python, path: pre.py}
-    max_batch_size: 8
-    inputs: [{name: X, dtype: FP32, dims: [4]}]
-    outputs: [{name: Y, dtype: INT64, dims: [1]}]
-ensembles:
-  - name: pipe
-    max_batch_size: 8
-    inputs: [{name: TEXT, dtype: STRING, dims: [1]}]
-    outputs: [{name: Y, dtype: INT64, dims: [1]}]
-    steps:
-      - {model: pre, input_map: {TEXT: TEXT}, output_map: {VEC: vec}}
-      - {model: post, input_map: {X: vec}, output_map: {Y: Y}}
-"""
-
+from specs import MODEL_PY, VALID
 
 def _variant(old: str, new: str) -> str:
     assert old in VALID, old
