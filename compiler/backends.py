@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# python_backends/ sits next to compiler/ in the source tree (editable install) and is the one
-# place these sources live.
-BACKENDS_DIR = Path(__file__).resolve().parent.parent / "python_backends"
+from .resources import PYTHON_BACKENDS_DIR as BACKENDS_DIR
 
 
 def builtin_backend_names() -> list[str]:

@@ -22,6 +22,7 @@ from .artifacts import ModelArtifact
 from .backends import BACKENDS_DIR, builtin_backend_source
 from .emit import MANIFEST_NAME, check_output_dir, file_hashes, read_manifest, tree_hash, write_repository
 from .errors import SpecError
+from .resources import TEMPLATES_DIR
 from .model_config import data_type_name, ensemble_config, onnx_model_config, python_model_config
 from .spec import CONVERTED_FRAMEWORKS, RUNTIMES, EnsembleSpec, ModelSpec, Spec, load_spec, spec_error_at
 from .terminal import Terminal, default_terminal
@@ -242,8 +243,7 @@ def _factory_sources(spec: Spec, factory: str) -> list[Path]:
 
 
 def _compiler_sources() -> list[Path]:
-    root = Path(__file__).resolve().parent
-    return [root, BACKENDS_DIR, root.parent / "templates"]
+    return [Path(__file__).resolve().parent, BACKENDS_DIR, TEMPLATES_DIR]
 
 
 def _build_key(out: Path) -> str | None:

@@ -1,0 +1,36 @@
+"""Data the compiler ships besides its code: python_backends/ (model.py sources generated
+repositories contain) and templates/ (Jinja2). In a source checkout they sit next to compiler/;
+in an installed wheel they are inside the tritonize package."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _data_dir(name: str) -> Path:
+    for candidate in (_PACKAGE_DIR / name, _PACKAGE_DIR.parent / name):  # wheel, then checkout
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"tritonize is installed without its {name}/ directory: reinstall it")
+
+
+PYTHON_BACKENDS_DIR = _data_dir("python_backends")
+TEMPLATES_DIR = _data_dir("templates")
+
+
+@lru_cache(maxsize=None)
+def _environment():
+    import jinja2
+
+    # StrictUndefined: a value the caller forgot fails the render instead of writing an empty
+    # string (the unfilled-placeholder failure Triton users hit with hand-filled templates).
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              trim_blocks=True, lstrip_blocks=True, autoescape=False)
+
+
+def render_template(name: str, **context) -> str:
+    """Render templates/<name> (e.g. "perf/report.md.j2") with StrictUndefined."""
+    return _environment().get_template(name).render(**context)
