@@ -41,7 +41,11 @@ class Request:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             return default if tensor is None else cast(tensor.as_numpy().reshape(-1)[0])
 
-        ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy().reshape(-1)
+        ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
+        if ids.ndim == 2 and ids.shape[0] != 1:
+            # As the tensorrtllm backend: one sequence per request; batching happens across requests.
+            raise ValueError(f"a request carries {ids.shape[0]} sequences; send one per request")
+        ids = ids.reshape(-1)
         length = scalar("input_lengths", len(ids), int)
         self.prompt = [int(t) for t in ids[:length]]
         self.max_new = scalar("request_output_len", 16, int)
