@@ -4,9 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import lazy_import
+from ..resources import TEMPLATES_DIR
 from .results import ModelResult, PerfResult
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates" / "perf"
+PERF_TEMPLATES_DIR = TEMPLATES_DIR / "perf"
 # Stacked in this order, bottom first: where a request's time goes from server entry to client.
 BREAKDOWN_STAGES = (("queue", "server queue"), ("compute_input", "compute input"),
                     ("compute_infer", "compute infer"), ("compute_output", "compute output"))
@@ -31,7 +32,9 @@ def write_report(result: PerfResult, report_dir: Path) -> dict[str, Path]:
 def render(template: str, context: dict) -> str:
     import jinja2
 
-    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+    # Own environment (not resources.render_template): the HTML report needs autoescaping and
+    # both reports share number filters.
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(PERF_TEMPLATES_DIR),
                                      undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                                      autoescape=jinja2.select_autoescape(["html.j2"]))
     environment.filters["num"] = _number

@@ -273,8 +273,8 @@ def tune(spec_path: Path, *, model: str, latency_budget_ms: float | None = None,
     if model not in served:
         raise TritonizeError(f"model '{model}' is not in the repository", file=repository,
                              fix="rebuild it with `tritonize build`")
-    start = _start_point(model_spec)
-    space = _fit_space(space or SearchSpace(), start, _min_batch_size(spec, model))
+    start = start_point(model_spec)
+    space = fit_space(space or SearchSpace(), start, _min_batch_size(spec, model))
     report_dir = Path(report_dir) if report_dir is not None else spec_path.parent / "perf" / "reports" / f"tune-{model}"
     report_dir.mkdir(parents=True, exist_ok=True)
     budget_text = f"p99 <= {latency_budget_ms:g} ms" if latency_budget_ms is not None else "no latency budget"
@@ -316,7 +316,7 @@ def _progress_printer(terminal: Terminal) -> Callable[[Evaluation, Evaluation], 
     return show
 
 
-def _start_point(model_spec) -> TunePoint:
+def start_point(model_spec) -> TunePoint:
     batching = model_spec.dynamic_batching
     sizes = list(batching.preferred_batch_size) if batching else []
     mbs = model_spec.max_batch_size
@@ -332,7 +332,7 @@ def _min_batch_size(spec, model: str) -> int:
     return max(floors, default=1)
 
 
-def _fit_space(space: SearchSpace, start: TunePoint, min_batch_size: int) -> SearchSpace:
+def fit_space(space: SearchSpace, start: TunePoint, min_batch_size: int) -> SearchSpace:
     """The space with the start point's own values in it, and batch sizes the ensembles allow."""
     preferred = list(space.preferred)
     if start.preferred not in preferred:
