@@ -31,6 +31,7 @@ models:
     source: {framework: huggingface, path: tiny}
     llm:
       streaming: true
+      bls: true
       limits: {max_batch_size: 4, max_input_len: 64, max_output_len: 48}
   - name: tiny_llm_sync
     source: {framework: huggingface, path: tiny}
@@ -239,6 +240,14 @@ def test_non_streaming_request_to_the_decoupled_ensemble_gets_one_response(serve
     _, expected = reference
     pieces = grpc_stream(server, "tiny_llm", PROMPTS[2], stream=False)
     assert pieces == [expected[PROMPTS[2]][1]]
+
+
+def test_bls_model_streams_and_answers_like_the_ensemble(server, reference):
+    _, expected = reference
+    pieces = sse_pieces(server, "tiny_llm_bls", text_input=PROMPTS[0])
+    assert len(pieces) > 1
+    assert "".join(pieces) == expected[PROMPTS[0]][1]
+    assert generate(server, "tiny_llm_bls", text_input=PROMPTS[1]) == expected[PROMPTS[1]][1]
 
 
 def test_generation_stops_at_end_id(server, reference):

@@ -42,6 +42,7 @@ def container_configs(release: str):
         names.engine: repo.trtllm_engine_config(names, llm, RELEASES[release]),
         names.postprocessing: repo.postprocessing_config(names, llm),
         names.ensemble: repo.ensemble_config(names, llm),
+        names.bls: repo.bls_config(names, llm),
     }
 
 

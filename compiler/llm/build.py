@@ -81,9 +81,15 @@ def build_llm(model: ModelSpec, spec: Spec, terminal: Terminal, *, work_dir: Pat
     })
     if llm.streaming:
         ensemble.manifest["decoupled"] = True
+    artifacts = [pre, engine, post, ensemble]
+    if llm.bls:
+        artifacts.append(ModelArtifact(names.bls, repo.bls_config(names, llm),
+                                       {f"{version}/model.py": BACKENDS_DIR / "llm_bls" / "model.py"},
+                                       {**ensemble.manifest, "kind": "llm-bls"}, version=version))
     terminal.success(f"{model.name}: ensemble {names.ensemble} = {names.preprocessing} -> {names.engine} "
-                     f"-> {names.postprocessing} ({'CPU engine' if spec.runtime == 'embedded' else 'tensorrtllm'})")
-    return [pre, engine, post, ensemble]
+                     f"-> {names.postprocessing} ({'CPU engine' if spec.runtime == 'embedded' else 'tensorrtllm'})"
+                     + (f", and {names.bls}" if llm.bls else ""))
+    return artifacts
 
 
 def _require_llama(hf_config: dict, model: ModelSpec) -> None:

@@ -7,6 +7,8 @@ Model names, for a spec model called NAME:
     NAME_tensorrt_llm     the engine: C++ `tensorrtllm` backend (container runtime) or the CPU
                           engine python backend with the same tensors (embedded runtime)
     NAME_postprocessing   detokenizer (python)
+    NAME_bls              optional (llm.bls): the ensemble's interface as one python model that
+                          calls the three itself (tensorrt_llm_bls)
 """
 from __future__ import annotations
 
@@ -41,11 +43,12 @@ class Names:
     preprocessing: str
     engine: str
     postprocessing: str
+    bls: str
 
     @classmethod
     def of(cls, model_name: str) -> "Names":
         return cls(model_name, f"{model_name}_preprocessing", f"{model_name}_tensorrt_llm",
-                   f"{model_name}_postprocessing")
+                   f"{model_name}_postprocessing", f"{model_name}_bls")
 
 
 ENSEMBLE_INPUTS = (
@@ -217,4 +220,15 @@ def ensemble_config(names: Names, llm: LlmSpec) -> mc.ModelConfig:
     post = steps.add(model_name=names.postprocessing, model_version=-1)
     post.input_map.update({"TOKENS_BATCH": "_TOKENS_BATCH", "SEQUENCE_LENGTH": "_SEQUENCE_LENGTH"})
     post.output_map.update({"OUTPUT": "text_output"})
+    return config
+
+
+def bls_config(names: Names, llm: LlmSpec) -> mc.ModelConfig:
+    """The BLS model: the ensemble's tensors, decoupled like the engine."""
+    config = mc.ModelConfig(name=names.bls, backend="python", max_batch_size=llm.limits.max_batch_size)
+    config.model_transaction_policy.decoupled = llm.streaming
+    _add_tensors(config, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS)
+    _cpu_instances(config)
+    _parameters(config, {"preprocessing_model": names.preprocessing, "engine_model": names.engine,
+                         "postprocessing_model": names.postprocessing})
     return config

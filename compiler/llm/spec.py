@@ -8,6 +8,7 @@ the rest of the spec (file:line, field path, message, fix).
       dtype: float16
       tensor_parallel: 1
       streaming: true
+      bls: false
       quantization: {mode: fp8, kv_cache_fp8: false,
                      calibration: {text_file: calib.txt, samples: 64, max_length: 64},
                      max_logit_error: 2.0, min_token_agreement: 0.9}
@@ -138,6 +139,7 @@ class LlmSpec(_Strict):
     dtype: Literal["float16", "bfloat16"] = "float16"
     tensor_parallel: int = Field(default=1, ge=1, le=64)
     streaming: bool = True
+    bls: bool = False  # also write NAME_bls: the ensemble's interface as one python (BLS) model
     kv_cache_free_gpu_mem_fraction: float = Field(default=0.9, gt=0, le=1)
     batch_scheduler_policy: Literal["guaranteed_no_evict", "max_utilization"] = "guaranteed_no_evict"
     enable_kv_cache_reuse: bool = False
