@@ -6,6 +6,7 @@ becomes a one-line SpecError naming the file, line, field path and fix.
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -346,31 +347,26 @@ def _spec_error(exc: ValidationError, path: Path, lines: dict) -> SpecError:
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """Walk the spec models along a field path to find which model a key was unknown in."""
-    import typing
-
-    current: Any = Spec
+    current: type[BaseModel] | None = Spec
     for part in loc:
         if isinstance(part, int):
             continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
         field = current.model_fields.get(part)
-        if field is None:
+        current = _inner_model(field.annotation) if field is not None else None
+        if current is None:
             return None
-        current = _inner_model(field.annotation)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    return current
 
 
-def _inner_model(annotation: Any) -> Any:
-    import typing
-
-    for arg in typing.get_args(annotation) or (annotation,):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-        inner = _inner_model(arg) if typing.get_args(arg) else None
-        if inner is not None:
-            return inner
-    return annotation
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `list[TensorSpec] | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _check_sources_exist(spec: Spec, path: Path, lines: dict) -> None:
