@@ -208,6 +208,7 @@ class ModelSpec(StrictModel):
                     raise ValueError(f"preferred_batch_size {size} exceeds max_batch_size {self.max_batch_size}")
         if self.response_cache and self.decoupled:
             raise ValueError("response_cache cannot be used with a decoupled model")
+        _check_sample_names(self.sample_inputs, self.inputs)
         for tensors, kind in ((self.inputs, "inputs"), (self.outputs, "outputs")):
             names = [t.name for t in tensors or []]
             dup = {n for n in names if names.count(n) > 1}
@@ -232,6 +233,21 @@ class EnsembleSpec(StrictModel):
     outputs: list[TensorSpec] = Field(min_length=1)
     steps: list[EnsembleStep] = Field(min_length=1)
     sample_inputs: dict[str, list[Any]] | None = None
+
+    @model_validator(mode="after")
+    def _samples(self) -> "EnsembleSpec":
+        _check_sample_names(self.sample_inputs, self.inputs)
+        return self
+
+
+def _check_sample_names(samples: dict[str, list[Any]] | None, inputs: list[TensorSpec] | None) -> None:
+    if samples is None:
+        return
+    names = [t.name for t in inputs or []]
+    unknown = sorted(set(samples) - set(names))
+    if unknown:
+        raise ValueError(f"sample_inputs names unknown input(s) {', '.join(unknown)}; the inputs are: "
+                         f"{', '.join(names) or '(none declared: declare inputs to give samples)'}")
 
 
 class ContainerTarget(StrictModel):

@@ -78,6 +78,9 @@ CASES = [
     ("version-policy", _variant("    max_batch_size: 8\n    inputs: [{name: X", "    max_batch_size: 8\n    version_policy: {all: true, latest: 2}\n    inputs: [{name: X"),
      ["models[1].version_policy", "exactly one of"]),
     ("bad-release", "container: {release: latest}\n" + VALID, ["container.release", "YY.MM"]),
+    ("sample-unknown-input", _variant("    outputs: [{name: Y, dtype: INT64, dims: [1]}]\n    steps:",
+                                      "    outputs: [{name: Y, dtype: INT64, dims: [1]}]\n    sample_inputs: {TXT: [[a]]}\n    steps:"),
+     ["ensembles[0]", "unknown input(s) TXT", "the inputs are: TEXT"]),
     ("step-unknown-model", _variant("{model: post, input_map", "{model: postt, input_map"),
      ["unknown model 'postt'", "declared models: post, pre"]),
     # Ensemble graph errors: found by the same rule checker as `tritonize validate`.
