@@ -63,7 +63,8 @@ def test_container_configs_match_golden_files_and_pass_the_load_rules(release):
 def test_releases_differ_where_the_backend_does():
     old = {t.name for t in container_configs("24.10")["llama_tensorrt_llm"].input}
     new = {t.name for t in container_configs("26.07")["llama_tensorrt_llm"].input}
-    assert new - old == {"num_return_sequences", "exclude_input_in_output", "return_perf_metrics"}
+    assert new - old == {"num_return_sequences", "return_perf_metrics"}
+    assert [t.name for t in container_configs("26.07")["llama_tensorrt_llm"].output][-1] == "batch_index"
     engine = container_configs("24.10")["llama_tensorrt_llm"]
     assert engine.backend == "tensorrtllm" and engine.model_transaction_policy.decoupled
     assert engine.parameters["gpt_model_path"].string_value == "/models/llama_tensorrt_llm/1/engine"

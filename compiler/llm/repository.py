@@ -194,7 +194,6 @@ def trtllm_engine_config(names: Names, llm: LlmSpec, release: Release, *, versio
         "enable_chunked_context": "false",
         "decoding_mode": "top_k_top_p",
         "executor_worker_path": "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker",
-        **dict(release.extra_parameters),
     })
     return config
 

@@ -41,8 +41,6 @@ class Release:
     # 24.10 set (tensorrtllm_backend all_models/inflight_batcher_llm/tensorrt_llm/config.pbtxt).
     extra_engine_inputs: tuple[tuple[str, str], ...] = ()
     extra_engine_outputs: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
-    # Parameters the release's tensorrt_llm model takes beyond the common set.
-    extra_parameters: tuple[tuple[str, str], ...] = ()
 
     @property
     def image(self) -> str:
@@ -52,14 +50,12 @@ class Release:
 RELEASES: dict[str, Release] = {
     "24.10": Release("24.10", triton="2.51.0", trtllm="0.14.0"),
     # TRT-LLM 1.2.1: the last line with the TensorRT engine path (trtllm-build, C++ tensorrtllm
-    # backend). Newer requests carry num_return_sequences / exclude_input_in_output /
-    # return_perf_metrics, and responses say which batch entry and sequence they belong to.
+    # backend). Its tensorrt_llm model takes num_return_sequences and return_perf_metrics and
+    # answers which batch entry a response belongs to (tensorrtllm_backend docs/model_config.md).
     "26.07": Release(
         "26.07", triton="2.71.0", trtllm="1.2.1",
-        extra_engine_inputs=(("num_return_sequences", "INT32"), ("exclude_input_in_output", "BOOL"),
-                             ("return_perf_metrics", "BOOL")),
-        extra_engine_outputs=(("batch_index", "INT32", (1,)), ("sequence_index", "INT32", (1,))),
-        extra_parameters=(("cross_kv_cache_fraction", "0.5"),)),
+        extra_engine_inputs=(("num_return_sequences", "INT32"), ("return_perf_metrics", "BOOL")),
+        extra_engine_outputs=(("batch_index", "INT32", (1,)),)),
 }
 
 
