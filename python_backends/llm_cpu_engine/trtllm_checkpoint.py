@@ -59,7 +59,8 @@ def _to_hf(weights, config, dtype):
 
     state = {"model.embed_tokens.weight": weights["transformer.vocab_embedding.weight"].to(dtype),
              "model.norm.weight": weights["transformer.ln_f.weight"].to(dtype),
-             "lm_head.weight": weights["lm_head.weight"].to(dtype)}
+             # Tied embeddings may be exported without a separate lm_head.
+             "lm_head.weight": weights.get("lm_head.weight", weights["transformer.vocab_embedding.weight"]).to(dtype)}
     act_scales, kv_scales = {}, {}
     for i in range(config.num_hidden_layers):
         src, dst = f"transformer.layers.{i}", f"model.layers.{i}"
