@@ -20,6 +20,7 @@ import numpy as np
 
 from .emit import MANIFEST_NAME, load_manifest
 from .errors import TritonizeError, lazy_import
+from .samples import NUMPY_DTYPES, as_bytes
 from .terminal import Terminal
 
 Protocol = Literal["http", "grpc", "both"]
@@ -101,7 +102,7 @@ def check_deployment(repository: str | Path, url: str = "localhost:8000", protoc
         clients["http"] = _HttpClient(http_url, timeout_s)
     if grpc_url:
         clients["grpc"] = _GrpcClient(grpc_url, timeout_s)
-    for name, client in clients.items():
+    for client in clients.values():
         client.require_live(repository)
 
     result = CheckResult(repository=repository, http_url=http_url, grpc_url=grpc_url)
@@ -159,7 +160,7 @@ def _check_model(name: str, entry: dict, clients: dict[str, "_Client"], protocol
 
 def _run_check(name: str, samples: dict, client: "_Client", stream_join: str | None = None) -> ModelCheck:
     label = "grpc-stream" if stream_join else client.protocol
-    exceptions = lazy_import("tritonclient.utils", purpose="tritonize check")
+    utils = lazy_import("tritonclient.utils", purpose="tritonize check")
     try:
         if not client.is_model_ready(name):
             return ModelCheck(name, label, "failed", message=f"not ready on the server: {client.model_reason(name)}")
@@ -172,7 +173,7 @@ def _run_check(name: str, samples: dict, client: "_Client", stream_join: str | N
         else:
             answer = client.infer(name, samples["inputs"], output_names, samples.get("parameters"))
             served = {n: [answer[n]] if n in answer else [] for n in output_names}
-    except exceptions.InferenceServerException as exc:
+    except utils.InferenceServerException as exc:
         return ModelCheck(name, label, "failed", message=_one_line(str(exc)))
     except TimeoutError as exc:
         return ModelCheck(name, label, "failed", message=str(exc))
@@ -279,8 +280,7 @@ class _Client:
             datatype = _wire_datatype(spec["datatype"])
             array = _to_numpy(spec["data"], datatype, spec.get("shape"))
             if datatype == "BYTES":
-                array = np.vectorize(lambda s: s.encode() if isinstance(s, str) else s, otypes=[object])(array) \
-                    if array.size else array
+                array = as_bytes(array)
             infer_input = module.InferInput(tensor_name, list(array.shape), datatype)
             infer_input.set_data_from_numpy(array)
             request.append(infer_input)
@@ -392,9 +392,7 @@ def _wire_datatype(datatype: str) -> str:
 
 
 def _to_numpy(data: Any, datatype: str, shape: list[int] | None) -> np.ndarray:
-    utils = lazy_import("tritonclient.utils", purpose="tritonize check")
-    dtype = np.object_ if datatype == "BYTES" else utils.triton_to_np_dtype(datatype)
-    array = np.array(data, dtype=dtype)
+    array = np.array(data, dtype=NUMPY_DTYPES["STRING" if datatype == "BYTES" else datatype])
     return array.reshape(shape) if shape is not None else array
 
 

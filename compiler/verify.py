@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ConversionError
+from .samples import as_bytes, as_str
 from .spec import TensorSpec, VerifySpec
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ def run_onnx(converted: "ConvertedModel", samples: dict[str, np.ndarray]) -> dic
 
 def _to_graph(array: np.ndarray, tensor: TensorSpec, batch_axis: bool) -> np.ndarray:
     if tensor.dtype == "STRING":  # Triton carries bytes; onnxruntime wants str
-        array = np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else str(v), otypes=[object])(array)
+        array = as_str(array)
     if tensor.reshape is not None:
         array = array.reshape(([len(array)] if batch_axis else []) + list(tensor.reshape))
     return array
@@ -172,7 +173,7 @@ def _to_graph(array: np.ndarray, tensor: TensorSpec, batch_axis: bool) -> np.nda
 def _to_client(array: np.ndarray, tensor: TensorSpec, batch_axis: bool, rows: int) -> np.ndarray:
     array = np.asarray(array)
     if tensor.dtype == "STRING":
-        array = np.vectorize(lambda v: v if isinstance(v, bytes) else str(v).encode(), otypes=[object])(array)
+        array = as_bytes(array)
     if tensor.reshape is not None:
         array = array.reshape(([rows] if batch_axis else []) + list(tensor.dims))
     return array

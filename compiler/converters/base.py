@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import ConversionError, MissingDependency
 from ..onnx_signature import canonicalize, rename_tensors, signature
+from ..samples import NUMPY_DTYPES, as_bytes
 from ..spec import ModelSpec, Spec, TensorSpec
 
 if TYPE_CHECKING:
@@ -210,8 +211,6 @@ def _client_reference(reference: Reference, renames: dict[str, str], inputs: lis
                       outputs: list[TensorSpec], batch_axis: bool) -> Reference:
     """Wrap a converter's reference (graph names and shapes, source dtypes) so that it takes and
     returns what Triton clients see: final tensor names, Triton dtypes, [batch] + dims shapes."""
-    from ..samples import NUMPY_DTYPES
-
     original = {new: old for old, new in renames.items()}
     model_shapes = {t.name: t.reshape for t in inputs if t.reshape is not None}
 
@@ -226,11 +225,7 @@ def _client_reference(reference: Reference, renames: dict[str, str], inputs: lis
         result = {}
         for tensor in outputs:
             array = np.asarray(answer[original.get(tensor.name, tensor.name)])
-            if tensor.dtype == "STRING":
-                array = np.vectorize(lambda v: v if isinstance(v, bytes) else str(v).encode(),
-                                     otypes=[object])(array).astype(np.object_)
-            else:
-                array = array.astype(NUMPY_DTYPES[tensor.dtype], copy=False)
+            array = as_bytes(array) if tensor.dtype == "STRING" else array.astype(NUMPY_DTYPES[tensor.dtype], copy=False)
             if tensor.reshape is not None:
                 array = array.reshape(([rows] if batch_axis else []) + tensor.dims)
             result[tensor.name] = array
