@@ -24,6 +24,8 @@ from typing import Iterable
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from .model_config import data_type_name, parse_pbtxt
+
 CONFIG_FILE = "config.pbtxt"
 ENSEMBLE = "ensemble"
 WILDCARD = -1
@@ -136,9 +138,8 @@ def check_repository(repo: Path) -> list[Violation]:
                                         "the repository"))
             continue
         text = config_file.read_text(encoding="utf-8", errors="replace")
-        config = mc.ModelConfig()
         try:
-            text_format.Parse(text, config)
+            config = parse_pbtxt(text)
         except text_format.ParseError as exc:
             unreadable.add(name)
             violations.append(Violation(name, (), "parse", _parse_message(exc),
@@ -724,8 +725,8 @@ def _check_edges(name, config, steps, configs, producers, consumers, batching) -
             continue
         if source.dtype != sink.dtype:
             out.append(Violation(name, loc, "ensemble-edge-dtype", f"ensemble tensor '{tensor}': "
-                                 f"{source.who} is {_dtype(source.dtype)} but {sink.who} is "
-                                 f"{_dtype(sink.dtype)}", "make both sides the same data_type "
+                                 f"{source.who} is {data_type_name(source.dtype)} but {sink.who} is "
+                                 f"{data_type_name(sink.dtype)}", "make both sides the same data_type "
                                  "(convert in a step if needed)"))
         elif not (_same_shape(source.dims, sink.dims) or _same_shape(source.full_dims, sink.full_dims)):
             out.append(Violation(name, loc, "ensemble-edge-shape", f"ensemble tensor '{tensor}': "
@@ -738,10 +739,6 @@ def _check_edges(name, config, steps, configs, producers, consumers, batching) -
 
 def _same_shape(a: tuple, b: tuple) -> bool:
     return len(a) == len(b) and all(x == y or WILDCARD in (x, y) for x, y in zip(a, b))
-
-
-def _dtype(value: int) -> str:
-    return mc.DataType.Name(value).removeprefix("TYPE_")
 
 
 def _check_decoupled(name, steps, configs, order, ensemble_inputs) -> list[Violation]:
