@@ -52,7 +52,16 @@ class ConvertedModel:
     batch_axis: bool
     reference: Reference | None
     tools: dict[str, str] = field(default_factory=dict)
-    summary: str = ""
+    summary: str = ""  # one line for the build log and the manifest: source, then `signature`
+
+    @property
+    def signature(self) -> str:
+        """E.g. 'input FP32[4] -> label INT64, probabilities FP32[3]' (a per-row scalar shows no dims)."""
+        def text(tensor: TensorSpec) -> str:
+            dims = "" if tensor.reshape == [] else "[" + ",".join(str(d) for d in tensor.dims) + "]"
+            return f"{tensor.name} {tensor.dtype}{dims}"
+
+        return f"{', '.join(map(text, self.inputs))} -> {', '.join(map(text, self.outputs))}"
 
 
 class Converter(abc.ABC):
@@ -132,10 +141,10 @@ def source_file(model: ModelSpec, spec: Spec, suffixes: tuple[str, ...]) -> Path
 
 
 def finish(model: ModelSpec, spec: Spec, onnx_model: "onnx.ModelProto", *, tool: str, reference: Reference | None,
-           tools: dict[str, str], summary: str, rename_outputs: dict[str, str] | None = None,
+           tools: dict[str, str], rename_outputs: dict[str, str] | None = None,
            producer_version: str | None = None) -> ConvertedModel:
     """Common tail of every converter: converter-chosen output names, spec name/dtype/dims
-    overrides, deterministic bytes, and the ONNX checker."""
+    overrides, deterministic bytes, and the ONNX checker. The converter then writes `summary`."""
     import onnx
 
     rename_tensors(onnx_model, rename_outputs or {})
@@ -159,7 +168,7 @@ def finish(model: ModelSpec, spec: Spec, onnx_model: "onnx.ModelProto", *, tool:
     return ConvertedModel(
         name=model.name, framework=model.source.framework, onnx_model=onnx_model,
         inputs=inputs, outputs=outputs, batch_axis=final.batch_axis, reference=reference,
-        tools={**versions("onnx", "onnxruntime"), **tools}, summary=summary)
+        tools={**versions("onnx", "onnxruntime"), **tools})
 
 
 def _spec_renames(model: ModelSpec, spec: Spec, graph: list[TensorSpec], declared: list[TensorSpec] | None,

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 from ..errors import ConversionError
 from ..spec import ModelSpec, Spec
 from .base import ConvertedModel, Converter, finish, register, source_file, versions
-from .sklearn import signature_text
 
 if TYPE_CHECKING:
     from ..terminal import Terminal
@@ -27,8 +26,8 @@ class OnnxFileConverter(Converter):
             raise ConversionError(f"model '{model.name}': cannot read {path.name} as ONNX: {exc}", file=spec.path,
                                   field=f"models.{model.name}.source.path", fix="give a .onnx model file") from None
         producer = onnx_model.producer_name or "onnx"
-        converted = finish(model, spec, onnx_model, tool=producer, reference=None, tools=versions("onnx"), summary="",
+        converted = finish(model, spec, onnx_model, tool=producer, reference=None, tools=versions("onnx"),
                            producer_version=onnx_model.producer_version)
         opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in onnx_model.opset_import)
-        converted.summary = f"onnx file {path.name} ({producer}, opset {opsets}): {signature_text(converted)}"
+        converted.summary = f"onnx file {path.name} ({producer}, opset {opsets}): {converted.signature}"
         return converted

@@ -18,7 +18,6 @@ from ..samples import NUMPY_DTYPES
 from ..spec import ModelSpec, Spec
 from .base import ONNX_OPSET, ConvertedModel, Converter, call_factory, finish, register, source_file, \
     spec_dir_on_path, versions
-from .sklearn import signature_text
 
 if TYPE_CHECKING:
     from ..terminal import Terminal
@@ -52,7 +51,7 @@ class PyTorchConverter(Converter):
         module = call_factory(model, spec) if model.source.factory else self._load(torch, model, spec)
         if not isinstance(module, (torch.nn.Module, torch.jit.ScriptModule)):
             raise ConversionError(f"model '{model.name}': the pytorch source is a {type(module).__name__}, not an "
-                                  "nn.Module", field=f"models.{model.name}.source",
+                                  "nn.Module", file=spec.path, field=f"models.{model.name}.source",
                                   fix="return the module itself (a state_dict has no architecture)")
         module.eval()
         assert model.inputs is not None  # the spec requires inputs for pytorch models
@@ -66,7 +65,7 @@ class PyTorchConverter(Converter):
         count = 1 if isinstance(first, torch.Tensor) else len(first) if isinstance(first, (tuple, list)) else 0
         if count == 0:
             raise ConversionError(f"model '{model.name}': forward() returned {type(first).__name__}",
-                                  field=f"models.{model.name}.source", fix="return a tensor or a tuple of tensors")
+                                  file=spec.path, field=f"models.{model.name}.source", fix="return a tensor or a tuple of tensors")
         output_names = self._output_names(model, count, spec)
         dynamic_axes: dict[str, dict[int, str]] = {}
         for tensor in model.inputs:
@@ -97,11 +96,10 @@ class PyTorchConverter(Converter):
             answers = [answer] if isinstance(answer, torch.Tensor) else list(answer)
             return {name: value.numpy() for name, value in zip(output_names, answers)}
 
-        converted = finish(model, spec, onnx_model, tool="torch", reference=reference, tools=versions("torch"),
-                           summary="")
+        converted = finish(model, spec, onnx_model, tool="torch", reference=reference, tools=versions("torch"))
         parameters = sum(p.numel() for p in module.parameters())
         converted.summary = (f"pytorch {type(module).__name__} ({parameters} parameters): "
-                             f"{signature_text(converted)}")
+                             f"{converted.signature}")
         return converted
 
     def _load(self, torch: Any, model: ModelSpec, spec: Spec) -> Any:

@@ -16,23 +16,24 @@ if TYPE_CHECKING:
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 
 
-def feature_input(model: ModelSpec) -> tuple[str, str]:
+def feature_input(model: ModelSpec, spec: Spec) -> tuple[str, str]:
     """Name and dtype of the single feature tensor: spec inputs[0] where given, else "input" FP32."""
     if model.inputs:
         first = model.inputs[0]
         if first.dtype not in ("FP32", "FP64"):
             raise ConversionError(f"model '{model.name}': a {model.source.framework} model takes FP32 (or FP64) "
-                                  f"features, not {first.dtype}", field=f"models.{model.name}.inputs[0].dtype",
-                                  fix="write dtype: FP32")
+                                  f"features, not {first.dtype}", file=spec.path,
+                                  field=f"models.{model.name}.inputs[0].dtype", fix="write dtype: FP32")
         return first.name, first.dtype
     return "input", "FP32"
 
 
-def n_features(estimator: Any, model: ModelSpec) -> int:
+def n_features(estimator: Any, model: ModelSpec, spec: Spec) -> int:
     count = getattr(estimator, "n_features_in_", None)
     if count is None:
         raise ConversionError(f"model '{model.name}': the {type(estimator).__name__} is not fitted (it has no "
-                              "n_features_in_)", field=f"models.{model.name}.source", fix="fit the model before saving or returning it")
+                              "n_features_in_)", file=spec.path, field=f"models.{model.name}.source",
+                              fix="fit the model before saving or returning it")
     return int(count)
 
 
@@ -58,15 +59,6 @@ def describe(estimator: Any) -> str:
     return name + "(" + ", ".join(f"{k}={v!r}" for k, v in sorted(changed.items())) + ")"
 
 
-def signature_text(converted: ConvertedModel) -> str:
-    def dims(t):
-        return "" if t.reshape == [] else "[" + ",".join(str(d) for d in t.dims) + "]"
-
-    ins = ", ".join(f"{t.name} {t.dtype}{dims(t)}" for t in converted.inputs)
-    outs = ", ".join(f"{t.name} {t.dtype}{dims(t)}" for t in converted.outputs)
-    return f"{ins} -> {outs}"
-
-
 @register
 class SklearnConverter(Converter):
     framework = "sklearn"
@@ -80,10 +72,10 @@ class SklearnConverter(Converter):
         estimator = call_factory(model, spec) if model.source.factory else load_pickled(model, spec)
         if not hasattr(estimator, "predict"):
             raise ConversionError(f"model '{model.name}': the sklearn source is a {type(estimator).__name__}, "
-                                  "not an estimator", field=f"models.{model.name}.source",
+                                  "not an estimator", file=spec.path, field=f"models.{model.name}.source",
                                   fix="return or save a fitted estimator or Pipeline")
-        input_name, dtype = feature_input(model)
-        features = n_features(estimator, model)
+        input_name, dtype = feature_input(model, spec)
+        features = n_features(estimator, model, spec)
         tensor_type = data_types.FloatTensorType if dtype == "FP32" else data_types.DoubleTensorType
         final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
         classifier = is_classifier(final)
@@ -112,6 +104,6 @@ class SklearnConverter(Converter):
             return {"prediction": np.asarray(estimator.predict(features_in)).reshape(len(features_in), -1)}
 
         converted = finish(model, spec, onnx_model, tool="skl2onnx", reference=reference,
-                           tools=versions("scikit-learn", "skl2onnx"), summary="", rename_outputs=renames)
-        converted.summary = f"sklearn {describe(estimator)}, {features} features: {signature_text(converted)}"
+                           tools=versions("scikit-learn", "skl2onnx"), rename_outputs=renames)
+        converted.summary = f"sklearn {describe(estimator)}, {features} features: {converted.signature}"
         return converted

@@ -15,7 +15,7 @@ from ..errors import ConversionError, lazy_import
 from ..onnx_signature import fix_batch_output_shapes
 from ..spec import ModelSpec, Spec
 from .base import ONNXMLTOOLS_OPSET, ConvertedModel, Converter, call_factory, finish, register, source_file, versions
-from .sklearn import describe, feature_input, signature_text
+from .sklearn import describe, feature_input
 
 if TYPE_CHECKING:
     from ..terminal import Terminal
@@ -28,10 +28,11 @@ def _convert_trees(model: ModelSpec, spec: Spec, *, framework_package: tuple[str
                    extra_kwargs: dict | None = None) -> ConvertedModel:
     data_types = lazy_import("onnxmltools.convert.common.data_types", purpose=f"converting a {model.source.framework} "
                              "model", extra=model.source.framework, package="onnxmltools")
-    input_name, dtype = feature_input(model)
+    input_name, dtype = feature_input(model, spec)
     if dtype != "FP32":
         raise ConversionError(f"model '{model.name}': onnxmltools converts {model.source.framework} models with FP32 "
-                              "features only", field=f"models.{model.name}.inputs[0].dtype", fix="write dtype: FP32")
+                              "features only", file=spec.path, field=f"models.{model.name}.inputs[0].dtype",
+                              fix="write dtype: FP32")
     try:
         onnx_model = convert(source, initial_types=[(input_name, data_types.FloatTensorType([None, n_features]))],
                              target_opset=ONNXMLTOOLS_OPSET, **(extra_kwargs or {}))
@@ -46,10 +47,10 @@ def _convert_trees(model: ModelSpec, spec: Spec, *, framework_package: tuple[str
         return predict(np.asarray(inputs[input_name], dtype=np.float32))
 
     converted = finish(model, spec, onnx_model, tool="onnxmltools", reference=reference,
-                       tools=versions(*framework_package, "onnxmltools"), summary="",
+                       tools=versions(*framework_package, "onnxmltools"),
                        rename_outputs={} if classifier else {"variable": "prediction"})
     converted.summary = (f"{model.source.framework} {description}, {n_features} features: "
-                         f"{signature_text(converted)}")
+                         f"{converted.signature}")
     return converted
 
 
@@ -76,7 +77,7 @@ class XGBoostConverter(Converter):
             estimator = self._load(xgboost, source_file(model, spec, self.suffixes))
         if not isinstance(estimator, (xgboost.XGBClassifier, xgboost.XGBRegressor)):
             raise ConversionError(f"model '{model.name}': the xgboost source is a {type(estimator).__name__}",
-                                  field=f"models.{model.name}.source",
+                                  file=spec.path, field=f"models.{model.name}.source",
                                   fix="return an XGBClassifier or XGBRegressor (fitted), or save one with save_model")
         classifier = isinstance(estimator, xgboost.XGBClassifier)
         return _convert_trees(model, spec, framework_package=("xgboost", "xgboost-cpu"), source=estimator,
@@ -118,7 +119,7 @@ class LightGBMConverter(Converter):
             description = f"Booster(objective={objective}, trees={source.num_trees()})"
         else:
             raise ConversionError(f"model '{model.name}': the lightgbm source is a {type(source).__name__}",
-                                  field=f"models.{model.name}.source",
+                                  file=spec.path, field=f"models.{model.name}.source",
                                   fix="return an LGBMClassifier, LGBMRegressor or Booster (trained)")
         return _convert_trees(model, spec, framework_package=("lightgbm",), source=source,
                               convert=onnxmltools.convert_lightgbm, n_features=n_features, classifier=classifier,
