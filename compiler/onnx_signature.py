@@ -23,7 +23,6 @@ ONNX_TO_TRITON = {
     1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64", 8: "STRING",
     9: "BOOL", 10: "FP16", 11: "FP64", 12: "UINT32", 13: "UINT64", 16: "BF16",
 }
-TRITON_TO_ONNX = {triton: onnx_type for onnx_type, triton in ONNX_TO_TRITON.items()}
 
 # Name given to the symbolic batch dimension when this module writes one.
 BATCH_DIM = "batch"
@@ -75,7 +74,8 @@ def signature(model: "onnx.ModelProto", model_name: str, batching: bool = True) 
     that is only the batch dim (shape [N]) becomes dims [1] with reshape [] - Triton's convention for
     a per-row scalar. Without `batching`, dims are the full graph shapes. Unknown sizes become -1.
     """
-    values = [*graph_inputs(model), *model.graph.output]
+    fed = graph_inputs(model)
+    values = [*fed, *model.graph.output]
     shapes = [_shape(v) for v in values]
     batch_axis = batching and bool(values) and all(shape and not isinstance(shape[0], int) for shape in shapes)
 
@@ -85,7 +85,7 @@ def signature(model: "onnx.ModelProto", model_name: str, batching: bool = True) 
             return TensorSpec(name=value.name, dtype=_dtype(value, model_name), dims=[1], reshape=[])
         return TensorSpec(name=value.name, dtype=_dtype(value, model_name), dims=dims)
 
-    inputs = [tensor(v, s) for v, s in zip(graph_inputs(model), shapes)]
+    inputs = [tensor(v, s) for v, s in zip(fed, shapes)]
     outputs = [tensor(v, s) for v, s in zip(model.graph.output, shapes[len(inputs):])]
     return Signature(inputs, outputs, batch_axis)
 

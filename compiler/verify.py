@@ -114,6 +114,7 @@ def verify(converted: "ConvertedModel", samples: dict[str, np.ndarray], settings
     excused = np.zeros(rows, dtype=bool)
     allowed = int(settings.max_label_mismatch * rows)
     for tensor in exact_outputs:
+        _same_shape(converted.name, tensor, onnx_outputs[tensor.name], expected[tensor.name])
         differing = _differing_rows(tensor, onnx_outputs[tensor.name], expected[tensor.name], converted.batch_axis)
         check = OutputCheck(tensor.name, tensor.dtype, exact=True, mismatched_rows=int(differing.sum()))
         report.checks.append(check)
@@ -130,6 +131,7 @@ def verify(converted: "ConvertedModel", samples: dict[str, np.ndarray], settings
     for tensor in float_outputs:
         atol, rtol = _tolerance(tensor.dtype, settings)
         got, want = onnx_outputs[tensor.name], expected[tensor.name]
+        _same_shape(converted.name, tensor, got, want)
         if converted.batch_axis and excused.any():
             got, want = got[~excused], want[~excused]
         check = _compare_float(tensor, got, want, atol, rtol)
@@ -185,7 +187,6 @@ def _tolerance(dtype: str, settings: VerifySpec) -> tuple[float, float]:
 
 
 def _differing_rows(tensor: TensorSpec, got: np.ndarray, want: np.ndarray, batch_axis: bool) -> np.ndarray:
-    _same_shape(tensor, got, want)
     unequal = np.asarray(got != want)
     if not batch_axis:
         return np.atleast_1d(unequal.any())
@@ -193,7 +194,6 @@ def _differing_rows(tensor: TensorSpec, got: np.ndarray, want: np.ndarray, batch
 
 
 def _compare_float(tensor: TensorSpec, got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> OutputCheck:
-    _same_shape(tensor, got, want)
     got64, want64 = got.astype(np.float64), want.astype(np.float64)
     error = np.abs(got64 - want64)
     # NaN where the source says NaN is agreement; NaN anywhere else is an infinite error.
@@ -210,7 +210,8 @@ def _compare_float(tensor: TensorSpec, got: np.ndarray, want: np.ndarray, atol: 
     return check
 
 
-def _same_shape(tensor: TensorSpec, got: np.ndarray, want: np.ndarray) -> None:
+def _same_shape(model: str, tensor: TensorSpec, got: np.ndarray, want: np.ndarray) -> None:
     if got.shape != want.shape:
-        raise ConversionError(f"output '{tensor.name}': ONNX answered shape {list(got.shape)} where the source answered {list(want.shape)}",
+        raise ConversionError(f"model '{model}' output '{tensor.name}': ONNX answered shape {list(got.shape)} where "
+                              f"the source answered {list(want.shape)}", field=f"models.{model}.outputs",
                               fix="declare the output dims the model really produces")
