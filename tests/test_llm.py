@@ -1,8 +1,8 @@
 """The LLM ensemble on the real tritonserver (embedded runtime, CPU engine).
 
 One repository holds the tiny Llama three times: unquantized and streaming (`tiny_llm`, decoupled
-engine with in-flight batching), unquantized without streaming (`tiny_llm_sync`, Triton's dynamic
-batcher) and FP8 with an FP8 KV cache (`tiny_llm_fp8`), so one server serves the whole module. Greedy text is compared exactly: the CPU
+engine with in-flight batching), unquantized without streaming and with sampling defaults (`tiny_llm_sync`,
+Triton's dynamic batcher) and FP8 with an FP8 KV cache (`tiny_llm_fp8`), so one server serves the whole module. Greedy text is compared exactly: the CPU
 engine runs the same float32 forward pass as transformers' generate, and the tiny model is trained
 so its top logits are far apart (margins of several units), so batching/padding cannot flip a token.
 """
@@ -37,6 +37,7 @@ models:
     source: {framework: huggingface, path: tiny}
     llm:
       streaming: false
+      sampling: {temperature: 1.5, top_k: 0, top_p: 0.95, seed: 7}
       limits: {max_batch_size: 4, max_input_len: 64, max_output_len: 48}
   - name: tiny_llm_fp8
     source: {framework: huggingface, path: tiny}
@@ -211,8 +212,8 @@ def test_non_streaming_engine_batches_through_the_dynamic_batcher(server, refere
     _, expected = reference
     answers: dict[str, str] = {}
 
-    def ask(prompt):
-        answers[prompt] = generate(server, "tiny_llm_sync", text_input=prompt)
+    def ask(prompt):  # top_k 1 in the request overrides the model's sampling defaults
+        answers[prompt] = generate(server, "tiny_llm_sync", text_input=prompt, top_k=1)
 
     threads = [threading.Thread(target=ask, args=(p,)) for p in PROMPTS]
     for thread in threads:
@@ -285,6 +286,12 @@ def test_sampling_with_a_seed_is_reproducible(server):
     assert generate(server, "tiny_llm", random_seed=7, **body) == first
     others = {generate(server, "tiny_llm", random_seed=seed, **body) for seed in (1, 2, 3)}
     assert len(others | {first}) > 1  # sampling at temperature 1.5 over 20 tokens varies with the seed
+
+
+def test_spec_sampling_defaults_apply_when_the_request_has_none(server):
+    explicit = generate(server, "tiny_llm", text_input=PROMPTS[0], temperature=1.5, top_k=0, top_p=0.95,
+                        random_seed=7)
+    assert generate(server, "tiny_llm_sync", text_input=PROMPTS[0]) == explicit
 
 
 def test_request_above_the_output_limit_is_refused(server):

@@ -73,6 +73,10 @@ PREPROCESSING_INPUTS = (
     Tensor("STOP_WORDS_DICT", "STRING", (-1,), optional=True),
     Tensor("END_ID", "INT32", (1,), optional=True),
     Tensor("PAD_ID", "INT32", (1,), optional=True),
+    Tensor("TOP_K", "INT32", (1,), optional=True),
+    Tensor("TOP_P", "FP32", (1,), optional=True),
+    Tensor("TEMPERATURE", "FP32", (1,), optional=True),
+    Tensor("RANDOM_SEED", "UINT64", (1,), optional=True),
 )
 PREPROCESSING_OUTPUTS = (
     Tensor("INPUT_ID", "INT32", (-1,)),
@@ -82,6 +86,12 @@ PREPROCESSING_OUTPUTS = (
     Tensor("REQUEST_OUTPUT_LEN", "INT32", (-1,)),
     Tensor("OUT_END_ID", "INT32", (1,)),
     Tensor("OUT_PAD_ID", "INT32", (1,)),
+    # Sampling parameters with the spec's defaults filled in where the request has none, so the
+    # defaults hold on both runtimes (the tensorrtllm backend has no notion of them).
+    Tensor("OUT_TOP_K", "INT32", (1,)),
+    Tensor("OUT_TOP_P", "FP32", (1,)),
+    Tensor("OUT_TEMPERATURE", "FP32", (1,)),
+    Tensor("OUT_RANDOM_SEED", "UINT64", (1,)),
 )
 # The engine inputs the CPU engine implements; the same set goes into the container config so the
 # ensemble is identical on both runtimes.
@@ -133,7 +143,10 @@ def preprocessing_config(names: Names, llm: LlmSpec) -> mc.ModelConfig:
     config = mc.ModelConfig(name=names.preprocessing, backend="python", max_batch_size=llm.limits.max_batch_size)
     _add_tensors(config, PREPROCESSING_INPUTS, PREPROCESSING_OUTPUTS)
     _cpu_instances(config)
-    _parameters(config, {"tokenizer_dir": TOKENIZER_DIR, "add_special_tokens": "false"})
+    sampling = llm.sampling
+    _parameters(config, {"tokenizer_dir": TOKENIZER_DIR, "add_special_tokens": "false",
+                         "default_top_k": sampling.top_k, "default_top_p": sampling.top_p,
+                         "default_temperature": sampling.temperature, "default_seed": sampling.seed})
     return config
 
 
@@ -204,17 +217,20 @@ def ensemble_config(names: Names, llm: LlmSpec) -> mc.ModelConfig:
     steps = config.ensemble_scheduling.step
     pre = steps.add(model_name=names.preprocessing, model_version=-1)
     pre.input_map.update({"QUERY": "text_input", "REQUEST_OUTPUT_LEN": "max_tokens", "BAD_WORDS_DICT": "bad_words",
-                          "STOP_WORDS_DICT": "stop_words", "END_ID": "end_id", "PAD_ID": "pad_id"})
+                          "STOP_WORDS_DICT": "stop_words", "END_ID": "end_id", "PAD_ID": "pad_id",
+                          "TOP_K": "top_k", "TOP_P": "top_p", "TEMPERATURE": "temperature",
+                          "RANDOM_SEED": "random_seed"})
     pre.output_map.update({"INPUT_ID": "_INPUT_ID", "REQUEST_INPUT_LEN": "_REQUEST_INPUT_LEN",
                            "BAD_WORDS_IDS": "_BAD_WORDS_IDS", "STOP_WORDS_IDS": "_STOP_WORDS_IDS",
                            "REQUEST_OUTPUT_LEN": "_REQUEST_OUTPUT_LEN", "OUT_END_ID": "_END_ID",
-                           "OUT_PAD_ID": "_PAD_ID"})
+                           "OUT_PAD_ID": "_PAD_ID", "OUT_TOP_K": "_TOP_K", "OUT_TOP_P": "_TOP_P",
+                           "OUT_TEMPERATURE": "_TEMPERATURE", "OUT_RANDOM_SEED": "_RANDOM_SEED"})
     engine = steps.add(model_name=names.engine, model_version=-1)
     engine.input_map.update({"input_ids": "_INPUT_ID", "input_lengths": "_REQUEST_INPUT_LEN",
                              "request_output_len": "_REQUEST_OUTPUT_LEN", "end_id": "_END_ID", "pad_id": "_PAD_ID",
                              "stop_words_list": "_STOP_WORDS_IDS", "bad_words_list": "_BAD_WORDS_IDS",
-                             "runtime_top_k": "top_k", "runtime_top_p": "top_p", "temperature": "temperature",
-                             "random_seed": "random_seed", "streaming": "stream"})
+                             "runtime_top_k": "_TOP_K", "runtime_top_p": "_TOP_P", "temperature": "_TEMPERATURE",
+                             "random_seed": "_RANDOM_SEED", "streaming": "stream"})
     engine.output_map.update({"output_ids": "_TOKENS_BATCH", "sequence_length": "_SEQUENCE_LENGTH"})
     post = steps.add(model_name=names.postprocessing, model_version=-1)
     post.input_map.update({"TOKENS_BATCH": "_TOKENS_BATCH", "SEQUENCE_LENGTH": "_SEQUENCE_LENGTH"})

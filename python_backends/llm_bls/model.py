@@ -16,12 +16,15 @@ import triton_python_backend_utils as pb_utils
 
 # ensemble input -> (preprocessing input) or (engine input)
 TO_PREPROCESSING = {"text_input": "QUERY", "max_tokens": "REQUEST_OUTPUT_LEN", "bad_words": "BAD_WORDS_DICT",
-                    "stop_words": "STOP_WORDS_DICT", "end_id": "END_ID", "pad_id": "PAD_ID"}
-TO_ENGINE = {"top_k": "runtime_top_k", "top_p": "runtime_top_p", "temperature": "temperature",
-             "random_seed": "random_seed", "stream": "streaming"}
+                    "stop_words": "STOP_WORDS_DICT", "end_id": "END_ID", "pad_id": "PAD_ID", "top_k": "TOP_K",
+                    "top_p": "TOP_P", "temperature": "TEMPERATURE", "random_seed": "RANDOM_SEED"}
+TO_ENGINE = {"stream": "streaming"}
+# preprocessing output -> engine input (sampling values carry the spec's defaults)
 PREPROCESSED = {"INPUT_ID": "input_ids", "REQUEST_INPUT_LEN": "input_lengths",
                 "REQUEST_OUTPUT_LEN": "request_output_len", "OUT_END_ID": "end_id", "OUT_PAD_ID": "pad_id",
-                "STOP_WORDS_IDS": "stop_words_list", "BAD_WORDS_IDS": "bad_words_list"}
+                "STOP_WORDS_IDS": "stop_words_list", "BAD_WORDS_IDS": "bad_words_list",
+                "OUT_TOP_K": "runtime_top_k", "OUT_TOP_P": "runtime_top_p", "OUT_TEMPERATURE": "temperature",
+                "OUT_RANDOM_SEED": "random_seed"}
 
 
 class TritonPythonModel:

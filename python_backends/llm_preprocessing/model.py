@@ -2,10 +2,13 @@
 ensemble (same tensor names as tensorrtllm_backend's inflight_batcher_llm/preprocessing).
 
 Inputs:  QUERY STRING[1], REQUEST_OUTPUT_LEN INT32[1], optional BAD_WORDS_DICT / STOP_WORDS_DICT
-         STRING[-1], END_ID / PAD_ID INT32[1].
+         STRING[-1], END_ID / PAD_ID / TOP_K INT32[1], TOP_P / TEMPERATURE FP32[1], RANDOM_SEED UINT64[1].
 Outputs: INPUT_ID INT32[-1], REQUEST_INPUT_LEN INT32[1], BAD_WORDS_IDS / STOP_WORDS_IDS
-         INT32[2,-1], REQUEST_OUTPUT_LEN INT32[1], OUT_END_ID / OUT_PAD_ID INT32[1].
-Parameters: tokenizer_dir (relative to this version directory, or absolute), add_special_tokens.
+         INT32[2,-1], REQUEST_OUTPUT_LEN INT32[1], OUT_END_ID / OUT_PAD_ID / OUT_TOP_K INT32[1],
+         OUT_TOP_P / OUT_TEMPERATURE FP32[1], OUT_RANDOM_SEED UINT64[1] (the sampling values carry
+         the spec's defaults where the request gives none; upstream has no such outputs).
+Parameters: tokenizer_dir (relative to this version directory, or absolute), add_special_tokens,
+default_top_k, default_top_p, default_temperature, default_seed.
 The tokenizer is the `tokenizers` library reading tokenizer.json shipped inside the repository.
 """
 import json
@@ -30,6 +33,10 @@ class TritonPythonModel:
         pad = special.get("pad_token")
         # Pad falls back to end-of-sequence, as in the upstream preprocessing.
         self.pad_id = self.tokenizer.token_to_id(pad) if pad else self.end_id
+        self.sampling = [("TOP_K", "OUT_TOP_K", np.int32, int(params["default_top_k"])),
+                         ("TOP_P", "OUT_TOP_P", np.float32, float(params["default_top_p"])),
+                         ("TEMPERATURE", "OUT_TEMPERATURE", np.float32, float(params["default_temperature"])),
+                         ("RANDOM_SEED", "OUT_RANDOM_SEED", np.uint64, int(params["default_seed"]))]
 
     def execute(self, requests):
         return [self._one(request) for request in requests]
@@ -57,15 +64,17 @@ class TritonPythonModel:
                 pb_utils.Tensor("OUT_END_ID", self._scalar(request, "END_ID", self.end_id, batch)),
                 pb_utils.Tensor("OUT_PAD_ID", self._scalar(request, "PAD_ID", self.pad_id, batch)),
             ]
+            outputs += [pb_utils.Tensor(out, self._scalar(request, name, default, batch, dtype))
+                        for name, out, dtype, default in self.sampling]
             return pb_utils.InferenceResponse(output_tensors=outputs)
         except Exception as exc:  # one bad request must not fail the batch
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"preprocessing: {exc}"))
 
-    def _scalar(self, request, name, default, batch):
+    def _scalar(self, request, name, default, batch, dtype=np.int32):
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         if tensor is None:
-            return np.full((batch, 1), default, dtype=np.int32)
-        return tensor.as_numpy().reshape(batch, 1).astype(np.int32)
+            return np.full((batch, 1), default, dtype=dtype)
+        return tensor.as_numpy().reshape(batch, 1).astype(dtype)
 
     def _word_lists(self, request, name, batch):
         """TRT-LLM word-list format per request: [2, L], row 0 the token ids of all words
