@@ -19,7 +19,7 @@ RESULTS_DIR = ROOT / "perf" / "results"      # committed summaries the README/no
 REPORTS_DIR = ROOT / "perf" / "reports"      # full reports (gitignored)
 # Benchmarks measure at a wider stability bound than the default: on 2 shared cores a 15 % bound
 # makes perf_analyzer retry for minutes; medians over repeats absorb the rest.
-SETTINGS = MeasurementSettings(window_requests=100, stability_percent=25, max_trials=6, retries=1)
+SETTINGS = MeasurementSettings(window_requests=300, stability_percent=25, max_trials=6, retries=1)
 
 
 def built_repository(terminal: Terminal) -> Path:

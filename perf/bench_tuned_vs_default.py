@@ -18,6 +18,7 @@ from tritonize.terminal import Terminal
 
 MODEL = "digits_mlp"
 LEVELS = "1:16"
+MAX_POINTS = 24  # tune's default space, the climb capped to keep the run near five minutes here
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
     terminal = Terminal()
     repository = built_repository(terminal)
     result = tune(ROOT / "model.yaml", model=MODEL, latency_budget_ms=args.budget_ms, write=False,
-                  concurrency=LEVELS, repository=repository, settings=SETTINGS,
+                  concurrency=LEVELS, repository=repository, settings=SETTINGS, max_points=MAX_POINTS,
                   report_dir=REPORTS_DIR / f"tune-{MODEL}", terminal=terminal)
     from tritonize.perf.run import parse_concurrency
 
