@@ -180,23 +180,23 @@ def _run_check(name: str, samples: dict, client: "_Client", stream_join: str | N
 
     if expected:
         tolerances = samples.get("tolerance") or {}
-        tensors = [_compare(n, served[n], spec, tolerances.get(n) or {}, stream_join)
-                   for n, spec in expected.items()]
+        tensors = [_compare(n, served[n], recorded, tolerances.get(n) or {}, stream_join)
+                   for n, recorded in expected.items()]
     else:
         tensors = [_check_declared(n, served[n], declared[n]) for n in output_names]
     status = "passed" if all(t.passed for t in tensors) else "failed"
     return ModelCheck(name, label, status, tensors)
 
 
-def _compare(name: str, parts: list[tuple[str, np.ndarray]], spec: dict, tolerance: dict,
+def _compare(name: str, parts: list[tuple[str, np.ndarray]], recorded: dict, tolerance: dict,
              stream_join: str | None) -> TensorCheck:
     if not parts:
         return TensorCheck(name, False, message="missing from the server's answer")
-    datatype = _wire_datatype(spec["datatype"])
+    datatype = _wire_datatype(recorded["datatype"])
     served_types = {t for t, _ in parts}
     if served_types != {datatype}:
         return TensorCheck(name, False, message=f"datatype {'/'.join(sorted(served_types))}, expected {datatype}")
-    want = _to_numpy(spec["data"], datatype, spec.get("shape"))
+    want = _recorded_array(recorded)
     arrays = [a for _, a in parts]
     got, want = STREAM_JOINS[stream_join](arrays, want) if stream_join else (arrays[0], want)
     if got.shape != want.shape:
@@ -276,9 +276,9 @@ class _Client:
 
     def _inputs(self, module, inputs: dict) -> list:
         request = []
-        for tensor_name, spec in inputs.items():
-            datatype = _wire_datatype(spec["datatype"])
-            array = _to_numpy(spec["data"], datatype, spec.get("shape"))
+        for tensor_name, recorded in inputs.items():
+            datatype = _wire_datatype(recorded["datatype"])
+            array = _recorded_array(recorded)
             if datatype == "BYTES":
                 array = as_bytes(array)
             infer_input = module.InferInput(tensor_name, list(array.shape), datatype)
@@ -391,9 +391,10 @@ def _wire_datatype(datatype: str) -> str:
     return "BYTES" if datatype == "STRING" else datatype
 
 
-def _to_numpy(data: Any, datatype: str, shape: list[int] | None) -> np.ndarray:
-    array = np.array(data, dtype=NUMPY_DTYPES["STRING" if datatype == "BYTES" else datatype])
-    return array.reshape(shape) if shape is not None else array
+def _recorded_array(recorded: dict) -> np.ndarray:
+    """A manifest sample tensor ({"datatype": "FP32", "shape": [2, 4], "data": [...]}) as numpy."""
+    array = np.array(recorded["data"], dtype=NUMPY_DTYPES[recorded["datatype"].removeprefix("TYPE_")])
+    return array.reshape(recorded["shape"]) if recorded.get("shape") is not None else array
 
 
 def _text(item: Any) -> str:
