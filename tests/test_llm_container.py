@@ -192,3 +192,16 @@ def test_build_engines_says_plainly_where_to_run_it(tiny_dir, monkeypatch):
     with pytest.raises(TritonizeError, match=r"TensorRT-LLM is not installed here.*build_engine.sh inside "
                                              r"nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"):
         build_engines(spec, tiny_dir.parent / "repo_container", terminal=Terminal(quiet=True, stderr=True))
+
+
+def test_fp8_above_the_error_budget_fails_the_build_naming_the_field(tiny_dir):
+    from tritonize import build
+    from tritonize.errors import ConversionError
+
+    spec = write_spec(tiny_dir, "      quantization: {mode: fp8, max_logit_error: 0.01}\n"
+                                "      limits: {max_batch_size: 2, max_input_len: 32, max_output_len: 16}\n",
+                      name="strict.yaml")
+    with pytest.raises(ConversionError) as error:
+        build(spec, terminal=Terminal(quiet=True, stderr=True))
+    text = error.value.one_line()
+    assert "models[0].llm.quantization.max_logit_error" in text and "exceeds the budget 0.01" in text, text

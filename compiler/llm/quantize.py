@@ -28,7 +28,7 @@ class QuantizationReport:
     held_out_prompts: int
     held_out_positions: int
     max_logit_error: float          # max |logit_fp8 - logit_orig| over all held-out positions
-    mean_logit_error: float
+    mean_logit_error: float         # mean over positions of each position's max |difference|
     token_agreement: float          # fraction of positions with the same greedy next token
     budget: dict
 
