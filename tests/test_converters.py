@@ -18,7 +18,6 @@ from tritonize.spec import Spec, load_spec
 from tritonize.terminal import Terminal
 from tritonize.verify import verify
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = Terminal(quiet=True)
 
 # Factories the specs below name; trained in milliseconds, deterministic (fixed seeds, one thread).
@@ -454,7 +453,7 @@ def test_missing_converter_package_names_the_extra(workdir, monkeypatch):
 
 # -- the demo's example models ------------------------------------------------------------------
 
-def test_example_models_convert_and_verify():
+def test_example_models_convert_and_verify(repo_root):
     """The models the root model.yaml builds, with the sample ranges their data live in."""
     spec = Spec.model_validate({"models": [
         {"name": "iris_classifier", "source": {"framework": "sklearn", "factory": "examples.tabular:iris_classifier"},
@@ -465,7 +464,7 @@ def test_example_models_convert_and_verify():
         {"name": "digits_mlp", "source": {"framework": "pytorch", "factory": "examples.torch_mlp:digits_mlp"},
          "inputs": [{"name": "pixels", "dtype": "FP32", "dims": [64], "range": [0, 16]}]},
     ]})
-    spec._path = REPO_ROOT / "model.yaml"
+    spec._path = repo_root / "model.yaml"
     outputs = {}
     for model in spec.models:
         converted = convert(model, spec, TERMINAL)
@@ -480,17 +479,17 @@ def test_example_models_convert_and_verify():
     }
 
 
-def test_example_classifiers_are_accurate():
+def test_example_classifiers_are_accurate(repo_root):
     """The demo answers should make sense: the models really learned their datasets."""
     import torch
     from sklearn.datasets import load_digits, load_iris
 
-    sys.path.insert(0, str(REPO_ROOT))
+    sys.path.insert(0, str(repo_root))
     try:
         from examples.tabular import iris_classifier
         from examples.torch_mlp import digits_mlp
     finally:
-        sys.path.remove(str(REPO_ROOT))
+        sys.path.remove(str(repo_root))
     features, species = load_iris(return_X_y=True)
     assert (iris_classifier().predict(features) == species).mean() > 0.95
     pixels, digits = load_digits(return_X_y=True)
@@ -523,8 +522,8 @@ def load_backend_model(path: Path, module_name: str):
 
 
 @pytest.fixture(scope="module")
-def runner_module():
-    return load_backend_model(REPO_ROOT / "python_backends" / "onnx_runner" / "model.py", "onnx_runner_model")
+def runner_module(repo_root):
+    return load_backend_model(repo_root / "python_backends" / "onnx_runner" / "model.py", "onnx_runner_model")
 
 
 @pytest.fixture(scope="module")
@@ -600,8 +599,8 @@ def test_runner_combined_failure_falls_back_to_single_requests(runner_module):
     assert str(results[1]) == "negative input"
 
 
-def test_iris_preprocess_parses_csv_rows():
-    module = load_backend_model(REPO_ROOT / "examples" / "iris_preprocess" / "model.py", "iris_preprocess_model")
+def test_iris_preprocess_parses_csv_rows(repo_root):
+    module = load_backend_model(repo_root / "examples" / "iris_preprocess" / "model.py", "iris_preprocess_model")
     rows = np.array([[b"5.1,3.5,1.4,0.2"], [b" 6.7, 3.0 ,5.2,2.3"]], dtype=object)
     features = module.parse_rows(rows, 4)
     assert features.dtype == np.float32 and features.tolist() == np.float32([[5.1, 3.5, 1.4, 0.2],
@@ -615,7 +614,7 @@ def test_iris_preprocess_parses_csv_rows():
 # -- the runner and the preprocessing step inside a real tritonserver ----------------------------
 
 @pytest.mark.server
-def test_runner_and_preprocess_served_by_tritonserver(workdir, iris_onnx, triton_server, tmp_path):
+def test_runner_and_preprocess_served_by_tritonserver(repo_root, iris_onnx, triton_server, tmp_path):
     import tritonclient.http as httpclient
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
@@ -625,7 +624,7 @@ def test_runner_and_preprocess_served_by_tritonserver(workdir, iris_onnx, triton
     (repo / "iris" / "1").mkdir(parents=True)
     (repo / "iris" / "1" / "model.onnx").write_bytes(iris_onnx.onnx_model.SerializeToString())
     (repo / "iris" / "1" / "model.py").write_bytes(
-        (REPO_ROOT / "python_backends" / "onnx_runner" / "model.py").read_bytes())
+        (repo_root / "python_backends" / "onnx_runner" / "model.py").read_bytes())
     config = mc.ModelConfig(name="iris", backend="python", max_batch_size=8)
     for tensor, field in [*((t, config.input) for t in iris_onnx.inputs), *((t, config.output) for t in iris_onnx.outputs)]:
         entry = field.add(name=tensor.name, data_type=mc.DataType.Value(f"TYPE_{tensor.dtype}"), dims=tensor.dims)
@@ -640,7 +639,7 @@ def test_runner_and_preprocess_served_by_tritonserver(workdir, iris_onnx, triton
 
     (repo / "iris_preprocess" / "1").mkdir(parents=True)
     (repo / "iris_preprocess" / "1" / "model.py").write_bytes(
-        (REPO_ROOT / "examples" / "iris_preprocess" / "model.py").read_bytes())
+        (repo_root / "examples" / "iris_preprocess" / "model.py").read_bytes())
     preprocess = mc.ModelConfig(name="iris_preprocess", backend="python", max_batch_size=8)
     preprocess.input.add(name="CSV", data_type=mc.TYPE_STRING, dims=[1])
     preprocess.output.add(name="FEATURES", data_type=mc.TYPE_FP32, dims=[4])

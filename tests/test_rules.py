@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from tritonize.model_config import parse_pbtxt, to_pbtxt
 from tritonize.rules import Violation, check_configs, check_repository
 
 PREPROCESS = """
@@ -63,14 +63,11 @@ ensemble_scheduling {
 MODEL_FILES = {"preprocess": "model.py", "classifier": "model.onnx"}
 
 
-def parse(text: str) -> mc.ModelConfig:
-    return text_format.Parse(text, mc.ModelConfig())
-
-
 @pytest.fixture
 def configs() -> dict[str, mc.ModelConfig]:
     """A valid python -> onnx ensemble, fresh for each test to break one thing in."""
-    return {"preprocess": parse(PREPROCESS), "classifier": parse(CLASSIFIER), "pipeline": parse(PIPELINE)}
+    return {"preprocess": parse_pbtxt(PREPROCESS), "classifier": parse_pbtxt(CLASSIFIER),
+            "pipeline": parse_pbtxt(PIPELINE)}
 
 
 def write_repo(root: Path, configs: dict[str, mc.ModelConfig]) -> Path:
@@ -80,7 +77,7 @@ def write_repo(root: Path, configs: dict[str, mc.ModelConfig]) -> Path:
     for name, config in configs.items():
         version = repo / name / "1"
         version.mkdir(parents=True)
-        (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+        (repo / name / "config.pbtxt").write_text(to_pbtxt(config))
         if name in MODEL_FILES:
             (version / MODEL_FILES[name]).write_bytes(b"")
     return repo
@@ -166,40 +163,40 @@ def test_ensemble_with_backend(configs):
 
 
 def test_max_batch_size_negative():
-    config = parse(CLASSIFIER)
+    config = parse_pbtxt(CLASSIFIER)
     config.max_batch_size = -1
     only(check_configs({"classifier": config}), "max-batch-size", "-1")
 
 
 def test_tensor_without_name():
-    config = parse(CLASSIFIER)
+    config = parse_pbtxt(CLASSIFIER)
     config.output[1].name = ""
     v = only(check_configs({"classifier": config}), "tensor-name", "output 1")
     assert v.loc == ("output", 1, "name")
 
 
 def test_duplicate_tensor_name():
-    config = parse(CLASSIFIER)
+    config = parse_pbtxt(CLASSIFIER)
     config.output[1].name = "label"
     v = only(check_configs({"classifier": config}), "duplicate-tensor", "'label'")
     assert v.field == "output[1].name"
 
 
 def test_data_type_missing():
-    config = parse(CLASSIFIER)
+    config = parse_pbtxt(CLASSIFIER)
     config.input[0].data_type = mc.TYPE_INVALID
     only(check_configs({"classifier": config}), "data-type", "'float_input'")
 
 
 def test_dims_empty():
-    config = parse(CLASSIFIER)
+    config = parse_pbtxt(CLASSIFIER)
     del config.input[0].dims[:]
     v = only(check_configs({"classifier": config}), "dims", "'float_input'")
     assert v.loc == ("input", 0, "dims")
 
 
 def test_dims_zero():
-    config = parse(CLASSIFIER)
+    config = parse_pbtxt(CLASSIFIER)
     config.output[1].dims[:] = [0]
     v = only(check_configs({"classifier": config}), "dims", "'probabilities'")
     assert v.one_line() == (
@@ -208,13 +205,13 @@ def test_dims_zero():
 
 
 def test_reshape_element_count():
-    config = parse(CLASSIFIER)
+    config = parse_pbtxt(CLASSIFIER)
     config.input[0].reshape.shape[:] = [2, 3]
     only(check_configs({"classifier": config}), "reshape", "[2, 3]", "[4]")
 
 
 def test_reshape_with_variable_dims():
-    config = parse(CLASSIFIER)
+    config = parse_pbtxt(CLASSIFIER)
     config.input[0].dims[:] = [2, 4, -1, 6]
     config.input[0].reshape.shape[:] = [8, -1, 1, 6]  # 2*4 = 8 and 6 = 1*6: allowed
     assert check_configs({"classifier": config}) == []
@@ -223,7 +220,7 @@ def test_reshape_with_variable_dims():
 
 
 def test_empty_reshape_without_batching():
-    config = parse(CLASSIFIER)
+    config = parse_pbtxt(CLASSIFIER)
     config.max_batch_size = 0
     config.output[0].reshape.SetInParent()  # reshape { shape: [] }
     only(check_configs({"classifier": config}), "reshape", "'label'")
@@ -232,13 +229,13 @@ def test_empty_reshape_without_batching():
 
 
 def test_input_format_needs_three_dims():
-    config = parse(CLASSIFIER)
+    config = parse_pbtxt(CLASSIFIER)
     config.input[0].format = mc.ModelInput.FORMAT_NCHW
     only(check_configs({"classifier": config}), "input-format", "FORMAT_NCHW")
 
 
 def test_shape_tensor_outside_tensorrt():
-    config = parse(CLASSIFIER)
+    config = parse_pbtxt(CLASSIFIER)
     config.input[0].is_shape_tensor = True
     only(check_configs({"classifier": config}), "shape-tensor", "'float_input'")
 
@@ -253,7 +250,7 @@ def test_preferred_batch_size_above_max(configs):
 
 
 def test_preferred_batch_size_without_batching():
-    config = parse(PREPROCESS)
+    config = parse_pbtxt(PREPROCESS)
     config.max_batch_size = 0
     for io in (*config.input, *config.output):
         io.dims.insert(0, -1)
@@ -264,7 +261,7 @@ def test_preferred_batch_size_without_batching():
 
 def test_dynamic_batching_without_preferred_sizes_needs_no_batching():
     # Triton accepts dynamic_batching on a non-batching model (its queue policies still apply).
-    config = parse(PREPROCESS)
+    config = parse_pbtxt(PREPROCESS)
     config.max_batch_size = 0
     config.dynamic_batching.ClearField("preferred_batch_size")
     config.dynamic_batching.default_queue_policy.max_queue_size = 4
@@ -292,7 +289,7 @@ def test_response_cache_on_decoupled(configs):
 
 
 def test_response_cache_with_sequence_batching():
-    config = parse(PREPROCESS)
+    config = parse_pbtxt(PREPROCESS)
     config.sequence_batching.SetInParent()  # replaces dynamic_batching (one scheduler per model)
     config.response_cache.enable = True
     only(check_configs({"preprocess": config}), "response-cache", "sequence batching")
@@ -423,7 +420,7 @@ def test_ensemble_step_cycle(configs):
 
 
 def test_ensemble_contains_itself(configs):
-    inner = parse(PIPELINE)
+    inner = parse_pbtxt(PIPELINE)
     inner.name = "inner"
     configs["inner"] = inner
     configs["pipeline"].ensemble_scheduling.step[1].model_name = "inner"
@@ -491,7 +488,7 @@ def test_ensemble_decoupled_sources():
         config.model_transaction_policy.decoupled = decoupled
         return config
 
-    configs = {"fanin": parse(text), "a": python_model("a", ["X"], False),
+    configs = {"fanin": parse_pbtxt(text), "a": python_model("a", ["X"], False),
                "b": python_model("b", ["X"], False), "join": python_model("join", ["A", "B"], False)}
     assert check_configs(configs) == []
     # a's responses now stream independently of b's: 'join' cannot pair them up

@@ -234,7 +234,10 @@ def _client_reference(reference: Reference, renames: dict[str, str], inputs: lis
         result = {}
         for tensor in outputs:
             array = np.asarray(answer[original.get(tensor.name, tensor.name)])
-            array = as_bytes(array) if tensor.dtype == "STRING" else array.astype(NUMPY_DTYPES[tensor.dtype], copy=False)
+            if tensor.dtype == "STRING":
+                array = as_bytes(array)
+            else:
+                array = array.astype(NUMPY_DTYPES[tensor.dtype], copy=False)
             if tensor.reshape is not None:
                 array = array.reshape(([rows] if batch_axis else []) + tensor.dims)
             result[tensor.name] = array

@@ -65,7 +65,8 @@ class PyTorchConverter(Converter):
         count = 1 if isinstance(first, torch.Tensor) else len(first) if isinstance(first, (tuple, list)) else 0
         if count == 0:
             raise ConversionError(f"model '{model.name}': forward() returned {type(first).__name__}",
-                                  file=spec.path, field=f"models.{model.name}.source", fix="return a tensor or a tuple of tensors")
+                                  file=spec.path, field=f"models.{model.name}.source",
+                                  fix="return a tensor or a tuple of tensors")
         output_names = self._output_names(model, count, spec)
         dynamic_axes: dict[str, dict[int, str]] = {}
         for tensor in model.inputs:
