@@ -39,7 +39,9 @@ def cache_root(spec: Spec) -> Path:
 
 
 def build_llm(model: ModelSpec, spec: Spec, terminal: Terminal, *, work_dir: Path) -> list[ModelArtifact]:
-    """The repository's model directories for one huggingface model (runtime from the spec)."""
+    """The repository's model directories for one huggingface model (runtime from the spec).
+
+    work_dir is scratch space for this build; what is worth keeping goes to cache_root(spec)."""
     llm = llm_spec(model)
     release = release_of(llm, spec)
     names = repo.Names.of(model.name)
@@ -55,7 +57,7 @@ def build_llm(model: ModelSpec, spec: Spec, terminal: Terminal, *, work_dir: Pat
 
     checkpoint, quant_report = None, None
     if llm.quantization.mode == "fp8" or spec.runtime == "container":
-        checkpoint, quant_report = _checkpoint(model, spec, llm, hf_dir, terminal, field)
+        checkpoint, quant_report = _checkpoint(model, spec, llm, hf_dir, terminal, field, work_dir)
 
     version = model.version
     tokenizer_files = _tokenizer_files(hf_dir, version, model)
@@ -112,7 +114,7 @@ def _tokenizer_files(hf_dir: Path, version: int, model: ModelSpec) -> dict[str, 
 
 
 def _checkpoint(model: ModelSpec, spec: Spec, llm: LlmSpec, hf_dir: Path, terminal: Terminal,
-                field: str) -> tuple[Path, dict | None]:
+                field: str, work_dir: Path) -> tuple[Path, dict | None]:
     quant = llm.quantization
     text_file = spec.resolve(quant.calibration.text_file) if quant.calibration.text_file else None
     calibration, held_out = quantize.calibration_texts(quant.calibration, text_file) if quant.mode == "fp8" else ([], [])
@@ -127,7 +129,7 @@ def _checkpoint(model: ModelSpec, spec: Spec, llm: LlmSpec, hf_dir: Path, termin
     if (target / "config.json").is_file() and (report_path.is_file() or quant.mode == "none"):
         terminal.success(f"{model.name}: TensorRT-LLM checkpoint unchanged, reused from cache ({target})")
     else:
-        partial = target.with_name(target.name + ".partial")
+        partial = work_dir / "checkpoint"  # moved into the cache only once complete and measured
         shutil.rmtree(partial, ignore_errors=True)
         what = "FP8 calibration + checkpoint export" if quant.mode == "fp8" else "checkpoint export"
         with terminal.status(f"{model.name}: {what} with ModelOpt {modelopt_version}"):
@@ -139,7 +141,8 @@ def _checkpoint(model: ModelSpec, spec: Spec, llm: LlmSpec, hf_dir: Path, termin
             report.calibration_samples = len(calibration)
             (partial / report_path.name).write_text(json.dumps(report.as_manifest(), indent=2) + "\n")
         shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(partial), str(target))
     if quant.mode == "none":
         return target, None
     report = json.loads(report_path.read_text())
