@@ -99,6 +99,7 @@ class PointRequest:
     streaming: bool = False
     profile_export: bool = False    # keep per-request timestamps (needed for token metrics)
     batch_size: int = 1
+    bls_composing: tuple[str, ...] = ()  # models a BLS model calls, for their statistics
 
 
 class PerfAnalyzer:
@@ -153,6 +154,8 @@ class PerfAnalyzer:
             command += ["--input-data", str(point.input_data)]
         for shape in point.shapes:
             command += ["--shape", shape]
+        if point.bls_composing:
+            command += ["--bls-composing-models", ",".join(point.bls_composing)]
         if point.streaming:
             command.append("--streaming")
         if point.profile_export:

@@ -16,7 +16,8 @@ class ServedModel:
     name: str
     config: Any                      # tritonclient.grpc.model_config_pb2.ModelConfig
     samples: dict | None = None      # the manifest's samples.inputs, when the build recorded them
-    composing: list[str] = field(default_factory=list)
+    composing: list[str] = field(default_factory=list)       # ensemble steps
+    bls_composing: list[str] = field(default_factory=list)   # models a BLS model calls
 
     @property
     def is_ensemble(self) -> bool:
@@ -50,6 +51,8 @@ class ServedModel:
             settings["response_cache"] = True
         if self.composing:
             settings["steps"] = list(self.composing)
+        if self.bls_composing:
+            settings["calls"] = list(self.bls_composing)
         return settings
 
 
@@ -82,6 +85,12 @@ def load_repository(repository: Path) -> dict[str, ServedModel]:
         samples = (manifest_models.get(name) or {}).get("samples", {}).get("inputs")
         composing = [step.model_name for step in config.ensemble_scheduling.step]
         models[name] = ServedModel(name, config, samples, composing)
+    for model in models.values():
+        if not model.is_ensemble:
+            # A BLS model names the models it calls in parameters ending in `_model` (tritonize's
+            # llm_bls does): perf_analyzer then reports them as composing models.
+            model.bls_composing = [p.string_value for key, p in model.config.parameters.items()
+                                   if key.endswith("_model") and p.string_value in models]
     if not models:
         raise TritonizeError("no model directories with a config.pbtxt", file=repository,
                              fix="pass the repository that `tritonize build` wrote")

@@ -107,13 +107,10 @@ def _server(repository: Path, url: str | None, protocol: str, report_dir: Path,
         return
     from ..server import TritonServer
 
-    with terminal.status(f"starting tritonserver on {repository}"):
-        server = TritonServer(repository, log_path=report_dir / "tritonserver.log")
-        server.__enter__()
-    try:
+    with contextlib.ExitStack() as stack:
+        with terminal.status(f"starting tritonserver on {repository}"):
+            server = stack.enter_context(TritonServer(repository, log_path=report_dir / "tritonserver.log"))
         yield {"grpc": server.grpc_url, "http": server.http_url}
-    finally:
-        server.stop()
 
 
 def _streams(model: ServedModel, served: dict[str, ServedModel]) -> bool:
@@ -134,6 +131,11 @@ def _measure_all(analyzer: PerfAnalyzer, served: dict[str, ServedModel], chosen:
         if streaming and endpoints["grpc"] is None:
             terminal.warning(f"skipping '{model.name}': a streaming model is measured over gRPC "
                              f"(pass --protocol grpc and the server's gRPC address)")
+            continue
+        if streaming and not model.samples:
+            terminal.warning(f"skipping '{model.name}': no sample inputs in the repository manifest, and "
+                             "random inputs could ask a generator for billions of tokens (build it with "
+                             "`tritonize build`, which records samples)")
             continue
         plan.append((model, streaming))
 
@@ -157,7 +159,8 @@ def _measure_all(analyzer: PerfAnalyzer, served: dict[str, ServedModel], chosen:
             for level in levels:
                 request = PointRequest(model.name, level, endpoints["grpc"] if streaming else endpoints[protocol],
                                        "grpc" if streaming else protocol, input_data, shapes,
-                                       streaming=streaming, profile_export=streaming)
+                                       streaming=streaming, profile_export=streaming,
+                                       bls_composing=tuple(model.bls_composing))
                 measurements, tokens = [], []
                 for repeat in range(1, repeats + 1):
                     tag = f"c{level}.r{repeat}"

@@ -14,6 +14,7 @@ nothing is reconverted between points.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -135,19 +136,20 @@ class ConfigEvaluator:
         self.input_data, self.shapes = input_data, shapes
         self.server = None
         self.count = 0
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "ConfigEvaluator":
         from ..server import TritonServer
 
-        self.server = TritonServer(self.repository, model_control="explicit", extra_args=["--load-model=*"],
-                                   log_path=self.work_dir / "tritonserver.log")
+        # Explicit model control: each point rewrites config.pbtxt and reloads just this model.
+        server = TritonServer(self.repository, model_control="explicit", extra_args=["--load-model=*"],
+                              log_path=self.work_dir / "tritonserver.log")
         with self.terminal.status(f"starting tritonserver for {self.name}"):
-            self.server.__enter__()
+            self.server = self._stack.enter_context(server)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self.server is not None:
-            self.server.stop()
+        self._stack.close()
 
     def evaluate(self, point: TunePoint, step: int) -> Evaluation:
         started = time.perf_counter()
