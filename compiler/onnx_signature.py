@@ -8,7 +8,7 @@ and strips the fields that would make the serialized bytes differ between two id
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -102,21 +102,12 @@ def rename_tensors(model: "onnx.ModelProto", renames: dict[str, str]) -> None:
         raise ConversionError(f"cannot rename graph tensors to {', '.join(clashes)}: the graph already has a "
                               "tensor of that name", fix="choose another tensor name in the spec")
 
-    def walk(graph) -> None:
-        for value in [*graph.input, *graph.output, *graph.value_info]:
+    for graph in _graphs(model.graph):
+        for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
             value.name = renames.get(value.name, value.name)
-        for init in graph.initializer:
-            init.name = renames.get(init.name, init.name)
         for node in graph.node:
             node.input[:] = [renames.get(n, n) for n in node.input]
             node.output[:] = [renames.get(n, n) for n in node.output]
-            for attribute in node.attribute:
-                if attribute.HasField("g"):
-                    walk(attribute.g)
-                for subgraph in attribute.graphs:
-                    walk(subgraph)
-
-    walk(model.graph)
 
 
 def fix_batch_output_shapes(model: "onnx.ModelProto", probe: dict[str, np.ndarray]) -> None:
@@ -152,8 +143,7 @@ def canonicalize(model: "onnx.ModelProto", graph_name: str, producer: str, produ
     model.domain = ""
     model.model_version = 0
     del model.metadata_props[:]
-
-    def strip(graph) -> None:
+    for graph in _graphs(model.graph):
         graph.doc_string = ""
         for value in [*graph.input, *graph.output, *graph.value_info]:
             value.doc_string = ""
@@ -162,12 +152,6 @@ def canonicalize(model: "onnx.ModelProto", graph_name: str, producer: str, produ
             del node.metadata_props[:]
             for attribute in node.attribute:
                 attribute.doc_string = ""
-                if attribute.HasField("g"):
-                    strip(attribute.g)
-                for subgraph in attribute.graphs:
-                    strip(subgraph)
-
-    strip(model.graph)
     for function in model.functions:
         function.doc_string = ""
         for node in function.node:
@@ -180,6 +164,17 @@ def canonicalize(model: "onnx.ModelProto", graph_name: str, producer: str, produ
     for domain, version in seen.items():
         entry = model.opset_import.add()
         entry.domain, entry.version = domain, version
+
+
+def _graphs(graph) -> Iterator:
+    """A graph and every subgraph below it (the bodies of If, Loop and Scan nodes)."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from _graphs(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _graphs(subgraph)
 
 
 def _session_options():
