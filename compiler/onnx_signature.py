@@ -156,12 +156,13 @@ def canonicalize(model: "onnx.ModelProto", graph_name: str, producer: str, produ
         function.doc_string = ""
         for node in function.node:
             node.doc_string = ""
-    # Converters sometimes list the same opset twice (skl2onnx does); keep one entry per domain.
+    # Converters sometimes list the same opset twice (skl2onnx does), and the order they list
+    # domains in changes between builds of the same model: one entry per domain, sorted.
     seen: dict[str, int] = {}
     for opset in model.opset_import:
         seen[opset.domain] = max(seen.get(opset.domain, 0), opset.version)
     del model.opset_import[:]
-    for domain, version in seen.items():
+    for domain, version in sorted(seen.items()):
         entry = model.opset_import.add()
         entry.domain, entry.version = domain, version
 

@@ -395,6 +395,24 @@ def test_onnx_file_with_strings_and_fixed_shapes(workdir):
     assert report.tolerances()["negated"] == {"atol": 1e-7, "rtol": 1e-6}
 
 
+def test_canonical_opsets_do_not_depend_on_the_converters_order():
+    """Converters list opset domains in an order that changes between builds (and sometimes twice);
+    the canonical model has one entry per domain, sorted, so its bytes do not change."""
+    from onnx import helper
+
+    from tritonize.onnx_signature import canonicalize
+
+    def canonical(opsets: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        model = helper.make_model(helper.make_graph([], "g", [], []),
+                                  opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+        canonicalize(model, graph_name="g", producer="test", producer_version="1")
+        return [(o.domain, o.version) for o in model.opset_import]
+
+    assert canonical([("ai.onnx.ml", 1), ("", 9)]) == canonical([("", 9), ("ai.onnx.ml", 1)]) \
+        == [("", 9), ("ai.onnx.ml", 1)]
+    assert canonical([("", 13), ("ai.onnx.ml", 1), ("", 17)]) == [("", 17), ("ai.onnx.ml", 1)]
+
+
 def test_corrupt_onnx_file(workdir):
     (workdir / "broken.onnx").write_bytes(b"this is not a protobuf")
     spec = make_spec(workdir, [{"name": "broken", "source": {"framework": "onnx", "path": "broken.onnx"}}])
