@@ -112,6 +112,15 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def factories(workdir):
+    """The factories module itself, for tests that save its models to files."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(workdir))
+        import converter_factories
+    return converter_factories
+
+
 def make_spec(workdir: Path, models: list[dict], name: str = "model.yaml") -> Spec:
     path = workdir / name
     path.write_text(yaml.safe_dump({"models": models}, sort_keys=False))
@@ -232,19 +241,14 @@ def test_unfitted_estimator_is_a_user_error(workdir):
 
 # -- xgboost / lightgbm -------------------------------------------------------------------------
 
-def test_xgboost_classifier_from_factory_and_saved_file(workdir):
+def test_xgboost_classifier_from_factory_and_saved_file(workdir, factories):
     model = {"name": "iris_xgb", "source": {"framework": "xgboost", "factory": "converter_factories:xgb_classifier"}}
     spec, converted, report = converted_and_verified(workdir, model)
     assert signature(converted.outputs) == [("label", "INT64", [1], []), ("probabilities", "FP32", [3], None)]
     assert report.passed
     assert digest(convert(spec.models[0], spec, TERMINAL)) == digest(converted)
 
-    sys.path.insert(0, str(workdir))
-    try:
-        import converter_factories
-    finally:
-        sys.path.remove(str(workdir))
-    converter_factories.xgb_classifier().save_model(workdir / "iris_xgb.json")
+    factories.xgb_classifier().save_model(workdir / "iris_xgb.json")
     _, from_file, file_report = converted_and_verified(
         workdir, {"name": "iris_xgb_file", "source": {"framework": "xgboost", "path": "iris_xgb.json"}})
     assert signature(from_file.outputs) == signature(converted.outputs) and file_report.passed
@@ -315,15 +319,10 @@ def test_pytorch_two_outputs_named_from_spec(workdir):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-def test_pytorch_torchscript_and_pickled_module_files(workdir):
+def test_pytorch_torchscript_and_pickled_module_files(workdir, factories):
     import torch
 
-    sys.path.insert(0, str(workdir))
-    try:
-        import converter_factories
-    finally:
-        sys.path.remove(str(workdir))
-    module = converter_factories.mlp()
+    module = factories.mlp()
     torch.jit.script(module).save(str(workdir / "mlp_script.pt"))
     torch.save(module, workdir / "mlp_full.pt")
     torch.save(module.state_dict(), workdir / "mlp_weights.pt")
@@ -497,17 +496,15 @@ def test_example_models_convert_and_verify(repo_root):
     }
 
 
-def test_example_classifiers_are_accurate(repo_root):
+def test_example_classifiers_are_accurate(repo_root, monkeypatch):
     """The demo answers should make sense: the models really learned their datasets."""
     import torch
     from sklearn.datasets import load_digits, load_iris
 
-    sys.path.insert(0, str(repo_root))
-    try:
-        from examples.tabular import iris_classifier
-        from examples.torch_mlp import digits_mlp
-    finally:
-        sys.path.remove(str(repo_root))
+    monkeypatch.syspath_prepend(str(repo_root))
+    from examples.tabular import iris_classifier
+    from examples.torch_mlp import digits_mlp
+
     features, species = load_iris(return_X_y=True)
     assert (iris_classifier().predict(features) == species).mean() > 0.95
     pixels, digits = load_digits(return_X_y=True)
@@ -528,14 +525,12 @@ def load_backend_model(path: Path, module_name: str):
     import pytriton
 
     utils_dir = Path(pytriton.__file__).parent / "tritonserver" / "backends" / "python"
-    sys.path.insert(0, str(utils_dir))
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(utils_dir))
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module  # dataclasses look their module up here
         module_spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(utils_dir))
     return module
 
 
