@@ -45,7 +45,6 @@ class ServerInstall:
     cache_dir: Path  # response-cache plugins (local/libtritoncache_local.so)
     library_dirs: tuple[Path, ...]
     python_bin_dir: Path
-    pytriton_version: str
 
     def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ if base is None else base)
@@ -97,8 +96,7 @@ def find_tritonserver() -> ServerInstall:
     if ldlibrary and (libpython_dir / ldlibrary).is_file():
         library_dirs.append(libpython_dir)
     return ServerInstall(binary=binary, backend_dir=prepared / "backends", cache_dir=prepared / "caches",
-                         library_dirs=tuple(library_dirs), python_bin_dir=Path(sys.executable).parent,
-                         pytriton_version=version)
+                         library_dirs=tuple(library_dirs), python_bin_dir=Path(sys.executable).parent)
 
 
 def _cache_root() -> Path:
@@ -305,7 +303,9 @@ class TritonServer:
     # -- queries --------------------------------------------------------------------------------
     def repository_index(self) -> list[dict]:
         """POST /v2/repository/index: [{'name', 'version', 'state', 'reason'}, ...]."""
-        return repository_index(self.http_url)
+        request = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
 
     def metadata(self) -> dict:
         with urllib.request.urlopen(f"http://{self.http_url}/v2", timeout=10) as response:
@@ -347,12 +347,6 @@ class TritonServer:
             return ServerError(f"the {service} port {port} is already in use", file=self.repository,
                                fix=f"stop what listens there, or choose another port with {option}")
         return ServerError(f"{what}{_last_line_hint(log)}", file=self.repository, fix=fix)
-
-
-def repository_index(http_url: str) -> list[dict]:
-    request = urllib.request.Request(f"http://{http_url}/v2/repository/index", data=b"{}", method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
 
 
 def serve_forever(repository: str | Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
