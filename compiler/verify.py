@@ -151,12 +151,10 @@ def run_onnx(converted: "ConvertedModel", samples: dict[str, np.ndarray]) -> dic
     """One deterministic onnxruntime run; inputs and outputs shaped as clients see them."""
     from .onnx_signature import session
 
+    feeds = {t.name: _to_graph(samples[t.name], t, converted.batch_axis) for t in converted.inputs if t.name in samples}
     try:
-        runner = session(converted.onnx_model)
-        feeds = {t.name: _to_graph(samples[t.name], t, converted.batch_axis) for t in converted.inputs
-                 if t.name in samples}
-        answers = runner.run([t.name for t in converted.outputs], feeds)
-    except Exception as exc:  # onnxruntime raises its own exception types for load and run failures
+        answers = session(converted.onnx_model).run([t.name for t in converted.outputs], feeds)
+    except Exception as exc:  # onnxruntime's own exception types derive from Exception only
         raise ConversionError(f"model '{converted.name}': onnxruntime cannot run the ONNX graph: "
                               f"{str(exc).strip().splitlines()[0]}", field=f"models.{converted.name}",
                               fix="check the model's inputs (names, dtypes, dims, range) against the graph") from None
