@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import SpecError
-from .spec import ModelSpec, TensorSpec
+
+if TYPE_CHECKING:
+    from .spec import ModelSpec, TensorSpec
 
 # Triton data type -> numpy dtype of the arrays clients send and backends receive. BF16 has no
 # numpy type; Triton clients carry it as float32.
