@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 Predict = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def _convert_trees(model: ModelSpec, spec: Spec, *, framework_package: tuple[str, ...], source: Any, convert: Callable,
+def _convert_trees(model: ModelSpec, spec: Spec, *, framework_packages: tuple[str, ...], source: Any, convert: Callable,
                    n_features: int, classifier: bool, predict: Predict, description: str,
                    extra_kwargs: dict | None = None) -> ConvertedModel:
     data_types = lazy_import("onnxmltools.convert.common.data_types", purpose=f"converting a {model.source.framework} "
@@ -47,7 +47,7 @@ def _convert_trees(model: ModelSpec, spec: Spec, *, framework_package: tuple[str
         return predict(np.asarray(inputs[input_name], dtype=np.float32))
 
     converted = finish(model, spec, onnx_model, tool="onnxmltools", reference=reference,
-                       tools=versions(*framework_package, "onnxmltools"),
+                       tools=versions(*framework_packages, "onnxmltools"),
                        rename_outputs={} if classifier else {"variable": "prediction"})
     converted.summary = (f"{model.source.framework} {description}, {n_features} features: "
                          f"{converted.signature}")
@@ -80,7 +80,7 @@ class XGBoostConverter(Converter):
                                   file=spec.path, field=f"models.{model.name}.source",
                                   fix="return an XGBClassifier or XGBRegressor (fitted), or save one with save_model")
         classifier = isinstance(estimator, xgboost.XGBClassifier)
-        return _convert_trees(model, spec, framework_package=("xgboost", "xgboost-cpu"), source=estimator,
+        return _convert_trees(model, spec, framework_packages=("xgboost", "xgboost-cpu"), source=estimator,
                               convert=onnxmltools.convert_xgboost, n_features=int(estimator.n_features_in_),
                               classifier=classifier, predict=_sklearn_api_predict(estimator, classifier),
                               description=describe(estimator))
@@ -121,7 +121,7 @@ class LightGBMConverter(Converter):
             raise ConversionError(f"model '{model.name}': the lightgbm source is a {type(source).__name__}",
                                   file=spec.path, field=f"models.{model.name}.source",
                                   fix="return an LGBMClassifier, LGBMRegressor or Booster (trained)")
-        return _convert_trees(model, spec, framework_package=("lightgbm",), source=source,
+        return _convert_trees(model, spec, framework_packages=("lightgbm",), source=source,
                               convert=onnxmltools.convert_lightgbm, n_features=n_features, classifier=classifier,
                               predict=predict, description=description, extra_kwargs={"zipmap": False})
 
