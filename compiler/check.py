@@ -274,14 +274,14 @@ class _Client:
                 return f"{model.get('state', 'UNKNOWN')} {model.get('reason', '')}".strip()
         return "not in the server's repository (is it serving another repository?)"
 
-    def _inputs(self, module, inputs: dict) -> list:
+    def _inputs(self, inputs: dict) -> list:
         request = []
         for tensor_name, recorded in inputs.items():
             datatype = _wire_datatype(recorded["datatype"])
             array = _recorded_array(recorded)
             if datatype == "BYTES":
                 array = as_bytes(array)
-            infer_input = module.InferInput(tensor_name, list(array.shape), datatype)
+            infer_input = self._module.InferInput(tensor_name, list(array.shape), datatype)
             infer_input.set_data_from_numpy(array)
             request.append(infer_input)
         return request
@@ -304,7 +304,7 @@ class _HttpClient(_Client):
         return self._client.get_model_repository_index()
 
     def infer(self, name: str, inputs: dict, outputs: list[str], parameters: dict | None) -> dict:
-        result = self._client.infer(name, self._inputs(self._module, inputs), parameters=parameters,
+        result = self._client.infer(name, self._inputs(inputs), parameters=parameters,
                                     outputs=[self._module.InferRequestedOutput(o) for o in outputs])
         return {o: (result.get_output(o)["datatype"], result.as_numpy(o))
                 for o in outputs if result.get_output(o) is not None}
@@ -326,7 +326,7 @@ class _GrpcClient(_Client):
         return self._client.get_model_repository_index(as_json=True).get("models", [])
 
     def infer(self, name: str, inputs: dict, outputs: list[str], parameters: dict | None) -> dict:
-        result = self._client.infer(name, self._inputs(self._module, inputs), parameters=parameters,
+        result = self._client.infer(name, self._inputs(inputs), parameters=parameters,
                                     outputs=[self._module.InferRequestedOutput(o) for o in outputs],
                                     client_timeout=self.timeout_s)
         return _grpc_outputs(result, outputs)
@@ -336,7 +336,7 @@ class _GrpcClient(_Client):
         answers: queue.Queue = queue.Queue()
         self._client.start_stream(callback=lambda result, error: answers.put((result, error)))
         try:
-            self._client.async_stream_infer(name, self._inputs(self._module, inputs), parameters=parameters,
+            self._client.async_stream_infer(name, self._inputs(inputs), parameters=parameters,
                                             outputs=[self._module.InferRequestedOutput(o) for o in outputs],
                                             request_id="tritonize-check", enable_empty_final_response=True)
             parts = []
