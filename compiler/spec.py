@@ -100,9 +100,13 @@ class SourceSpec(StrictModel):
             if len(given) != 1 or given[0] == "factory":
                 raise ValueError("a python model needs exactly one of 'path' (a model.py) or 'builtin' "
                                  "(a model.py from python_backends/)")
-        elif self.framework in ("onnx", "huggingface"):
+        elif self.framework == "onnx":
             if given != ["path"]:
-                raise ValueError(f"a {self.framework} model needs 'path' (and no factory/builtin)")
+                raise ValueError("an onnx model needs 'path' (and no factory/builtin)")
+        elif self.framework == "huggingface":
+            if len(given) != 1 or given[0] == "builtin":
+                raise ValueError("a huggingface model needs exactly one of 'path' (a model directory) or "
+                                 "'factory' ('module:function' returning that directory, e.g. after creating it)")
         elif len(given) != 1 or given[0] == "builtin":
             raise ValueError(f"a {self.framework} model needs exactly one of 'path' (a saved model) or "
                              "'factory' ('module:function' returning the model)")
@@ -339,31 +343,34 @@ def spec_error_at(path: Path, lines: dict, loc: tuple, message: str, fix: str | 
 
 
 def _spec_error(exc: ValidationError, path: Path, lines: dict) -> SpecError:
+    loc, message, fix = describe_validation_error(exc, Spec)
+    return spec_error_at(path, lines, loc, message, fix)
+
+
+def describe_validation_error(exc: ValidationError, root: type[BaseModel]) -> tuple[tuple, str, str | None]:
+    """The first pydantic error as (field path, one-line message, fix), phrased for YAML authors."""
     error = exc.errors()[0]
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged"))))
     kind = error["type"]
     message = error["msg"].removeprefix("Value error, ")
     fix = None
     if kind == "extra_forbidden":
-        parent_model = _model_at(loc[:-1])
-        valid = ", ".join(parent_model.model_fields) if parent_model else ""
+        owner = _model_at(root, loc[:-1])
         message = f"unknown key '{loc[-1]}'"
-        fix = f"use one of: {valid}" if valid else "remove it"
+        fix = f"use one of: {', '.join(owner.model_fields)}" if owner else "remove it"
     elif kind == "missing":
-        message = f"required key '{loc[-1]}' is missing"
-        fix = f"add `{loc[-1]}:`"
+        message, fix = f"required key '{loc[-1]}' is missing", f"add `{loc[-1]}:`"
     elif kind == "literal_error":
-        expected = error.get("ctx", {}).get("expected", "")
         message = f"{error['input']!r} is not allowed"
-        fix = f"use one of: {expected}"
+        fix = f"use one of: {error.get('ctx', {}).get('expected', '')}"
     elif kind.endswith("_type") or kind.endswith("_parsing"):
         message = f"{message}, got {error['input']!r}"
-    return SpecError(message, file=path, line=line_for(lines, loc), field=field_path(loc), fix=fix)
+    return loc, message, fix
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """Walk the spec models along a field path to find which model a key was unknown in."""
-    current: type[BaseModel] | None = Spec
+def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """Walk the models along a field path to find which model a key was unknown in."""
+    current: type[BaseModel] | None = root
     for part in loc:
         if isinstance(part, int):
             continue

@@ -59,20 +59,23 @@ def show_answers(manifest: dict, check) -> None:
 
 
 def stream_llm(manifest: dict, server: TritonServer) -> None:
-    llms = [name for name, entry in manifest["models"].items() if entry.get("kind") == "llm-ensemble"]
-    if not llms:
-        return
-    from tritonize.llm.client import stream_generate
+    """Stream a generation from every LLM ensemble over gRPC, printing tokens as they arrive."""
+    from tritonize.client import stream
 
-    for name in llms:
-        prompt = manifest["models"][name]["samples"]["prompt"]
-        terminal.step(f"{name}: streaming a generation for {prompt!r} over gRPC")
-        pieces = []
-        for piece in stream_generate(server.grpc_url, name, prompt, max_tokens=24):
-            pieces.append(piece)
-            terminal.out.print(piece, end="", markup=False, highlight=False)
+    for name, entry in manifest["models"].items():
+        if entry.get("kind") != "llm-ensemble":
+            continue
+        prompt = entry["samples"]["inputs"]["text_input"]["data"][0][0]
+        terminal.step(f"{name}: streaming a generation over gRPC")
+        terminal.out.print(prompt, end="", markup=False)
+        request = {"text_input": np.array([[prompt]], dtype=object), "max_tokens": np.array([[24]], dtype=np.int32),
+                   "stream": np.array([[True]])}
+        pieces = 0
+        for response in stream(server.grpc_url, name, request, outputs=["text_output"]):
+            terminal.out.print(response["text_output"].reshape(-1)[0].decode(), end="", markup=False)
+            pieces += 1
         terminal.out.print()
-        terminal.success(f"{name}: {len(pieces)} streamed responses")
+        terminal.success(f"{name}: {pieces} streamed responses")
 
 
 def profile(repository: Path, server: TritonServer) -> None:

@@ -16,6 +16,16 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+@pytest.fixture(scope="session")
+def demo_repository(tmp_path_factory) -> Path:
+    """The root model.yaml built once per test session (embedded runtime)."""
+    from tritonize import build
+    from tritonize.terminal import Terminal
+
+    out = tmp_path_factory.mktemp("demo") / "model_repo"
+    return build(REPO_ROOT / "model.yaml", out, terminal=Terminal(quiet=True, stderr=True)).repository
+
+
 @pytest.fixture()
 def spec(tmp_path: Path) -> Path:
     """The python-only spec of specs.py written to tmp_path (builds in well under a second)."""

@@ -25,10 +25,8 @@ def text_files(repository: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def embedded_build(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("golden") / "model_repo"
-    tritonize.build(REPO_ROOT / "model.yaml", out, terminal=Terminal(quiet=True))
-    return out
+def embedded_build(demo_repository) -> Path:
+    return demo_repository
 
 
 @pytest.fixture(scope="module")

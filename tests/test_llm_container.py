@@ -145,12 +145,14 @@ def write_spec(tiny_dir: Path, llm_block: str, name: str = "model.yaml", runtime
     ("      quantization: {kv_cache_fp8: true}\n", 7, "models[0].llm.quantization", "kv_cache_fp8 needs mode: fp8"),
     ("      limits: {max_beam_width: 4}\n", 7, "models[0].llm.limits.max_beam_width", "CPU engine decodes one beam"),
 ])
-def test_llm_block_errors_name_the_line_and_field(tiny_dir, block, line, field, message):
-    from tritonize import load_spec
+def test_llm_block_errors_name_the_line_and_field(tiny_dir, tmp_path, block, line, field, message):
+    """Through build: some checks need the model directory, which a factory creates at build time."""
+    from tritonize import build
+    from tritonize.terminal import Terminal
 
     spec = write_spec(tiny_dir, block, name="bad.yaml")
     with pytest.raises(SpecError) as error:
-        load_spec(spec)
+        build(spec, tmp_path / "repo", terminal=Terminal(quiet=True))
     text = error.value.one_line()
     assert "\n" not in text
     assert f"bad.yaml:{line} {field}: " in text and message in text, text

@@ -27,7 +27,7 @@ from ..terminal import Terminal
 from . import engine as engine_step
 from . import quantize
 from . import repository as repo
-from .spec import LlmSpec, Release, llm_spec, release_of
+from .spec import LlmSpec, Release, check_model_dir, llm_spec, release_of
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SAMPLE_PROMPT_WORDS = 4
@@ -45,8 +45,8 @@ def build_llm(model: ModelSpec, spec: Spec, terminal: Terminal, *, work_dir: Pat
     llm = llm_spec(model)
     release = release_of(llm, spec)
     names = repo.Names.of(model.name)
-    hf_dir = spec.resolve(model.source.path)
-    hf_config = json.loads((hf_dir / "config.json").read_text())
+    hf_dir = _hf_dir(model, spec)
+    hf_config = check_model_dir(spec, model, hf_dir)
     _require_llama(hf_config, model)
     field = f"models[{spec.models.index(model)}].llm"
 
@@ -101,6 +101,16 @@ def _require_llama(hf_config: dict, model: ModelSpec) -> None:
                               fix="use a Llama-architecture HuggingFace model")
 
 
+def _hf_dir(model: ModelSpec, spec: Spec) -> Path:
+    """The HuggingFace model directory: `path`, or what `factory` returns (a function that may
+    create the directory first, as the demo's tiny model does, offline)."""
+    if model.source.factory is None:
+        return spec.resolve(model.source.path)
+    from ..converters.base import call_factory
+
+    return Path(call_factory(model, spec)).resolve()
+
+
 def _tokenizer_files(hf_dir: Path, version: int, model: ModelSpec) -> dict[str, Path]:
     if not (hf_dir / "tokenizer.json").is_file():
         raise ConversionError(f"{hf_dir} has no tokenizer.json (a fast tokenizer is required)",
@@ -123,7 +133,9 @@ def _checkpoint(model: ModelSpec, spec: Spec, llm: LlmSpec, hf_dir: Path, termin
     recipe = quant.model_dump(exclude={"max_logit_error", "min_token_agreement"})
     key = _hash({"model": dir_hash(hf_dir), "quantization": recipe, "dtype": llm.dtype,
                  "tp": llm.tensor_parallel, "calibration": calibration, "held_out": held_out,
-                 "modelopt": modelopt_version, "loader": _file_hash(BACKENDS_DIR / "llm_cpu_engine" / "trtllm_checkpoint.py")})
+                 "modelopt": modelopt_version, "loader": _file_hash(BACKENDS_DIR / "llm_cpu_engine" / "trtllm_checkpoint.py"),
+                 # The code that exports and measures: a change to it must not reuse old results.
+                 "quantize": _file_hash(Path(quantize.__file__))})
     target = cache_root(spec) / "checkpoints" / key.removeprefix("sha256:")[:32]
     report_path = target / "tritonize-quantization.json"
     if (target / "config.json").is_file() and (report_path.is_file() or quant.mode == "none"):

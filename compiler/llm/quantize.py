@@ -128,10 +128,16 @@ def measure(hf_dir: Path, checkpoint_dir: Path, quantization: QuantizationSpec, 
     return QuantizationReport(
         mode=quantization.mode, kv_cache_fp8=quantization.kv_cache_fp8,
         calibration_samples=0, held_out_prompts=len(held_out), held_out_positions=positions,
-        max_logit_error=round(max_error, 6), mean_logit_error=round(total_error / max(positions, 1), 6),
-        token_agreement=round(agree / max(positions, 1), 6),
+        # 3 significant digits: the manifest stays byte-stable across hosts whose float kernels
+        # differ in the last bits, and the budget comparison needs no more.
+        max_logit_error=_three_digits(max_error), mean_logit_error=_three_digits(total_error / max(positions, 1)),
+        token_agreement=_three_digits(agree / max(positions, 1)),
         budget={"max_logit_error": quantization.max_logit_error,
                 "min_token_agreement": quantization.min_token_agreement})
+
+
+def _three_digits(value: float) -> float:
+    return float(f"{value:.3g}")
 
 
 def check_budget(report: QuantizationReport, field: str, spec_path: Path) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -173,7 +174,7 @@ def release_of(llm: LlmSpec, spec) -> Release:
 
 def validate_llm_blocks(spec, lines: dict) -> None:
     """Validate every model's llm dict; raise a one-line SpecError naming the field."""
-    from ..spec import spec_error_at
+    from ..spec import describe_validation_error, spec_error_at
 
     for i, model in enumerate(spec.models):
         if model.llm is None:
@@ -182,7 +183,7 @@ def validate_llm_blocks(spec, lines: dict) -> None:
         try:
             llm = LlmSpec.model_validate(model.llm)
         except ValidationError as exc:
-            loc, message, fix = _describe(exc)
+            loc, message, fix = describe_validation_error(exc, LlmSpec)
             raise spec_error_at(spec.path, lines, base + loc, message, fix) from None
 
         def fail(loc: tuple, message: str, fix: str | None = None):
@@ -207,16 +208,6 @@ def validate_llm_blocks(spec, lines: dict) -> None:
         if calib is not None and not spec.resolve(calib).is_file():
             raise fail(("quantization", "calibration", "text_file"), f"file not found: {calib}",
                        "give a text file relative to the spec, one sample per line")
-        hf_config = spec.resolve(model.source.path) / "config.json"
-        if not hf_config.is_file():
-            raise spec_error_at(spec.path, lines, ("models", i, "source", "path"),
-                                f"{model.source.path} is not a HuggingFace model directory (no config.json)",
-                                "point source.path at a directory written by save_pretrained")
-        positions = json.loads(hf_config.read_text()).get("max_position_embeddings")
-        if positions is not None and llm.limits.max_seq_len > positions:
-            raise fail(("limits", "max_output_len"),
-                       f"max_input_len + max_output_len = {llm.limits.max_seq_len} exceeds the model's "
-                       f"max_position_embeddings {positions}", "lower max_input_len or max_output_len")
         if llm.limits.num_tokens < llm.limits.max_input_len and llm.limits.max_num_tokens is not None:
             raise fail(("limits", "max_num_tokens"),
                        f"max_num_tokens {llm.limits.num_tokens} is below max_input_len {llm.limits.max_input_len}",
@@ -226,32 +217,22 @@ def validate_llm_blocks(spec, lines: dict) -> None:
                        "use tensor_parallel: 1 with fp8")
 
 
-def _describe(exc: ValidationError) -> tuple[tuple, str, str | None]:
-    error = exc.errors()[0]
-    loc = tuple(error["loc"])
-    kind = error["type"]
-    message = error["msg"].removeprefix("Value error, ")
-    fix = None
-    if kind == "extra_forbidden":
-        owner = _model_for(loc[:-1])
-        message = f"unknown key '{loc[-1]}'"
-        fix = f"use one of: {', '.join(owner.model_fields)}" if owner else "remove it"
-    elif kind == "missing":
-        message, fix = f"required key '{loc[-1]}' is missing", f"add `{loc[-1]}:`"
-    elif kind == "literal_error":
-        message = f"{error['input']!r} is not allowed"
-        fix = f"use one of: {error.get('ctx', {}).get('expected', '')}"
-    elif kind.endswith("_type") or kind.endswith("_parsing"):
-        message = f"{message}, got {error['input']!r}"
-    return loc, message, fix
+def check_model_dir(spec: Spec, model: ModelSpec, hf_dir: Path) -> dict:
+    """Checks that need the HuggingFace directory (which a factory may only create at build
+    time); returns its config.json."""
+    from ..spec import spec_error_at
 
-
-def _model_for(loc: tuple) -> type[BaseModel] | None:
-    current: type[BaseModel] = LlmSpec
-    for part in loc:
-        field = current.model_fields.get(part) if isinstance(part, str) else None
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        current = annotation
-    return current
+    i = spec.models.index(model)
+    llm = llm_spec(model)
+    hf_config = hf_dir / "config.json"
+    if not hf_config.is_file():
+        raise spec_error_at(spec.path, spec.lines, ("models", i, "source"),
+                            f"{hf_dir} is not a HuggingFace model directory (no config.json)",
+                            "point source.path at a directory written by save_pretrained")
+    config = json.loads(hf_config.read_text())
+    positions = config.get("max_position_embeddings")
+    if positions is not None and llm.limits.max_seq_len > positions:
+        raise spec_error_at(spec.path, spec.lines, ("models", i, "llm", "limits", "max_output_len"),
+                            f"max_input_len + max_output_len = {llm.limits.max_seq_len} exceeds the model's "
+                            f"max_position_embeddings {positions}", "lower max_input_len or max_output_len")
+    return config

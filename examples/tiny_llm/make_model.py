@@ -50,6 +50,9 @@ def create(out_dir: str | Path = DEFAULT_DIR, *, seed: int = 0, vocab_size: int 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a build's output is tritonize's, not a shard-writing bar
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -1,0 +1,356 @@
+"""Triton python backend: a CPU stand-in for the `tensorrt_llm` model of the TensorRT-LLM ensemble,
+with the same tensor contract (tensorrtllm_backend inflight_batcher_llm/tensorrt_llm), running the
+model with transformers.
+
+Inputs:  input_ids INT32[-1], input_lengths INT32[1], request_output_len INT32[1]; optional
+         end_id, pad_id, runtime_top_k INT32[1], runtime_top_p, temperature FP32[1],
+         random_seed UINT64[1], streaming BOOL[1], stop_words_list / bad_words_list INT32[2,-1].
+Outputs: output_ids INT32[-1,-1] (beam x tokens), sequence_length INT32[-1] (per beam).
+
+Decoupled (model_transaction_policy.decoupled) the model streams: execute() hands requests to a
+generation thread and returns; the thread batches in flight (RunningBatch): requests join the
+running batch at the next decoding step, up to max_batch_size, and leave it when they finish. It
+sends one response per token to requests that asked for streaming, one response with all tokens
+to the others, each closed with a final flag. Not decoupled, execute() decodes the batch Triton's
+dynamic batcher gathered and returns.
+
+Parameters (strings): hf_model_dir, checkpoint_dir (optional TRT-LLM checkpoint, see
+trtllm_checkpoint.py; both relative to this version directory), max_input_len, max_output_len,
+exclude_input_in_output, default_temperature, default_top_k, default_top_p, default_seed,
+cpu_threads (0: torch's default).
+"""
+import json
+import os
+import queue
+import sys
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import trtllm_checkpoint  # noqa: E402  (ships next to this file)
+
+
+class Request:
+    """One generation request, decoded from Triton tensors."""
+
+    def __init__(self, request, defaults):
+        def scalar(name, default, cast):
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            return default if tensor is None else cast(tensor.as_numpy().reshape(-1)[0])
+
+        ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
+        if ids.ndim == 2 and ids.shape[0] != 1:
+            # As the tensorrtllm backend: one sequence per request; batching happens across requests.
+            raise ValueError(f"a request carries {ids.shape[0]} sequences; send one per request")
+        ids = ids.reshape(-1)
+        length = scalar("input_lengths", len(ids), int)
+        self.prompt = [int(t) for t in ids[:length]]
+        self.max_new = scalar("request_output_len", 16, int)
+        self.end_id = scalar("end_id", defaults["end_id"], int)
+        self.pad_id = scalar("pad_id", defaults["pad_id"], int)
+        self.top_k = scalar("runtime_top_k", defaults["top_k"], int)
+        self.top_p = scalar("runtime_top_p", defaults["top_p"], float)
+        self.temperature = scalar("temperature", defaults["temperature"], float)
+        self.seed = scalar("random_seed", defaults["seed"], int)
+        self.streaming = scalar("streaming", False, bool)
+        self.stop_words = _word_list(pb_utils.get_input_tensor_by_name(request, "stop_words_list"))
+        self.bad_words = _word_list(pb_utils.get_input_tensor_by_name(request, "bad_words_list"))
+        self.generated = []
+        self.done = False
+        self.triton = request
+
+    @property
+    def greedy(self):
+        # TRT-LLM semantics: top_k 1, or neither top_k nor top_p set, is greedy.
+        return self.temperature == 0 or self.top_k == 1 or (self.top_k == 0 and self.top_p == 0)
+
+
+def _word_list(tensor):
+    """[1, 2, L] TRT-LLM word list -> list of token-id tuples."""
+    if tensor is None:
+        return []
+    data = tensor.as_numpy().reshape(2, -1)
+    words, start = [], 0
+    for end in data[1]:
+        if end < 0:
+            break
+        words.append(tuple(int(t) for t in data[0][start:end]))
+        start = int(end)
+    return [w for w in words if w]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import torch
+
+        self.torch = torch
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        threads = int(params.get("cpu_threads", "0"))
+        if threads > 0:
+            torch.set_num_threads(threads)
+        checkpoint = params.get("checkpoint_dir") or None
+        self.model = trtllm_checkpoint.load_model(
+            os.path.join(version_dir, params["hf_model_dir"]),
+            os.path.join(version_dir, checkpoint) if checkpoint else None)
+        generation = self.model.generation_config
+        eos = generation.eos_token_id if generation.eos_token_id is not None else self.model.config.eos_token_id
+        eos = eos[0] if isinstance(eos, list) else eos
+        pad = self.model.config.pad_token_id
+        self.defaults = {
+            "end_id": int(eos), "pad_id": int(pad if pad is not None else eos),
+            "temperature": float(params.get("default_temperature", "1.0")),
+            "top_k": int(params.get("default_top_k", "1")),
+            "top_p": float(params.get("default_top_p", "0.0")),
+            "seed": int(params.get("default_seed", "0")),
+        }
+        self.max_input_len = int(params["max_input_len"])
+        self.max_output_len = int(params["max_output_len"])
+        self.exclude_input = params.get("exclude_input_in_output", "true").lower() == "true"
+        self.max_batch_size = max(1, int(config.get("max_batch_size", 1)))
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        if self.decoupled:
+            self.pending = queue.Queue()
+            self.worker = threading.Thread(target=self._serve, daemon=True)
+            self.worker.start()
+
+    def execute(self, requests):
+        if self.decoupled:
+            for request in requests:
+                self.pending.put(request)
+            return None
+        batch, responses = [], {}
+        for i, request in enumerate(requests):
+            parsed, error = self._parse(request)
+            if error is not None:
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(error))
+            else:
+                batch.append((i, parsed))
+        running = RunningBatch(self)
+        running.admit([r for _, r in batch])
+        while running.rows:
+            running.step()
+        for i, r in batch:
+            responses[i] = self._response(r, r.generated)
+        return [responses[i] for i in range(len(requests))]
+
+    def finalize(self):
+        if self.decoupled:
+            self.pending.put(None)
+            self.worker.join(timeout=10)
+
+    # -- decoupled serving loop: in-flight batching ---------------------------------------------
+
+    def _serve(self):
+        """Requests join the running batch at the next step and leave it when they finish, so a
+        long generation does not hold back requests that arrive after it started."""
+        running = RunningBatch(self, on_token=self._stream_token, on_done=self._finish)
+        while True:
+            arrived = self._take_pending(block=not running.rows, limit=self.max_batch_size - len(running.rows))
+            if arrived is None:
+                return
+            batch = []
+            for request in arrived:
+                parsed, error = self._parse(request)
+                if error is not None:
+                    request.get_response_sender().send(
+                        pb_utils.InferenceResponse(error=pb_utils.TritonError(error)),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                else:
+                    parsed.sender = request.get_response_sender()
+                    batch.append(parsed)
+            try:
+                running.admit(batch)
+                if running.rows:
+                    running.step()
+            except Exception as exc:  # report to every client instead of hanging them
+                for r in running.rows + [r for r in batch if r not in running.rows and not r.done]:
+                    r.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {exc}")),
+                                  flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                running = RunningBatch(self, on_token=self._stream_token, on_done=self._finish)
+
+    def _take_pending(self, block, limit):
+        """Up to limit requests queued now (waiting for the first one when block); None at shutdown."""
+        items = []
+        if block:
+            first = self.pending.get()
+            if first is None:
+                return None
+            items.append(first)
+        while len(items) < limit:
+            try:
+                item = self.pending.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self.pending.put(None)  # shut down after this batch
+                break
+            items.append(item)
+        return items
+
+    def _stream_token(self, r, token):
+        if r.streaming:
+            r.sender.send(self._response(r, [token], streamed=True))
+
+    def _finish(self, r):
+        if r.streaming:
+            r.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        else:
+            r.sender.send(self._response(r, r.generated), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    # -- generation -------------------------------------------------------------------------
+
+    def _parse(self, request):
+        try:
+            r = Request(request, self.defaults)
+        except Exception as exc:
+            return None, f"bad request: {exc}"
+        if not r.prompt:
+            return None, "input_ids is empty"
+        if len(r.prompt) > self.max_input_len:
+            return None, f"prompt has {len(r.prompt)} tokens, above max_input_len {self.max_input_len}"
+        if not 1 <= r.max_new <= self.max_output_len:
+            return None, f"request_output_len {r.max_new} is outside 1..max_output_len {self.max_output_len}"
+        return r, None
+
+    def _choose(self, r, logits):
+        torch = self.torch
+        for word in r.bad_words:
+            # Ban the token that would complete a bad word.
+            if len(word) == 1 or tuple(r.generated[-(len(word) - 1):]) == word[:-1]:
+                logits[word[-1]] = float("-inf")
+        if r.greedy:
+            return int(torch.argmax(logits))
+        logits = logits / max(r.temperature, 1e-5)
+        if r.top_k > 0:
+            kth = torch.topk(logits, min(r.top_k, logits.numel())).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if 0 < r.top_p < 1:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            keep = sorted_probs.cumsum(-1) - sorted_probs < r.top_p  # smallest set reaching top_p
+            filtered = torch.zeros_like(probs).scatter(0, order, sorted_probs * keep)
+            probs = filtered / filtered.sum()
+        return int(torch.multinomial(probs, 1, generator=r.generator))
+
+    def _advance(self, r, token, on_token):
+        if token == r.end_id:  # end_id ends the sequence and is not part of the output
+            r.done = True
+            return
+        r.generated.append(token)
+        if on_token is not None:
+            on_token(r, token)
+        # A stop word is kept in the output, as TensorRT-LLM does.
+        hit_stop = any(tuple(r.generated[-len(w):]) == w for w in r.stop_words)
+        cancelled = getattr(r.triton, "is_cancelled", None) is not None and r.triton.is_cancelled()
+        if hit_stop or cancelled or len(r.generated) >= r.max_new:
+            r.done = True
+
+    def _response(self, r, tokens, streamed=False):
+        tokens = list(tokens) if (streamed or self.exclude_input) else r.prompt + list(tokens)
+        output_ids = np.array([[tokens]], dtype=np.int32).reshape(1, 1, len(tokens))
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("output_ids", output_ids),
+            pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32)),
+        ])
+
+
+class RunningBatch:
+    """The sequences being decoded together: one KV cache (batch x heads x time x dim), an
+    attention mask that hides each row's left padding, and each row's next position.
+
+    admit() prefills new prompts as their own batch and merges them in (left-padding the shorter
+    side's cache and mask); step() decodes one token for every row; finished rows leave at once.
+    """
+
+    def __init__(self, engine, on_token=None, on_done=None):
+        self.engine, self.torch = engine, engine.torch
+        self.on_token, self.on_done = on_token, on_done
+        self.rows = []
+        self.cache = self.mask = self.positions = self.next_ids = None
+
+    def admit(self, requests):
+        if not requests:
+            return
+        torch, pad = self.torch, self.engine.defaults["pad_id"]
+        width = max(len(r.prompt) for r in requests)
+        ids = torch.full((len(requests), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for row, r in enumerate(requests):
+            ids[row, width - len(r.prompt):] = torch.tensor(r.prompt)
+            mask[row, width - len(r.prompt):] = 1
+            r.generator = torch.Generator().manual_seed(r.seed)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self.engine.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        next_ids = self._choose_all(requests, out.logits[:, -1, :].float())
+        if self.rows:
+            self._merge(out.past_key_values, mask, positions[:, -1:] + 1, next_ids)
+        else:
+            self.cache, self.mask, self.positions, self.next_ids = out.past_key_values, mask, positions[:, -1:] + 1, next_ids
+        self.rows = self.rows + list(requests)
+        self._drop_done()
+
+    def step(self):
+        torch = self.torch
+        self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], dim=1)
+        with torch.inference_mode():
+            out = self.engine.model(input_ids=self.next_ids, attention_mask=self.mask, position_ids=self.positions,
+                                    past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        self.positions = self.positions + 1
+        self.next_ids = self._choose_all(self.rows, out.logits[:, -1, :].float())
+        self._drop_done()
+
+    def _choose_all(self, rows, logits):
+        next_ids = self.torch.full((len(rows), 1), self.engine.defaults["pad_id"], dtype=self.torch.long)
+        for row, r in enumerate(rows):
+            token = self.engine._choose(r, logits[row])
+            next_ids[row, 0] = token
+            self.engine._advance(r, token, self.on_token)
+        return next_ids
+
+    def _merge(self, cache, mask, positions, next_ids):
+        torch = self.torch
+        width = max(self.mask.shape[1], mask.shape[1])
+
+        def left_pad(t, dim):
+            missing = width - t.shape[dim]
+            if missing == 0:
+                return t
+            shape = list(t.shape)
+            shape[dim] = missing
+            return torch.cat([torch.zeros(shape, dtype=t.dtype), t], dim=dim)
+
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys = torch.cat([left_pad(mine.keys, 2), left_pad(theirs.keys, 2)], dim=0)
+            mine.values = torch.cat([left_pad(mine.values, 2), left_pad(theirs.values, 2)], dim=0)
+        self.mask = torch.cat([left_pad(self.mask, 1), left_pad(mask, 1)], dim=0)
+        self.positions = torch.cat([self.positions, positions], dim=0)
+        self.next_ids = torch.cat([self.next_ids, next_ids], dim=0)
+
+    def _drop_done(self):
+        keep = [i for i, r in enumerate(self.rows) if not r.done]
+        if len(keep) == len(self.rows):
+            return
+        for r in self.rows:
+            if r.done and self.on_done is not None:
+                self.on_done(r)
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self.cache = self.mask = self.positions = self.next_ids = None
+            return
+        index = self.torch.tensor(keep)
+        # Columns that are padding for every remaining row are dropped too.
+        mask = self.mask.index_select(0, index)
+        first = int((mask.sum(0) > 0).nonzero()[0])
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, first:]
+            layer.values = layer.values.index_select(0, index)[:, :, first:]
+        self.mask = mask[:, first:]
+        self.positions = self.positions.index_select(0, index)
+        self.next_ids = self.next_ids.index_select(0, index)
