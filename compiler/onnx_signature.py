@@ -35,7 +35,7 @@ class Signature:
     batch_axis: bool
 
 
-def graph_inputs(model: "onnx.ModelProto") -> list:
+def _graph_inputs(model: "onnx.ModelProto") -> list:
     """Graph inputs that are fed at run time (older exporters list initializers as inputs too)."""
     initializers = {init.name for init in model.graph.initializer}
     return [value for value in model.graph.input if value.name not in initializers]
@@ -74,7 +74,7 @@ def signature(model: "onnx.ModelProto", model_name: str, batching: bool = True) 
     that is only the batch dim (shape [N]) becomes dims [1] with reshape [] - Triton's convention for
     a per-row scalar. Without `batching`, dims are the full graph shapes. Unknown sizes become -1.
     """
-    fed = graph_inputs(model)
+    fed = _graph_inputs(model)
     values = [*fed, *model.graph.output]
     shapes = [_shape(v) for v in values]
     batch_axis = batching and bool(values) and all(shape and not isinstance(shape[0], int) for shape in shapes)
