@@ -5,7 +5,7 @@ from the spec's settings, then every point of the grid. Reported: points measure
 the best each found, and how the climb's winner ranks in the grid. The grid measures the climb's
 points again (no reuse), so both see the machine in the same way.
 
-    .venv/bin/python perf/bench_tune_vs_grid.py [--budget-ms 5]
+    .venv/bin/python perf/bench_tune_vs_grid.py [--budget-ms 10]
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def main() -> None:
     from _bench import ROOT
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-ms", type=float, default=5.0)
+    parser.add_argument("--budget-ms", type=float, default=10.0)
     args = parser.parse_args()
     terminal = Terminal()
     repository = built_repository(terminal)

@@ -267,6 +267,24 @@ def test_verdict_is_noise_aware(tiny_repository, tmp_path):
     assert compare(result([1000, 1001, 999], [1.05, 1.0, 1.0]), baseline).points[0].status == "ok"
 
 
+def test_a_model_that_fails_to_measure_is_a_regression():
+    from tritonize.perf.results import ModelResult, PerfResult, PointResult, RepeatResult
+
+    point = PointResult(1, 100.0, 1, 1, 1, 1.0, {}, [RepeatResult(100.0, 1.0, True, 1, 20, [])])
+    baseline = PerfResult([ModelResult("m", "model", {}, "random", [point])], "repo", "url", "grpc", 1, {}, {}, {}, "t")
+    broken = PerfResult([ModelResult("m", "model", {}, "random", [], error="perf_analyzer failed")],
+                        "repo", "url", "grpc", 1, {}, {}, {}, "t")
+    verdict = compare(broken, baseline)
+    assert verdict.regressed and verdict.points[0].status == "failed"
+
+
+def test_default_selection_measures_steps_only_with_their_own_samples(tiny_repository):
+    from tritonize.perf.repository import select_models
+
+    # `double` is an ensemble step without samples: measured through `pipe`, not on its own.
+    assert [m.name for m in select_models(load_repository(tiny_repository), None)] == ["identity", "pipe", "streamer"]
+
+
 def test_input_data_from_manifest_samples(tiny_repository, tmp_path):
     models = load_repository(tiny_repository)
     path, shapes = write_input_data(models["identity"], tmp_path / "identity.json")

@@ -98,10 +98,12 @@ def load_repository(repository: Path) -> dict[str, ServedModel]:
 
 
 def select_models(models: dict[str, ServedModel], names: list[str] | None) -> list[ServedModel]:
-    """The requested models (all top-level models by default: composing models of an ensemble are
-    measured too, since their own numbers show what the ensemble costs on top)."""
+    """The requested models; by default every model a client would call, plus the steps of
+    ensembles that have sample inputs of their own (their numbers show what the ensemble adds).
+    Steps without samples (an LLM engine fed token ids) are measured through their ensemble."""
     if not names:
-        return list(models.values())
+        steps = {step for model in models.values() for step in model.composing + model.bls_composing}
+        return [model for model in models.values() if model.name not in steps or model.samples]
     unknown = [n for n in names if n not in models]
     if unknown:
         raise TritonizeError(f"unknown model(s): {', '.join(unknown)}", field="--model",

@@ -62,6 +62,7 @@ class ModelResult:
     settings: dict[str, Any]
     input_data: str                      # "manifest samples" | "random"
     points: list[PointResult] = field(default_factory=list)
+    error: str | None = None             # why it could not be measured (the run went on)
 
     def point(self, concurrency: int) -> PointResult | None:
         return next((p for p in self.points if p.concurrency == concurrency), None)

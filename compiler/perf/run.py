@@ -4,13 +4,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import TritonizeError
 from ..terminal import Terminal, default_terminal
-from .analyzer import MeasurementSettings, PerfAnalyzer, PointRequest, find_perf_analyzer
+from .analyzer import MeasurementSettings, PerfAnalyzer, PerfAnalyzerFailed, PointRequest, find_perf_analyzer
 from .repository import ServedModel, load_repository, select_models, write_input_data
 from .results import ModelResult, PerfResult, aggregate, load_results
 from .verdict import DEFAULT_LATENCY_TOLERANCE, DEFAULT_TOLERANCE, TABLE_COLUMNS, compare
@@ -123,8 +123,6 @@ def _streams(model: ServedModel, served: dict[str, ServedModel]) -> bool:
 def _measure_all(analyzer: PerfAnalyzer, served: dict[str, ServedModel], chosen: list[ServedModel],
                  levels: list[int], endpoints: dict[str, str | None], protocol: str, repeats: int,
                  settings: MeasurementSettings, raw_dir: Path, terminal: Terminal) -> list[ModelResult]:
-    from .streaming import token_metrics
-
     plan = []
     for model in chosen:
         streaming = _streams(model, served)
@@ -150,34 +148,48 @@ def _measure_all(analyzer: PerfAnalyzer, served: dict[str, ServedModel], chosen:
             kind = "streaming" if streaming else ("ensemble" if model.is_ensemble else "model")
             result = ModelResult(model.name, kind, model.settings(),
                                  "manifest samples" if input_data else "random")
+            # One request description per model; each level gets its own concurrency.
+            request = PointRequest(model.name, levels[0], endpoints["grpc"] if streaming else endpoints[protocol],
+                                   "grpc" if streaming else protocol, input_data, shapes, streaming=streaming,
+                                   profile_export=streaming, bls_composing=tuple(model.bls_composing))
             point_settings = settings
             if streaming:
                 # A generation takes far longer than a classifier call: smaller windows, same stability rule.
-                from dataclasses import replace
-
                 point_settings = replace(settings, window_requests=max(8, settings.window_requests // 20))
-            for level in levels:
-                request = PointRequest(model.name, level, endpoints["grpc"] if streaming else endpoints[protocol],
-                                       "grpc" if streaming else protocol, input_data, shapes,
-                                       streaming=streaming, profile_export=streaming,
-                                       bls_composing=tuple(model.bls_composing))
-                measurements, tokens = [], []
-                for repeat in range(1, repeats + 1):
-                    tag = f"c{level}.r{repeat}"
-                    measurement = analyzer.measure(request, point_settings, model_dir, tag)
-                    measurements.append(measurement)
-                    profile = model_dir / f"{tag}.attempt{measurement.attempts}.profile.json"
-                    tokens.append(token_metrics(profile) if streaming and profile.exists() else None)
-                    advance(f"{model.name} c={level} repeat {repeat}: {measurement.throughput:.1f} infer/s, "
-                            f"p99 {measurement.p99_us / 1000:.2f} ms")
-                result.points.append(aggregate(level, measurements, tokens))
+            try:
+                _measure_model(analyzer, request, result, levels, repeats, point_settings, model_dir, advance)
+            except PerfAnalyzerFailed as exc:
+                # One model that cannot be measured must not lose the others' numbers; the report
+                # and the verdict show it as failed.
+                result.error = exc.one_line()
+                terminal.error(f"{model.name}: {result.error}")
             results.append(result)
     return results
+
+
+def _measure_model(analyzer: PerfAnalyzer, request: PointRequest, result: ModelResult, levels: list[int],
+                   repeats: int, settings: MeasurementSettings, model_dir: Path, advance) -> None:
+    from .streaming import token_metrics
+
+    for level in levels:
+        point = replace(request, concurrency=level)
+        measurements, tokens = [], []
+        for repeat in range(1, repeats + 1):
+            tag = f"c{level}.r{repeat}"
+            measurement = analyzer.measure(point, settings, model_dir, tag)
+            measurements.append(measurement)
+            profile = model_dir / f"{tag}.attempt{measurement.attempts}.profile.json"
+            tokens.append(token_metrics(profile) if point.streaming and profile.exists() else None)
+            advance(f"{point.model} c={level} repeat {repeat}: {measurement.throughput:.1f} infer/s, "
+                    f"p99 {measurement.p99_us / 1000:.2f} ms")
+        result.points.append(aggregate(level, measurements, tokens))
 
 
 def _print_summary(result: PerfResult, terminal: Terminal) -> None:
     rows = []
     for model in result.models:
+        if model.error:
+            rows.append([model.name, "–", "–", "–", "–", "–", f"FAILED: {model.error}"])
         for point in model.points:
             extra = ""
             if point.tokens:
@@ -186,7 +198,7 @@ def _print_summary(result: PerfResult, terminal: Terminal) -> None:
             rows.append([model.name, point.concurrency, f"{point.throughput:.1f}", f"{point.p50_ms:.2f}",
                          f"{point.p99_ms:.2f}", "yes" if point.stable else "NO", extra])
     terminal.table("perf results (median of repeats)",
-                   ["model", "concurrency", "infer/s", "p50 ms", "p99 ms", "stable", "streaming"], rows)
+                   ["model", "concurrency", "infer/s", "p50 ms", "p99 ms", "stable", "notes"], rows)
     if result.verdict is not None:
         verdict = result.verdict
         terminal.table(f"verdict against {result.baseline}", TABLE_COLUMNS, verdict.table_rows())

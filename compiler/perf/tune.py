@@ -6,7 +6,7 @@ settings, each step measures every unexplored neighbour (one dimension one notch
 moves to the best one if it beats the current point by more than `min_gain`; it stops when none
 does (or after `max_points`). A point is scored by the highest throughput over a concurrency
 sweep whose p99 stays within the latency budget; the sweep itself stops early once p99 passes
-the budget or throughput stops growing for two levels.
+the budget, or throughput stops growing, for two levels in a row.
 
 Every point is served by one tritonserver in explicit model-control mode: the model's
 config.pbtxt (a copy, edited through model_config_pb2) is rewritten and the model reloaded, so
@@ -155,7 +155,7 @@ class ConfigEvaluator:
         started = time.perf_counter()
         self._apply(point)
         self.count += 1
-        levels, best, lowest, flat = [], None, None, 0
+        levels, best, lowest, flat, over = [], None, None, 0, 0
         for level in self.levels:
             request = PointRequest(self.name, level, self.server.grpc_url, "grpc", self.input_data, self.shapes)
             measurement = self.analyzer.measure(request, self.settings, self.work_dir / "raw",
@@ -165,8 +165,14 @@ class ConfigEvaluator:
             levels.append(entry)
             if lowest is None or entry["p99_ms"] < lowest["p99_ms"]:
                 lowest = entry
+            # Two levels in a row over the budget end the sweep: more concurrency only queues
+            # longer (one level over it may be a single slow window on a busy machine).
             if self.budget is not None and entry["p99_ms"] > self.budget:
-                break  # more concurrency only queues longer
+                over += 1
+                if over == 2:
+                    break
+                continue
+            over = 0
             # Saturated after two levels in a row without 3 % more throughput: more clients would
             # add latency, not throughput (two, so that one noisy window does not end the sweep).
             flat = flat + 1 if best is not None and entry["throughput"] < best["throughput"] * 1.03 else 0

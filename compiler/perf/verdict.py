@@ -27,24 +27,24 @@ class PointVerdict:
     p99_delta: float              # relative: +0.05 = 5 % slower tail
     throughput_threshold: float   # max(tolerance, noise band) used for this point
     p99_threshold: float
-    status: str                   # "slower" | "faster" | "within noise" | "ok"
+    status: str                   # "slower" | "failed" | "faster" | "within noise" | "ok"
     reasons: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Verdict:
     points: list[PointVerdict]
-    missing: list[str]            # "model@concurrency" measured in the baseline only
+    missing: list[str]            # "model@concurrency" in the baseline, not asked for this time
     tolerance: float
     latency_tolerance: float
 
     @property
     def regressed(self) -> bool:
-        return any(p.status == "slower" for p in self.points)
+        return any(p.status in ("slower", "failed") for p in self.points)
 
     @property
     def summary(self) -> str:
-        slower = sum(p.status == "slower" for p in self.points)
+        slower = sum(p.status in ("slower", "failed") for p in self.points)
         if slower:
             return f"REGRESSION: {slower} of {len(self.points)} points slower than the baseline"
         return f"no regression: {len(self.points)} points compared"
@@ -70,6 +70,12 @@ def compare(current: PerfResult, baseline: PerfResult, *, tolerance: float = DEF
     for base_model in baseline.models:
         model = current.model(base_model.name)
         for base_point in base_model.points:
+            if model is not None and model.error:
+                # Measured before, not measurable now: the worst regression there is.
+                points.append(PointVerdict(base_model.name, base_point.concurrency, base_point.throughput, 0.0,
+                                           -1.0, base_point.p99_ms, 0.0, 0.0, tolerance, latency_tolerance,
+                                           "failed", [model.error]))
+                continue
             point = model.point(base_point.concurrency) if model else None
             if point is None:
                 missing.append(f"{base_model.name}@{base_point.concurrency}")
