@@ -254,7 +254,7 @@ def _build_key(out: Path) -> str | None:
 
 
 def _manifest(spec: Spec, input_hash: str, artifacts: list[ModelArtifact]) -> dict[str, Any]:
-    return {
+    manifest = {
         "tritonize": __version__,
         "spec": spec.path.name,
         "input_hash": input_hash,
@@ -262,6 +262,11 @@ def _manifest(spec: Spec, input_hash: str, artifacts: list[ModelArtifact]) -> di
         "tools": _tool_versions(),
         "models": {a.name: a.manifest for a in artifacts},
     }
+    if spec.runtime == "container":
+        # What docker/serve.sh runs it in (LLM engines name their TensorRT-LLM image themselves).
+        manifest["container"] = {"release": spec.container.release,
+                                 "image": f"nvcr.io/nvidia/tritonserver:{spec.container.release}-py3"}
+    return manifest
 
 
 def _tool_versions() -> dict[str, str]:
