@@ -37,13 +37,14 @@ def build(spec: Path = typer.Argument(..., help="The spec file (model.yaml)."),
 @app.command()
 def validate(repository: Path = typer.Argument(..., help="A model repository, hand-written or built.")):
     """Check REPOSITORY against Triton's config schema and load rules."""
+    from .model_config import CONFIG_NAME
     from .rules import check_repository
 
     if not repository.is_dir():
         raise TritonizeError("not a directory", file=repository, fix="pass the path of a model repository")
     violations = check_repository(repository)
     for violation in violations:
-        where = repository / violation.model / "config.pbtxt" if violation.model else repository
+        where = repository / violation.model / CONFIG_NAME if violation.model else repository
         terminal.error(violation.one_line(file=where))
     if violations:
         raise typer.Exit(2)

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from .artifacts import ModelArtifact
 from .errors import TritonizeError
-from .model_config import to_pbtxt
+from .model_config import CONFIG_NAME, to_pbtxt
 
 MANIFEST_NAME = "tritonize.manifest.json"
 
@@ -73,7 +73,7 @@ def write_repository(artifacts: Iterable[ModelArtifact], out: Path, manifest: di
 def _write_model(root: Path, artifact: ModelArtifact) -> None:
     model_dir = root / artifact.name
     model_dir.mkdir()
-    (model_dir / "config.pbtxt").write_text(to_pbtxt(artifact.config))
+    (model_dir / CONFIG_NAME).write_text(to_pbtxt(artifact.config))
     for relative, content in sorted(artifact.files.items()):
         target = model_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)

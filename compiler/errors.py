@@ -21,6 +21,14 @@ class TritonizeError(Exception):
         self.fix = fix
         super().__init__(self.one_line())
 
+    def located(self, file: str | Path) -> "TritonizeError":
+        """The same error, naming `file` if it named no file yet (a stage deep in the build knows
+        the model, the caller knows which spec it came from)."""
+        if self.file is None:
+            self.file = str(file)
+            self.args = (self.one_line(),)
+        return self
+
     def one_line(self) -> str:
         where = ""
         if self.file:

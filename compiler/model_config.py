@@ -5,10 +5,15 @@ become text.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from .spec import ContainerTarget, DynamicBatching, EnsembleSpec, ModelSpec, TensorSpec
+if TYPE_CHECKING:  # type hints only: `validate` and `check` need no pydantic
+    from .spec import ContainerTarget, DynamicBatching, EnsembleSpec, ModelSpec, TensorSpec
+
+CONFIG_NAME = "config.pbtxt"  # the file Triton reads in each model directory
 
 _KIND = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU,
          "auto": mc.ModelInstanceGroup.KIND_AUTO}

@@ -21,7 +21,7 @@ from . import __version__
 from .artifacts import ModelArtifact
 from .backends import BACKENDS_DIR, builtin_backend_source
 from .emit import MANIFEST_NAME, check_output_dir, file_hashes, read_manifest, tree_hash, write_repository
-from .errors import SpecError
+from .errors import SpecError, TritonizeError
 from .resources import TEMPLATES_DIR
 from .model_config import data_type_name, ensemble_config, onnx_model_config, python_model_config
 from .spec import CONVERTED_FRAMEWORKS, RUNTIMES, EnsembleSpec, ModelSpec, Spec, load_spec, spec_error_at
@@ -91,14 +91,17 @@ def _compile(spec: Spec, work: Path, terminal: Terminal) -> list[ModelArtifact]:
     with terminal.progress("compiling models", total=len(spec.models) + len(spec.ensembles)) as advance:
         for index, model in enumerate(spec.models):
             framework = model.source.framework
-            if framework in CONVERTED_FRAMEWORKS:
-                artifacts.append(_converted_model(spec, index, model, terminal))
-            elif framework == "python":
-                artifacts.append(_python_model(spec, model))
-            else:
-                from .llm import build_llm
+            try:
+                if framework in CONVERTED_FRAMEWORKS:
+                    artifacts.append(_converted_model(spec, index, model, terminal))
+                elif framework == "python":
+                    artifacts.append(_python_model(spec, model))
+                else:
+                    from .llm import build_llm
 
-                artifacts.extend(build_llm(model, spec, terminal, work_dir=work / model.name))
+                    artifacts.extend(build_llm(model, spec, terminal, work_dir=work / model.name))
+            except TritonizeError as error:
+                raise error.located(spec.path)
             advance(f"compiled {model.name}")
         for ensemble in spec.ensembles:
             artifacts.append(_ensemble(ensemble))
@@ -113,7 +116,7 @@ def _converted_model(spec: Spec, index: int, model: ModelSpec, terminal: Termina
     from .verify import verify
 
     with terminal.status(f"{model.name}: converting {model.source.framework} model to ONNX"):
-        converted = convert(model, spec, terminal)
+        converted = convert(model, spec)
     if model.max_batch_size > 0 and not converted.batch_axis:
         raise spec_error_at(spec.path, spec.lines, ("models", index, "max_batch_size"),
                             f"the converted ONNX graph of '{model.name}' has no dynamic batch dimension",
@@ -181,10 +184,10 @@ def _samples_entry(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
 
 
 def _tensor_json(array: np.ndarray) -> dict[str, Any]:
-    from .samples import triton_dtype_of
+    from .samples import as_str, triton_dtype_of
 
     if array.dtype.kind in "OSU":
-        data = np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else str(v), otypes=[object])(array).tolist()
+        data = as_str(array).tolist()
     elif array.dtype.kind == "f":
         # float32 values round-trip exactly through repr of their float64 widening.
         data = array.astype(np.float64).tolist()

@@ -24,9 +24,8 @@ from typing import Iterable
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from .model_config import data_type_name, parse_pbtxt
+from .model_config import CONFIG_NAME, data_type_name, parse_pbtxt
 
-CONFIG_FILE = "config.pbtxt"
 ENSEMBLE = "ensemble"
 WILDCARD = -1
 
@@ -129,12 +128,12 @@ def check_repository(repo: Path) -> list[Violation]:
                                     "model directories", "build the repository into this directory"))
     for model_dir in model_dirs:
         name = model_dir.name
-        config_file = model_dir / CONFIG_FILE
+        config_file = model_dir / CONFIG_NAME
         if not config_file.is_file():
             unreadable.add(name)
             violations.append(Violation(name, (), "config-missing", f"model directory '{name}' has "
-                                        f"no {CONFIG_FILE}, so its load rules cannot be checked",
-                                        f"write {name}/{CONFIG_FILE}, or move the directory out of "
+                                        f"no {CONFIG_NAME}, so its load rules cannot be checked",
+                                        f"write {name}/{CONFIG_NAME}, or move the directory out of "
                                         "the repository"))
             continue
         text = config_file.read_text(encoding="utf-8", errors="replace")

@@ -15,10 +15,8 @@ from tritonize.converters import convert, registered_frameworks
 from tritonize.errors import ConversionError, MissingDependency
 from tritonize.samples import make_samples
 from tritonize.spec import Spec, load_spec
-from tritonize.terminal import Terminal
 from tritonize.verify import verify
 
-TERMINAL = Terminal(quiet=True)
 
 # Factories the specs below name; trained in milliseconds, deterministic (fixed seeds, one thread).
 FACTORIES = '''
@@ -129,7 +127,7 @@ def make_spec(workdir: Path, models: list[dict], name: str = "model.yaml") -> Sp
 
 def converted_and_verified(workdir: Path, model: dict):
     spec = make_spec(workdir, [model])
-    converted = convert(spec.models[0], spec, TERMINAL)
+    converted = convert(spec.models[0], spec)
     samples = make_samples(spec.models[0], converted.inputs, batch=spec.models[0].verify.samples,
                            seed=spec.models[0].verify.seed)
     return spec, converted, verify(converted, samples, spec.models[0].verify)
@@ -160,7 +158,7 @@ def test_sklearn_classifier_label_and_probabilities(workdir):
     assert entry["outputs"]["label"] == {"dtype": "INT64", "compare": "exact", "mismatched_samples": 0, "passed": True}
     assert "LogisticRegression" in converted.summary and "skl2onnx" in converted.tools
     # Deterministic: converting the same source again gives the same bytes.
-    assert digest(convert(spec.models[0], spec, TERMINAL)) == digest(converted)
+    assert digest(convert(spec.models[0], spec)) == digest(converted)
 
 
 def test_sklearn_reference_answers_as_clients_see_them(workdir):
@@ -207,7 +205,7 @@ def test_spec_dtype_that_contradicts_the_graph_is_rejected(workdir):
                                                                 "factory": "converter_factories:logistic"},
                                 "outputs": [{"name": "label", "dtype": "INT32", "dims": [1]}]}])
     with pytest.raises(ConversionError, match=r"dtype INT32 does not match the graph's INT64.*write dtype: INT64"):
-        convert(spec.models[0], spec, TERMINAL)
+        convert(spec.models[0], spec)
 
 
 def test_spec_dims_that_contradict_the_graph_are_rejected(workdir):
@@ -216,7 +214,7 @@ def test_spec_dims_that_contradict_the_graph_are_rejected(workdir):
                                 "outputs": [{"name": "label", "dtype": "INT64", "dims": [1]},
                                             {"name": "probabilities", "dtype": "FP32", "dims": [4]}]}])
     with pytest.raises(ConversionError, match=r"models.bad_dims.outputs\[1\].dims.*write dims: \[3\]"):
-        convert(spec.models[0], spec, TERMINAL)
+        convert(spec.models[0], spec)
 
 
 def test_unbatched_model_keeps_the_graph_batch_dim_in_dims(workdir):
@@ -229,14 +227,14 @@ def test_unbatched_model_keeps_the_graph_batch_dim_in_dims(workdir):
     assert report.passed and report.samples == 1  # one request of VARIABLE_DIM_SIZE rows
     spec = make_spec(workdir, [{**model, "inputs": [{"name": "input", "dtype": "FP32", "dims": [4]}]}])
     with pytest.raises(ConversionError, match=r"write dims: \[-1, 4\]"):
-        convert(spec.models[0], spec, TERMINAL)
+        convert(spec.models[0], spec)
 
 
 def test_unfitted_estimator_is_a_user_error(workdir):
     spec = make_spec(workdir, [{"name": "unfitted", "source": {"framework": "sklearn",
                                                                "factory": "converter_factories:not_fitted"}}])
     with pytest.raises(ConversionError, match="not fitted"):
-        convert(spec.models[0], spec, TERMINAL)
+        convert(spec.models[0], spec)
 
 
 # -- xgboost / lightgbm -------------------------------------------------------------------------
@@ -246,7 +244,7 @@ def test_xgboost_classifier_from_factory_and_saved_file(workdir, factories):
     spec, converted, report = converted_and_verified(workdir, model)
     assert signature(converted.outputs) == [("label", "INT64", [1], []), ("probabilities", "FP32", [3], None)]
     assert report.passed
-    assert digest(convert(spec.models[0], spec, TERMINAL)) == digest(converted)
+    assert digest(convert(spec.models[0], spec)) == digest(converted)
 
     factories.xgb_classifier().save_model(workdir / "iris_xgb.json")
     _, from_file, file_report = converted_and_verified(
@@ -273,7 +271,7 @@ def test_lightgbm_classifier_label_shape_is_repaired(workdir):
     assert converted.batch_axis
     assert signature(converted.outputs) == [("label", "INT64", [1], []), ("probabilities", "FP32", [3], None)]
     assert report.passed
-    assert digest(convert(spec.models[0], spec, TERMINAL)) == digest(converted)
+    assert digest(convert(spec.models[0], spec)) == digest(converted)
 
 
 def test_lightgbm_booster_text_file(workdir):
@@ -306,7 +304,7 @@ def test_pytorch_factory_export_is_dynamic_and_deterministic(workdir):
     assert signature(converted.outputs) == [("output", "FP32", [3], None)]
     assert converted.inputs[0].range == (-1.0, 1.0)  # the spec's tensor, with its sampling range
     assert report.passed
-    assert digest(convert(spec.models[0], spec, TERMINAL)) == digest(converted)
+    assert digest(convert(spec.models[0], spec)) == digest(converted)
 
 
 def test_pytorch_two_outputs_named_from_spec(workdir):
@@ -333,7 +331,7 @@ def test_pytorch_torchscript_and_pickled_module_files(workdir, factories):
     spec = make_spec(workdir, [{"name": "weights_only", "source": {"framework": "pytorch", "path": "mlp_weights.pt"},
                                 "inputs": TORCH_INPUTS}])
     with pytest.raises(ConversionError, match="state_dict.*use a factory"):
-        convert(spec.models[0], spec, TERMINAL)
+        convert(spec.models[0], spec)
 
 
 def test_pytorch_variable_length_axis(workdir):
@@ -353,7 +351,7 @@ def test_pytorch_output_count_mismatch(workdir):
                                                                   "factory": "converter_factories:two_heads"},
                                 "inputs": TORCH_INPUTS, "outputs": [{"name": "only", "dtype": "FP32", "dims": [4]}]}])
     with pytest.raises(ConversionError, match="declares 1 outputs but forward\\(\\) returns 2"):
-        convert(spec.models[0], spec, TERMINAL)
+        convert(spec.models[0], spec)
 
 
 # -- onnx pass-through --------------------------------------------------------------------------
@@ -371,7 +369,7 @@ def test_onnx_file_pass_through_with_renamed_input(workdir):
     entry = report.to_manifest()
     assert entry["passed"] and entry["note"] == "no source framework: checked that onnxruntime runs it"
     assert report.onnx_outputs["probabilities"].shape == (64, 3)
-    assert digest(convert(spec.models[0], spec, TERMINAL)) == digest(converted)
+    assert digest(convert(spec.models[0], spec)) == digest(converted)
 
 
 def test_onnx_file_with_strings_and_fixed_shapes(workdir):
@@ -416,7 +414,7 @@ def test_corrupt_onnx_file(workdir):
     (workdir / "broken.onnx").write_bytes(b"this is not a protobuf")
     spec = make_spec(workdir, [{"name": "broken", "source": {"framework": "onnx", "path": "broken.onnx"}}])
     with pytest.raises(ConversionError, match="cannot read broken.onnx as ONNX"):
-        convert(spec.models[0], spec, TERMINAL)
+        convert(spec.models[0], spec)
 
 
 # -- user errors shared by all converters ------------------------------------------------------
@@ -426,14 +424,14 @@ def test_missing_model_file(workdir):
     spec = Spec.model_validate({"models": [{"name": "gone", "source": {"framework": "xgboost", "path": "gone.json"}}]})
     spec._path = workdir / "model.yaml"
     with pytest.raises(ConversionError, match=r"model file not found: gone.json"):
-        convert(spec.models[0], spec, TERMINAL)
+        convert(spec.models[0], spec)
 
 
 def test_wrong_file_kind(workdir):
     (workdir / "model.bin").write_bytes(b"\0")
     spec = make_spec(workdir, [{"name": "wrong_kind", "source": {"framework": "lightgbm", "path": "model.bin"}}])
     with pytest.raises(ConversionError, match=r"not a lightgbm model file.*\.txt"):
-        convert(spec.models[0], spec, TERMINAL)
+        convert(spec.models[0], spec)
 
 
 def test_unknown_framework_lists_the_registered_ones(workdir):
@@ -442,7 +440,7 @@ def test_unknown_framework_lists_the_registered_ones(workdir):
                                 "inputs": TORCH_INPUTS, "outputs": TORCH_INPUTS}])
     with pytest.raises(ConversionError, match="no ONNX converter for framework 'python'.*lightgbm, onnx, pytorch, "
                                               "sklearn, xgboost"):
-        convert(spec.models[0], spec, TERMINAL)
+        convert(spec.models[0], spec)
 
 
 def test_factory_that_does_not_exist(workdir):
@@ -450,13 +448,13 @@ def test_factory_that_does_not_exist(workdir):
                                                              "factory": "converter_factories:nothing"}},
                                {"name": "nomod", "source": {"framework": "sklearn", "factory": "no_such_module:f"}}])
     with pytest.raises(ConversionError, match="has no function 'nothing'"):
-        convert(spec.models[0], spec, TERMINAL)
+        convert(spec.models[0], spec)
     with pytest.raises(ConversionError, match="cannot import module 'no_such_module'"):
-        convert(spec.models[1], spec, TERMINAL)
+        convert(spec.models[1], spec)
     absent = make_spec(workdir, [{"name": "absent", "source": {"framework": "sklearn",
                                                                "factory": "converter_factories:needs_absent_package"}}])
     with pytest.raises(MissingDependency, match="needs the Python package 'tritonize_absent_package'"):
-        convert(absent.models[0], absent, TERMINAL)
+        convert(absent.models[0], absent)
 
 
 def test_missing_converter_package_names_the_extra(workdir, monkeypatch):
@@ -465,7 +463,7 @@ def test_missing_converter_package_names_the_extra(workdir, monkeypatch):
     spec = make_spec(workdir, [{"name": "needs_skl2onnx", "source": {"framework": "sklearn",
                                                                      "factory": "converter_factories:logistic"}}])
     with pytest.raises(MissingDependency, match=r"'skl2onnx'.*pip install \"tritonize\[sklearn\]\""):
-        convert(spec.models[0], spec, TERMINAL)
+        convert(spec.models[0], spec)
 
 
 # -- the demo's example models ------------------------------------------------------------------
@@ -484,7 +482,7 @@ def test_example_models_convert_and_verify(repo_root):
     spec._path = repo_root / "model.yaml"
     outputs = {}
     for model in spec.models:
-        converted = convert(model, spec, TERMINAL)
+        converted = convert(model, spec)
         report = verify(converted, make_samples(model, converted.inputs, batch=64, seed=0), model.verify)
         assert report.passed, model.name
         outputs[model.name] = signature(converted.outputs)

@@ -14,7 +14,6 @@ from tritonize.converters import convert
 from tritonize.errors import ConversionError, SpecError
 from tritonize.samples import make_samples
 from tritonize.spec import ModelSpec, TensorSpec, VerifySpec, load_spec
-from tritonize.terminal import Terminal
 from tritonize.verify import FLOAT_TOLERANCES, significant, verify
 
 FACTORIES = '''
@@ -35,7 +34,7 @@ def forest(tmp_path_factory):
          "inputs": [{"name": "input", "dtype": "FP32", "dims": [4], "range": [0, 8]}]}]}))
     spec = load_spec(root / "model.yaml")
     model = spec.models[0]
-    return model, convert(model, spec, Terminal(quiet=True))
+    return model, convert(model, spec)
 
 
 def samples_for(model: ModelSpec, converted, rows: int = 64) -> dict[str, np.ndarray]:

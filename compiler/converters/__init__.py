@@ -1,6 +1,6 @@
 """Source frameworks -> ONNX, one converter class per framework in a registry keyed by framework name.
 
-    converted = convert(model_spec, spec, terminal)
+    converted = convert(model_spec, spec)
 
 Converter modules import their heavy packages (skl2onnx, onnxmltools, torch) only inside convert().
 """
@@ -14,7 +14,6 @@ from .base import REGISTRY, ConvertedModel, Converter
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec, Spec
-    from ..terminal import Terminal
 
 __all__ = ["ConvertedModel", "Converter", "convert", "registered_frameworks"]
 
@@ -23,11 +22,11 @@ def registered_frameworks() -> list[str]:
     return sorted(REGISTRY)
 
 
-def convert(model: "ModelSpec", spec: "Spec", terminal: "Terminal") -> ConvertedModel:
+def convert(model: "ModelSpec", spec: "Spec") -> ConvertedModel:
     framework = model.source.framework
     converter = REGISTRY.get(framework)
     if converter is None:
         raise ConversionError(f"model '{model.name}': no ONNX converter for framework '{framework}'",
                               file=spec.path, field=f"models.{model.name}.source.framework",
                               fix=f"use one of: {', '.join(registered_frameworks())}")
-    return converter().convert(model, spec, terminal)
+    return converter().convert(model, spec)

@@ -20,7 +20,6 @@ from ..spec import ModelSpec, Spec, TensorSpec
 if TYPE_CHECKING:
     import onnx
 
-    from ..terminal import Terminal
 
 # ONNX opsets written by the converters. 17 is served by every onnxruntime in NGC tritonserver
 # releases from 23.xx on (24.10 ships onnxruntime 1.19) and by TensorRT 8.6+; onnxmltools 1.16 writes
@@ -70,7 +69,7 @@ class Converter(abc.ABC):
     framework: ClassVar[str]
 
     @abc.abstractmethod
-    def convert(self, model: ModelSpec, spec: Spec, terminal: "Terminal") -> ConvertedModel:
+    def convert(self, model: ModelSpec, spec: Spec) -> ConvertedModel:
         """Load the source, export ONNX, and finish() it."""
 
 

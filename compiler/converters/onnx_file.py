@@ -2,21 +2,18 @@
 framework to compare with, so `reference` is None and verification only runs it in onnxruntime."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 from ..errors import ConversionError
 from ..spec import ModelSpec, Spec
 from .base import ConvertedModel, Converter, finish, register, source_file, versions
 
-if TYPE_CHECKING:
-    from ..terminal import Terminal
 
 
 @register
 class OnnxFileConverter(Converter):
     framework = "onnx"
 
-    def convert(self, model: ModelSpec, spec: Spec, terminal: "Terminal") -> ConvertedModel:
+    def convert(self, model: ModelSpec, spec: Spec) -> ConvertedModel:
         import onnx
 
         path = source_file(model, spec, (".onnx",))

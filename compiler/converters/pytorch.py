@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -19,8 +19,6 @@ from ..spec import ModelSpec, Spec
 from .base import ONNX_OPSET, ConvertedModel, Converter, call_factory, finish, register, source_file, \
     spec_dir_on_path, versions
 
-if TYPE_CHECKING:
-    from ..terminal import Terminal
 
 # Size of -1 dims in the example input traced for export (the axis is exported dynamic anyway).
 # Batch 2 keeps the exporter from specializing the batch axis to a constant 1.
@@ -44,7 +42,7 @@ class PyTorchConverter(Converter):
     framework = "pytorch"
     suffixes = (".pt", ".pth")
 
-    def convert(self, model: ModelSpec, spec: Spec, terminal: "Terminal") -> ConvertedModel:
+    def convert(self, model: ModelSpec, spec: Spec) -> ConvertedModel:
         torch = lazy_import("torch", purpose="converting a PyTorch model", extra="torch")
         import onnx
 

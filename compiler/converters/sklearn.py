@@ -1,7 +1,7 @@
 """scikit-learn estimators and pipelines -> ONNX with skl2onnx."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -10,8 +10,6 @@ from ..spec import ModelSpec, Spec
 from .base import (ONNX_ML_OPSET, ONNX_OPSET, ConvertedModel, Converter, call_factory, finish, register,
                    source_file, spec_dir_on_path, versions)
 
-if TYPE_CHECKING:
-    from ..terminal import Terminal
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 
@@ -63,7 +61,7 @@ def describe(estimator: Any) -> str:
 class SklearnConverter(Converter):
     framework = "sklearn"
 
-    def convert(self, model: ModelSpec, spec: Spec, terminal: "Terminal") -> ConvertedModel:
+    def convert(self, model: ModelSpec, spec: Spec) -> ConvertedModel:
         lazy_import("sklearn", purpose="converting a scikit-learn model", extra="sklearn", package="scikit-learn")
         skl2onnx = lazy_import("skl2onnx", purpose="converting a scikit-learn model", extra="sklearn")
         data_types = lazy_import("skl2onnx.common.data_types", purpose="converting a scikit-learn model", extra="sklearn")

@@ -7,7 +7,7 @@ ZipMap), regressors answer `prediction` FP32[1].
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -17,8 +17,6 @@ from ..spec import ModelSpec, Spec
 from .base import ONNXMLTOOLS_OPSET, ConvertedModel, Converter, call_factory, finish, register, source_file, versions
 from .sklearn import describe, feature_input
 
-if TYPE_CHECKING:
-    from ..terminal import Terminal
 
 Predict = Callable[[np.ndarray], dict[str, np.ndarray]]
 
@@ -68,7 +66,7 @@ class XGBoostConverter(Converter):
     framework = "xgboost"
     suffixes = (".json", ".ubj")
 
-    def convert(self, model: ModelSpec, spec: Spec, terminal: "Terminal") -> ConvertedModel:
+    def convert(self, model: ModelSpec, spec: Spec) -> ConvertedModel:
         xgboost = lazy_import("xgboost", purpose="converting an XGBoost model", extra="xgboost", package="xgboost-cpu")
         onnxmltools = lazy_import("onnxmltools", purpose="converting an XGBoost model", extra="xgboost")
         if model.source.factory:
@@ -100,7 +98,7 @@ class LightGBMConverter(Converter):
     framework = "lightgbm"
     suffixes = (".txt",)
 
-    def convert(self, model: ModelSpec, spec: Spec, terminal: "Terminal") -> ConvertedModel:
+    def convert(self, model: ModelSpec, spec: Spec) -> ConvertedModel:
         lightgbm = lazy_import("lightgbm", purpose="converting a LightGBM model", extra="lightgbm")
         onnxmltools = lazy_import("onnxmltools", purpose="converting a LightGBM model", extra="lightgbm")
         if model.source.factory:

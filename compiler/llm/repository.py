@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from ..model_config import data_type
 from .spec import LlmSpec, Release
 
 # Where the container runtime mounts the repository (docker/run_trtllm.sh); the engine path in
@@ -122,12 +123,12 @@ POSTPROCESSING_OUTPUTS = (Tensor("OUTPUT", "STRING", (-1,)),)
 
 def _add_tensors(config: mc.ModelConfig, inputs, outputs) -> None:
     for t in inputs:
-        message = config.input.add(name=t.name, data_type=mc.DataType.Value(f"TYPE_{t.dtype}"), dims=t.dims,
+        message = config.input.add(name=t.name, data_type=data_type(t.dtype), dims=t.dims,
                                    optional=t.optional, allow_ragged_batch=t.ragged)
         if t.scalar:
             message.reshape.SetInParent()  # reshape { shape: [] }: dims [1] seen as a scalar
     for t in outputs:
-        config.output.add(name=t.name, data_type=mc.DataType.Value(f"TYPE_{t.dtype}"), dims=t.dims)
+        config.output.add(name=t.name, data_type=data_type(t.dtype), dims=t.dims)
 
 
 def _cpu_instances(config: mc.ModelConfig, count: int = 1) -> None:
