@@ -6,7 +6,6 @@ tritonize.llm.
 """
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -20,10 +19,11 @@ import numpy as np
 from . import __version__
 from .artifacts import ModelArtifact
 from .backends import BACKENDS_DIR, builtin_backend_source
-from .emit import MANIFEST_NAME, check_output_dir, file_hashes, read_manifest, tree_hash, write_repository
+from .emit import check_output_dir, file_hashes, read_manifest, tree_hash, write_repository
 from .errors import SpecError, TritonizeError
+from .factory import factory_sources
 from .resources import TEMPLATES_DIR
-from .model_config import data_type_name, ensemble_config, onnx_model_config, python_model_config
+from .model_config import ensemble_config, onnx_model_config, python_model_config
 from .spec import CONVERTED_FRAMEWORKS, RUNTIMES, EnsembleSpec, ModelSpec, Spec, load_spec, spec_error_at
 from .terminal import Terminal, default_terminal
 
@@ -229,20 +229,10 @@ def _input_hash(spec: Spec, *, runtime: str) -> str:
         if source.path is not None:
             paths.append(spec.resolve(source.path))
         if source.factory is not None:
-            paths.extend(_factory_sources(spec, source.factory))
+            paths.extend(factory_sources(spec, source.factory))
         if source.builtin is not None:
             paths.append(builtin_backend_source(source.builtin))
     return tree_hash(paths, extra=[__version__, runtime])
-
-
-def _factory_sources(spec: Spec, factory: str) -> list[Path]:
-    """The .py files of the factory's top-level package (a factory may import its siblings)."""
-    top = factory.split(":")[0].split(".")[0]
-    package = spec.base_dir / top
-    if package.is_dir():
-        return sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts)
-    module = spec.base_dir / f"{top}.py"
-    return [module] if module.is_file() else []
 
 
 def _compiler_sources() -> list[Path]:

@@ -3,7 +3,6 @@ output directory untouched. Python-only specs keep these fast (no conversion run
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest

@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import importlib
-import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import numpy as np
 
-from ..errors import ConversionError, MissingDependency
+from ..errors import ConversionError
 from ..onnx_signature import canonicalize, rename_tensors, signature
 from ..samples import NUMPY_DTYPES, as_bytes
 from ..spec import ModelSpec, Spec, TensorSpec
@@ -87,42 +85,6 @@ def versions(*packages: str) -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[package] = metadata.version(package)
     return found
-
-
-@contextlib.contextmanager
-def spec_dir_on_path(spec: Spec) -> Iterator[None]:
-    """Factories and pickled classes are importable from the spec's directory, as the spec promises."""
-    directory = str(spec.base_dir)
-    sys.path.insert(0, directory)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(directory)
-
-
-def call_factory(model: ModelSpec, spec: Spec) -> Any:
-    """Import `module:function` (spec directory on sys.path) and call it."""
-    reference = model.source.factory
-    assert reference is not None
-    module_name, function_name = reference.split(":")
-    where = f"models.{model.name}.source.factory"
-    with spec_dir_on_path(spec):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                raise ConversionError(f"cannot import module '{module_name}'", file=spec.path, field=where,
-                                      fix=f"put {module_name.replace('.', '/')}.py next to the spec file") from None
-            raise MissingDependency(exc.name or module_name, f"factory {reference}") from exc
-        function = getattr(module, function_name, None)
-        if not callable(function):
-            raise ConversionError(f"module '{module_name}' has no function '{function_name}'", file=spec.path,
-                                  field=where, fix="name a function that returns the model")
-        try:
-            return function()
-        except ModuleNotFoundError as exc:  # the factory imports a package that is not installed
-            raise MissingDependency(exc.name or str(exc), f"factory {reference}") from exc
 
 
 def source_file(model: ModelSpec, spec: Spec, suffixes: tuple[str, ...]) -> Path:

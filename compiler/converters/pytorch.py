@@ -16,8 +16,8 @@ import numpy as np
 from ..errors import ConversionError, lazy_import
 from ..samples import NUMPY_DTYPES
 from ..spec import ModelSpec, Spec
-from .base import ONNX_OPSET, ConvertedModel, Converter, call_factory, finish, register, source_file, \
-    spec_dir_on_path, versions
+from ..factory import call_factory, spec_dir_on_path
+from .base import ONNX_OPSET, ConvertedModel, Converter, finish, register, source_file, versions
 
 
 # Size of -1 dims in the example input traced for export (the axis is exported dynamic anyway).

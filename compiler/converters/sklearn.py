@@ -7,8 +7,8 @@ import numpy as np
 
 from ..errors import ConversionError, lazy_import
 from ..spec import ModelSpec, Spec
-from .base import (ONNX_ML_OPSET, ONNX_OPSET, ConvertedModel, Converter, call_factory, finish, register,
-                   source_file, spec_dir_on_path, versions)
+from ..factory import call_factory, spec_dir_on_path
+from .base import ONNX_ML_OPSET, ONNX_OPSET, ConvertedModel, Converter, finish, register, source_file, versions
 
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")

@@ -14,7 +14,8 @@ import numpy as np
 from ..errors import ConversionError, lazy_import
 from ..onnx_signature import fix_batch_output_shapes
 from ..spec import ModelSpec, Spec
-from .base import ONNXMLTOOLS_OPSET, ConvertedModel, Converter, call_factory, finish, register, source_file, versions
+from ..factory import call_factory
+from .base import ONNXMLTOOLS_OPSET, ConvertedModel, Converter, finish, register, source_file, versions
 from .sklearn import describe, feature_input
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from ..artifacts import ModelArtifact
 from ..backends import BACKENDS_DIR
 from ..errors import ConversionError, TritonizeError, lazy_import
+from ..factory import call_factory
 from ..spec import ModelSpec, Spec
 from ..terminal import Terminal
 from . import engine as engine_step
@@ -106,8 +107,6 @@ def _hf_dir(model: ModelSpec, spec: Spec) -> Path:
     create the directory first, as the demo's tiny model does, offline)."""
     if model.source.factory is None:
         return spec.resolve(model.source.path)
-    from ..converters.base import call_factory
-
     return Path(call_factory(model, spec)).resolve()
 
 
