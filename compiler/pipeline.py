@@ -24,7 +24,7 @@ from .errors import SpecError, TritonizeError
 from .factory import factory_sources
 from .resources import TEMPLATES_DIR
 from .model_config import ensemble_config, onnx_model_config, python_model_config
-from .spec import CONVERTED_FRAMEWORKS, RUNTIMES, EnsembleSpec, ModelSpec, Spec, load_spec, spec_error_at
+from .spec import CONVERTED_FRAMEWORKS, EnsembleSpec, ModelSpec, Spec, load_spec, spec_error_at
 from .terminal import Terminal, default_terminal
 
 # Rows of verification samples recorded in the manifest for `tritonize check`.
@@ -52,11 +52,7 @@ def build(spec_path: str | Path, output: str | Path | None = None, *, force: boo
     """
     terminal = terminal or default_terminal
     started = time.perf_counter()
-    spec = load_spec(spec_path)
-    if runtime is not None:
-        if runtime not in RUNTIMES:
-            raise SpecError(f"unknown runtime '{runtime}'", field="--runtime", fix=f"use one of: {', '.join(RUNTIMES)}")
-        spec.runtime = runtime
+    spec = load_spec(spec_path, runtime=runtime)
     out = Path(output) if output is not None else spec.resolve(spec.repository)
     check_output_dir(out)
 

@@ -14,6 +14,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_validator)
 
 from .errors import SpecError
+from .llm.spec import LlmSpec
 from .specfile import field_path, line_for, load_yaml_with_lines
 
 # Triton's tensor data types, spelled as in config.pbtxt without the TYPE_ prefix.
@@ -191,7 +192,7 @@ class ModelSpec(StrictModel):
     verify: VerifySpec = Field(default_factory=VerifySpec)
     # Explicit sample inputs (name -> nested list, batch first); generated from inputs otherwise.
     sample_inputs: dict[str, list[Any]] | None = None
-    llm: dict[str, Any] | None = None  # validated by tritonize.llm.spec.LlmSpec
+    llm: LlmSpec | None = None
 
     @model_validator(mode="after")
     def _cross_fields(self) -> "ModelSpec":
@@ -317,13 +318,19 @@ class Spec(StrictModel):
         return (self.base_dir / relative).resolve()
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Load and validate a spec file; raises SpecError (one line) on any problem."""
+def load_spec(path: str | Path, *, runtime: str | None = None) -> Spec:
+    """Load and validate a spec file; raises SpecError (one line) on any problem.
+
+    runtime overrides the spec's `runtime` before validation (one spec, two targets)."""
     path = Path(path)
     data, lines = load_yaml_with_lines(path)
     if not isinstance(data, dict):
         raise SpecError("the spec must be a mapping at the top level", file=path, line=1,
                         fix="start with keys such as `repository:` and `models:`")
+    if runtime is not None:
+        if runtime not in RUNTIMES:
+            raise SpecError(f"unknown runtime '{runtime}'", field="--runtime", fix=f"use one of: {', '.join(RUNTIMES)}")
+        data["runtime"] = runtime
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:

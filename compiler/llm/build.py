@@ -28,7 +28,7 @@ from ..terminal import Terminal
 from . import engine as engine_step
 from . import quantize
 from . import repository as repo
-from .spec import LlmSpec, Release, check_model_dir, llm_spec, release_of
+from .spec import LlmSpec, Release, check_model_dir, release_of
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SAMPLE_PROMPT_WORDS = 4
@@ -43,7 +43,7 @@ def build_llm(model: ModelSpec, spec: Spec, terminal: Terminal, *, work_dir: Pat
     """The repository's model directories for one huggingface model (runtime from the spec).
 
     work_dir is scratch space for this build; what is worth keeping goes to cache_root(spec)."""
-    llm = llm_spec(model)
+    llm = model.llm
     release = release_of(llm, spec)
     names = repo.Names.of(model.name)
     hf_dir = _hf_dir(model, spec)
@@ -279,7 +279,7 @@ def build_engines(spec: Spec, repository: Path, *, terminal: Terminal) -> list[s
             raise TritonizeError(f"{names.engine}: TensorRT-LLM is not installed here, so the engine cannot be built",
                                  fix=f"run bash {repository / names.engine / engine['script']} inside {engine['image']}"
                                      f" on a {engine['gpu']}")
-        llm = llm_spec(model)
+        llm = model.llm
         release = release_of(llm, spec)
         version_dir = repository / names.engine / str(model.version)
         cached = _engine_cache(spec, engine["cache_key"])

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec, Spec
@@ -166,28 +166,20 @@ class LlmSpec(_Strict):
         return GPUS[self.target_gpu]
 
 
-def llm_spec(model) -> LlmSpec:
-    """The validated LlmSpec of a ModelSpec (validate_llm_blocks has already run at load)."""
-    return LlmSpec.model_validate(model.llm)
-
-
 def release_of(llm: LlmSpec, spec) -> Release:
     return RELEASES[llm.release or spec.container.release]
 
 
 def validate_llm_blocks(spec, lines: dict) -> None:
-    """Validate every model's llm dict; raise a one-line SpecError naming the field."""
-    from ..spec import describe_validation_error, spec_error_at
+    """Cross-field checks of every llm block (against the runtime, the release, files); raise a
+    one-line SpecError naming the field."""
+    from ..spec import spec_error_at
 
     for i, model in enumerate(spec.models):
         if model.llm is None:
             continue
         base = ("models", i, "llm")
-        try:
-            llm = LlmSpec.model_validate(model.llm)
-        except ValidationError as exc:
-            loc, message, fix = describe_validation_error(exc, LlmSpec)
-            raise spec_error_at(spec.path, lines, base + loc, message, fix) from None
+        llm = model.llm
 
         def fail(loc: tuple, message: str, fix: str | None = None):
             return spec_error_at(spec.path, lines, base + loc, message, fix)
@@ -226,7 +218,7 @@ def check_model_dir(spec: Spec, model: ModelSpec, hf_dir: Path) -> dict:
     from ..spec import spec_error_at
 
     i = spec.models.index(model)
-    llm = llm_spec(model)
+    llm = model.llm
     hf_config = hf_dir / "config.json"
     if not hf_config.is_file():
         raise spec_error_at(spec.path, spec.lines, ("models", i, "source"),
