@@ -64,12 +64,13 @@ def build(spec_path: str | Path, output: str | Path | None = None, *, force: boo
     if stage != "all":
         raise SpecError(f"unknown build stage '{stage}'", field="--stage", fix="use one of: all, engines")
 
-    input_hash = _input_hash(spec, runtime=spec.runtime)
+    input_hash = _input_hash(spec)
     build_key = tree_hash(_compiler_sources(), extra=[input_hash])
-    if not force and _build_key(out) == build_key and read_manifest(out) is not None:
+    previous = read_manifest(out)
+    if not force and previous is not None and _build_key(out) == build_key:
         terminal.success(f"{out} is up to date (inputs unchanged), skipped")
-        return BuildResult(out, skipped=True, models=list(read_manifest(out)["models"]),
-                           manifest=read_manifest(out), seconds=time.perf_counter() - started)
+        return BuildResult(out, skipped=True, models=list(previous["models"]), manifest=previous,
+                           seconds=time.perf_counter() - started)
 
     with tempfile.TemporaryDirectory(prefix="tritonize-work-") as work:
         artifacts = _compile(spec, Path(work), terminal)
@@ -217,7 +218,7 @@ def _spec_loc(spec: Spec, model: str, loc: tuple) -> tuple:
     return prefix + tuple(renames.get(p, p) for p in loc if renames.get(p, p) is not None)
 
 
-def _input_hash(spec: Spec, *, runtime: str) -> str:
+def _input_hash(spec: Spec) -> str:
     """Everything the output depends on besides the compiler itself: the spec, its sources, the runtime."""
     paths: list[Path] = [spec.path]
     for model in spec.models:
@@ -228,7 +229,7 @@ def _input_hash(spec: Spec, *, runtime: str) -> str:
             paths.extend(factory_sources(spec, source.factory))
         if source.builtin is not None:
             paths.append(builtin_backend_source(source.builtin))
-    return tree_hash(paths, extra=[__version__, runtime])
+    return tree_hash(paths, extra=[__version__, spec.runtime])
 
 
 def _compiler_sources() -> list[Path]:
