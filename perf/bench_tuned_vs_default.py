@@ -50,7 +50,7 @@ def main() -> None:
         "speedup_at_budget": tuned.throughput / default.throughput if default.throughput else None,
         "winning_yaml": result.yaml,
     }
-    path = save("tuned_vs_default", summary)
+    path = save(f"tuned_vs_default_{args.budget_ms:g}ms", summary)
     terminal.success(f"default {default.point.label()}: {default.throughput:.1f} infer/s (p99 {default.p99_ms:.2f} ms); "
                      f"tuned {tuned.point.label()}: {tuned.throughput:.1f} infer/s (p99 {tuned.p99_ms:.2f} ms) -> {path}")
 
