@@ -71,6 +71,7 @@ max_batch_size: 0
 model_transaction_policy { decoupled: true }
 input { name: "text_input" data_type: TYPE_STRING dims: [ 1 ] }
 input { name: "max_tokens" data_type: TYPE_INT32 dims: [ 1 ] }
+input { name: "stream" data_type: TYPE_BOOL dims: [ 1 ] optional: true }
 output { name: "text_output" data_type: TYPE_STRING dims: [ -1 ] }
 """
 
@@ -295,6 +296,10 @@ def test_input_data_from_manifest_samples(tiny_repository, tmp_path):
     path, _ = write_input_data(models["streamer"], tmp_path / "streamer.json")
     assert json.loads(path.read_text())["data"] == [{"text_input": {"content": ["hello"], "shape": [1]},
                                                      "max_tokens": {"content": [4], "shape": [1]}}]
+    # Measured as streaming, its optional `stream` input is set: an LLM ensemble would otherwise
+    # answer in one response.
+    path, _ = write_input_data(models["streamer"], tmp_path / "streamer_stream.json", streaming=True)
+    assert json.loads(path.read_text())["data"][0]["stream"] == {"content": [True], "shape": [1]}
     # No samples in the manifest: perf_analyzer's random data.
     assert write_input_data(models["double"], tmp_path / "double.json") == (None, ())
 

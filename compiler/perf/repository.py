@@ -111,18 +111,19 @@ def select_models(models: dict[str, ServedModel], names: list[str] | None) -> li
     return [models[n] for n in names]
 
 
-def write_input_data(model: ServedModel, path: Path) -> tuple[Path | None, tuple[str, ...]]:
+def write_input_data(model: ServedModel, path: Path, *, streaming: bool = False) -> tuple[Path | None, tuple[str, ...]]:
     """perf_analyzer input: the manifest's sample rows when there are some, else random data.
 
     Returns (--input-data file or None, --shape arguments for variable dims of random data).
     Batched models get one entry per sample row (perf_analyzer cycles through them, batch 1).
-    A decoupled model's BOOL input named `stream` is set true so that it streams.
+    A streaming model's BOOL input named `stream` is set true: without it an LLM ensemble answers
+    with the whole text in one response (and every "token" metric would describe that one).
     """
     config = model.config
     batched = config.max_batch_size > 0
     if model.samples:
         rows = _sample_rows(model.samples, batched)
-        if model.decoupled:
+        if streaming:
             for entry in rows:
                 for tensor in config.input:
                     if tensor.name == "stream" and tensor.data_type == _bool_type():

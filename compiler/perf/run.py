@@ -144,7 +144,7 @@ def _measure_all(analyzer: PerfAnalyzer, served: dict[str, ServedModel], chosen:
         for model, streaming in plan:
             model_dir = raw_dir / model.name
             model_dir.mkdir(parents=True)
-            input_data, shapes = write_input_data(model, model_dir / "input_data.json")
+            input_data, shapes = write_input_data(model, model_dir / "input_data.json", streaming=streaming)
             kind = "streaming" if streaming else ("ensemble" if model.is_ensemble else "model")
             result = ModelResult(model.name, kind, model.settings(),
                                  "manifest samples" if input_data else "random")
