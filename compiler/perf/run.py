@@ -202,8 +202,9 @@ def _print_summary(result: PerfResult, terminal: Terminal) -> None:
     if result.verdict is not None:
         verdict = result.verdict
         terminal.table(f"verdict against {result.baseline}", TABLE_COLUMNS, verdict.table_rows())
-        for missing in verdict.missing:
-            terminal.warning(f"{missing} is in the baseline but was not measured")
+        if verdict.missing:
+            models = dict.fromkeys(point.split("@")[0] for point in verdict.missing)
+            terminal.warning(f"in the baseline but not measured this time (not judged): {', '.join(models)}")
         if verdict.regressed:
             terminal.error(verdict.summary)
         else:
