@@ -93,13 +93,17 @@ def perf(repository: Path = typer.Argument(..., help="The model repository to pr
          baseline: Optional[Path] = typer.Option(None, "--baseline", help="results.json to compare against."),
          save_baseline: Optional[Path] = typer.Option(None, "--save-baseline", help="Write this run as a baseline."),
          report: Path = typer.Option(Path("perf/reports/latest"), "--report", help="Report directory."),
-         repeats: int = typer.Option(3, "--repeats", help="Measurements per point (medians are compared).")):
+         repeats: int = typer.Option(3, "--repeats", help="Measurements per point (medians are compared)."),
+         tolerance: Optional[float] = typer.Option(
+             None, "--tolerance", help="Throughput drop (fraction) that counts as slower (default: spec perf.tolerance)."),
+         latency_tolerance: Optional[float] = typer.Option(
+             None, "--latency-tolerance", help="p99 rise (fraction) that counts as slower (default: spec perf.latency_tolerance).")):
     """Profile REPOSITORY with perf_analyzer; report, and judge against a baseline (exit 3 if slower)."""
     from .perf import run_perf
 
     result = run_perf(repository, models=model, url=url, protocol=protocol, concurrency=concurrency,
                       baseline=baseline, save_baseline=save_baseline, report_dir=report, repeats=repeats,
-                      terminal=terminal)
+                      tolerance=tolerance, latency_tolerance=latency_tolerance, terminal=terminal)
     raise typer.Exit(result.exit_code)
 
 
@@ -108,11 +112,15 @@ def tune(spec: Path = typer.Argument(..., help="The spec file (model.yaml)."),
          model: str = typer.Option(..., "--model", "-m", help="The model to tune."),
          latency_budget_ms: Optional[float] = typer.Option(None, "--latency-budget-ms",
                                                            help="p99 latency the winner must stay under."),
-         write: bool = typer.Option(False, "--write", help="Write the winning settings back into SPEC.")):
-    """Search batching and instance settings for MODEL against the real server."""
+         write: bool = typer.Option(False, "--write", help="Write the winning settings back into SPEC."),
+         concurrency: str = typer.Option("1:16", "--concurrency", help="start:end[:step] client concurrency per point."),
+         max_points: int = typer.Option(40, "--max-points", help="Stop the search after this many points."),
+         report: Optional[Path] = typer.Option(None, "--report", help="Directory for the report of every point explored.")):
+    """Search batching and instance settings for MODEL against the real server (hill climb, early stop)."""
     from .perf import tune as tune_model
 
-    tune_model(spec, model=model, latency_budget_ms=latency_budget_ms, write=write, terminal=terminal)
+    tune_model(spec, model=model, latency_budget_ms=latency_budget_ms, write=write, concurrency=concurrency,
+               max_points=max_points, report_dir=report, terminal=terminal)
 
 
 def main(argv: list[str] | None = None) -> int:

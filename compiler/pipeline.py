@@ -251,6 +251,7 @@ def _manifest(spec: Spec, input_hash: str, artifacts: list[ModelArtifact]) -> di
         "runtime": spec.runtime,
         "tools": _tool_versions(),
         "models": {a.name: a.manifest for a in artifacts},
+        "perf": spec.perf.model_dump(),
     }
     if spec.runtime == "container":
         # What docker/serve.sh runs it in (LLM engines name their TensorRT-LLM image themselves).

@@ -270,12 +270,22 @@ class ContainerTarget(StrictModel):
         return str(value)
 
 
+class PerfSettings(StrictModel):
+    """How `tritonize perf --baseline` judges a regression (recorded in the manifest)."""
+
+    # Throughput may drop this fraction, p99 latency rise this fraction, before a point counts as
+    # slower (and only when the change also exceeds the spread of the repeats).
+    tolerance: float = Field(default=0.10, gt=0, le=1)
+    latency_tolerance: float = Field(default=0.25, gt=0, le=10)
+
+
 class Spec(StrictModel):
     repository: str = "model_repo"
     runtime: Literal[RUNTIMES] = "embedded"
     container: ContainerTarget = Field(default_factory=ContainerTarget)
     models: list[ModelSpec] = Field(min_length=1)
     ensembles: list[EnsembleSpec] = Field(default_factory=list)
+    perf: PerfSettings = Field(default_factory=PerfSettings)
 
     @model_validator(mode="after")
     def _names_and_references(self) -> "Spec":

@@ -184,6 +184,12 @@ def test_forced_regression_exits_3_and_improvement_exits_0(running_server, tmp_p
     verdict = json.loads((tmp_path / "improved" / "results.json").read_text())["verdict"]
     assert not verdict["regressed"] and [p["status"] for p in verdict["points"]] == ["faster"]
 
+    # A 1.5x faster baseline is a regression at the default 10 % / 25 %, not at tolerances of 90 %.
+    somewhat = _scaled_baseline(measured, tmp_path / "somewhat.json", 1.5)
+    assert main([*common, "--baseline", str(somewhat), "--report", str(tmp_path / "strict")]) == 3
+    assert main([*common, "--baseline", str(somewhat), "--report", str(tmp_path / "lenient"),
+                 "--tolerance", "0.9", "--latency-tolerance", "0.9"]) == 0
+
 
 # --- no server ---------------------------------------------------------------------------------
 

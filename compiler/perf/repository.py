@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..emit import read_manifest
 from ..errors import TritonizeError
-
-MANIFEST = "tritonize.manifest.json"
+from ..model_config import CONFIG_NAME
 
 
 @dataclass
@@ -58,15 +58,14 @@ class ServedModel:
 
 def read_config(path: Path):
     from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
 
-    config = model_config_pb2.ModelConfig()
+    from ..model_config import parse_pbtxt
+
     try:
-        text_format.Parse(path.read_text(), config)
+        return parse_pbtxt(path.read_text())
     except text_format.ParseError as exc:
-        raise TritonizeError(f"config.pbtxt does not parse: {exc}", file=path,
+        raise TritonizeError(f"{CONFIG_NAME} does not parse: {exc}", file=path,
                              fix="rebuild the repository with `tritonize build`") from None
-    return config
 
 
 def load_repository(repository: Path) -> dict[str, ServedModel]:
@@ -74,12 +73,9 @@ def load_repository(repository: Path) -> dict[str, ServedModel]:
     if not repository.is_dir():
         raise TritonizeError("model repository not found", file=repository,
                              fix="build one with `tritonize build model.yaml` or pass its path")
-    manifest_models: dict = {}
-    manifest_path = repository / MANIFEST
-    if manifest_path.is_file():
-        manifest_models = json.loads(manifest_path.read_text()).get("models", {})
+    manifest_models = (read_manifest(repository) or {}).get("models", {})
     models: dict[str, ServedModel] = {}
-    for config_path in sorted(repository.glob("*/config.pbtxt")):
+    for config_path in sorted(repository.glob(f"*/{CONFIG_NAME}")):
         config = read_config(config_path)
         name = config.name or config_path.parent.name
         samples = (manifest_models.get(name) or {}).get("samples", {}).get("inputs")

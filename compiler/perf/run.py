@@ -8,6 +8,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Iterator
 
+from ..emit import read_manifest
 from ..errors import TritonizeError
 from ..terminal import Terminal, default_terminal
 from .analyzer import MeasurementSettings, PerfAnalyzer, PerfAnalyzerFailed, PointRequest, find_perf_analyzer
@@ -45,7 +46,7 @@ def parse_concurrency(text: str) -> list[int]:
 def run_perf(repository: Path, *, models: list[str] | None = None, url: str | None = None,
              protocol: str = "grpc", concurrency: str = "1:8", baseline: Path | None = None,
              save_baseline: Path | None = None, report_dir: Path = Path("perf_report"), repeats: int = 3,
-             tolerance: float = DEFAULT_TOLERANCE, latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
+             tolerance: float | None = None, latency_tolerance: float | None = None,
              settings: MeasurementSettings = MeasurementSettings(),
              terminal: Terminal = default_terminal) -> PerfResult:
     """Profile `models` of `repository` (all by default) with perf_analyzer and write the report.
@@ -53,6 +54,7 @@ def run_perf(repository: Path, *, models: list[str] | None = None, url: str | No
     Starts the embedded tritonserver on the repository unless `url` names a running server
     (host:port of the chosen protocol). Returns the result; `result.exit_code` is 3 when a
     `baseline` was given and some point got slower (the verdict table has then been printed).
+    Tolerances not given come from the spec's `perf:` settings recorded in the manifest.
     """
     if protocol not in PROTOCOLS:
         raise TritonizeError(f"unknown protocol '{protocol}'", field="--protocol", fix="use grpc or http")
@@ -84,7 +86,12 @@ def run_perf(repository: Path, *, models: list[str] | None = None, url: str | No
         tools=tools, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         report_dir=report_dir, baseline=str(baseline) if baseline is not None else None)
     if baseline_result is not None:
-        result.verdict = compare(result, baseline_result, tolerance=tolerance, latency_tolerance=latency_tolerance)
+        recorded = (read_manifest(repository) or {}).get("perf", {})
+        result.verdict = compare(
+            result, baseline_result,
+            tolerance=tolerance if tolerance is not None else recorded.get("tolerance", DEFAULT_TOLERANCE),
+            latency_tolerance=latency_tolerance if latency_tolerance is not None
+            else recorded.get("latency_tolerance", DEFAULT_LATENCY_TOLERANCE))
 
     from .report import write_report
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import TritonizeError
+from ..model_config import CONFIG_NAME, to_pbtxt
 from ..terminal import Terminal, default_terminal
 from .analyzer import MeasurementSettings, PerfAnalyzer, PointRequest, find_perf_analyzer
 
@@ -129,7 +130,7 @@ class ConfigEvaluator:
         self.repository = work_dir / "repository"
         shutil.copytree(model_dir, self.repository / self.name,
                         ignore=shutil.ignore_patterns("__pycache__"))
-        self.config_path = self.repository / self.name / "config.pbtxt"
+        self.config_path = self.repository / self.name / CONFIG_NAME
         self.base_config = read_config(self.config_path)
         self.analyzer, self.levels, self.budget = analyzer, levels, latency_budget_ms
         self.settings, self.work_dir, self.terminal = settings, work_dir, terminal
@@ -184,7 +185,6 @@ class ConfigEvaluator:
                           best is not None, levels, time.perf_counter() - started, step)
 
     def _apply(self, point: TunePoint) -> None:
-        from google.protobuf import text_format
         import tritonclient.http as http_client
 
         config = type(self.base_config)()
@@ -199,7 +199,7 @@ class ConfigEvaluator:
             group.count = point.instances
         for warmup in config.model_warmup:  # warmup batches above the new max would fail the load
             warmup.batch_size = min(warmup.batch_size, point.max_batch_size)
-        self.config_path.write_text(text_format.MessageToString(config))
+        self.config_path.write_text(to_pbtxt(config))
         with http_client.InferenceServerClient(self.server.http_url) as client:
             try:
                 client.load_model(self.name)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..spec import PerfSettings
 from .results import PerfResult
 
-DEFAULT_TOLERANCE = 0.10         # throughput may drop up to 10 % before it is a regression
-DEFAULT_LATENCY_TOLERANCE = 0.25  # p99 is a tail statistic and moves more than throughput
+# The spec's `perf:` defaults: throughput may drop 10 % before it is a regression; p99 is a tail
+# statistic and moves more than throughput, so it gets 25 %.
+DEFAULT_TOLERANCE = PerfSettings.model_fields["tolerance"].default
+DEFAULT_LATENCY_TOLERANCE = PerfSettings.model_fields["latency_tolerance"].default
 
 
 @dataclass
