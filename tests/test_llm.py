@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-import queue
 import threading
 
 import numpy as np
@@ -123,33 +122,19 @@ def sse_pieces(server, model, **body):
             if line and line.startswith("data:")]
 
 
-def grpc_stream(server, model, prompt, stream=True):
-    import tritonclient.grpc as grpcclient
+def stream_request(prompt, stream=True) -> dict:
+    return {"text_input": np.array([[prompt]], dtype=object),
+            "max_tokens": np.array([[MAX_TOKENS]], dtype=np.int32), "stream": np.array([[stream]], dtype=bool)}
 
-    results: queue.Queue = queue.Queue()
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    inputs = []
-    for name, array, dtype in (("text_input", np.array([[prompt]], dtype=object), "BYTES"),
-                               ("max_tokens", np.array([[MAX_TOKENS]], dtype=np.int32), "INT32"),
-                               ("stream", np.array([[stream]], dtype=bool), "BOOL")):
-        tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    client.start_stream(callback=lambda result, error: results.put((result, error)))
-    try:
-        client.async_stream_infer(model, inputs, enable_empty_final_response=True)
-        pieces = []
-        while True:
-            result, error = results.get(timeout=60)
-            assert error is None, error
-            output = result.as_numpy("text_output")
-            if output is not None:
-                pieces.append(output.reshape(-1)[0].decode())
-            if result.get_response().parameters["triton_final_response"].bool_param:
-                return pieces
-    finally:
-        client.stop_stream()
-        client.close()
+
+def text_of(response) -> str:
+    return response["text_output"].reshape(-1)[0].decode()
+
+
+def grpc_stream(server, model, prompt, stream=True):
+    from tritonize.client import stream as stream_responses
+
+    return [text_of(r) for r in stream_responses(server.grpc_url, model, stream_request(prompt, stream))]
 
 
 def test_ensemble_text_equals_transformers_greedy(server, reference):
@@ -177,33 +162,13 @@ def test_concurrent_requests_are_batched_and_still_exact(server, reference):
 def test_request_joining_a_running_generation_gets_the_same_text(server, reference):
     """A request arriving while another is mid-generation joins the running batch (its KV cache
     is merged in, left-padded); both answers stay exactly the greedy ones."""
-    import tritonclient.grpc as grpcclient
+    from tritonize.client import stream
 
     _, expected = reference
-    results: queue.Queue = queue.Queue()
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    inputs = []
-    for name, array, dtype in (("text_input", np.array([[PROMPTS[0]]], dtype=object), "BYTES"),
-                               ("max_tokens", np.array([[MAX_TOKENS]], dtype=np.int32), "INT32"),
-                               ("stream", np.array([[True]], dtype=bool), "BOOL")):
-        tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    client.start_stream(callback=lambda result, error: results.put((result, error)))
-    try:
-        client.async_stream_infer("tiny_llm", inputs, enable_empty_final_response=True)
-        pieces = [results.get(timeout=60)[0].as_numpy("text_output").reshape(-1)[0].decode()]
-        joined = generate(server, "tiny_llm", text_input=PROMPTS[2])  # while the stream runs
-        while True:
-            result, error = results.get(timeout=60)
-            assert error is None, error
-            if result.as_numpy("text_output") is not None:
-                pieces.append(result.as_numpy("text_output").reshape(-1)[0].decode())
-            if result.get_response().parameters["triton_final_response"].bool_param:
-                break
-    finally:
-        client.stop_stream()
-        client.close()
+    responses = stream(server.grpc_url, "tiny_llm", stream_request(PROMPTS[0]))
+    pieces = [text_of(next(responses))]
+    joined = generate(server, "tiny_llm", text_input=PROMPTS[2])  # while the stream runs
+    pieces += [text_of(r) for r in responses]
     assert "".join(pieces) == expected[PROMPTS[0]][1]
     assert joined == expected[PROMPTS[2]][1]
 
