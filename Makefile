@@ -1,20 +1,26 @@
 # Two commands do everything on a fresh machine:
-#   make demo   build model.yaml, serve it, query every model over HTTP and gRPC, profile it
+#   make demo   build model.yaml, serve it, query every model over HTTP and gRPC, stream from the
+#               LLM, profile it
 #   make test   run the test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test build clean golden
+.PHONY: setup demo test build clean golden lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install-system-deps
+$(STAMP): pyproject.toml constraints.txt scripts/install-system-deps
 	scripts/install-system-deps
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e ".[all]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[all]"
 	touch $(STAMP)
+
+# Pin the current environment's versions (then `make golden`: the manifests record them).
+lock: setup
+	{ sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^#'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 build: setup
 	$(BIN)/tritonize build model.yaml

@@ -5,11 +5,13 @@ Regenerate after an intended change with `make golden` and review the diff.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 import tritonize
+from tritonize.emit import MANIFEST_NAME
 from tritonize.rules import check_repository
 from tritonize.terminal import Terminal
 
@@ -39,6 +41,12 @@ def container_build(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("build, golden", [("embedded_build", REPO_ROOT / "model_repo"),
                                            ("container_build", REPO_ROOT / "tests" / "golden" / "container")])
 def test_rebuild_matches_committed_text_files(request, build: str, golden: Path):
+    built_tools = json.loads((request.getfixturevalue(build) / MANIFEST_NAME).read_text())["tools"]
+    golden_tools = json.loads((golden / MANIFEST_NAME).read_text())["tools"]
+    drift = {name: (version, golden_tools.get(name)) for name, version in built_tools.items()
+             if golden_tools.get(name) != version}
+    assert not drift, (f"installed tool versions differ from the golden build's (installed, golden): {drift}; "
+                       "install the pinned ones with `make setup` (constraints.txt), or `make lock golden`")
     built = text_files(request.getfixturevalue(build))
     committed = text_files(golden)
     assert sorted(built) == sorted(committed), "file set differs: run `make golden` and review"
