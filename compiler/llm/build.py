@@ -228,7 +228,8 @@ def _trtllm_engine(names: repo.Names, llm: LlmSpec, release: Release, spec: Spec
                          "load this model until then")
     config = repo.trtllm_engine_config(names, llm, release, version=version)
     manifest = {"kind": "llm-engine-trtllm", "framework": "huggingface", "decoupled": llm.streaming,
-                "checkpoint": str(checkpoint), "engine": engine}
+                # Inside the model directory: the cache path would differ per machine and per clone.
+                "checkpoint": f"{version}/{repo.CHECKPOINT_DIR}", "engine": engine}
     return ModelArtifact(names.engine, config, files, manifest, version=version)
 
 
