@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from .errors import RegressionDetected, TritonizeError
+from .errors import TritonizeError
 from .terminal import Terminal
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -131,9 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     except TritonizeError as error:
         terminal.error(error.one_line())
         return error.exit_code
-    except RegressionDetected as regression:
-        terminal.error(str(regression))
-        return RegressionDetected.exit_code
     except typer.Abort:
         terminal.error("aborted")
         return 130

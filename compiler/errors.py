@@ -62,12 +62,6 @@ class MissingDependency(TritonizeError):
                          fix=hint)
 
 
-class RegressionDetected(Exception):
-    """perf found a regression against its baseline: exit code 3 (not a user error, not a bug)."""
-
-    exit_code = 3
-
-
 def lazy_import(module: str, *, purpose: str, extra: str | None = None, package: str | None = None):
     """Import a heavy optional module on first use, with an actionable message if it is missing."""
     import importlib

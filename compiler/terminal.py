@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import Iterator
 
 from rich.console import Console
@@ -90,7 +89,3 @@ def _escape(text: str) -> str:
 
 
 default_terminal = Terminal()
-
-
-def is_interactive() -> bool:
-    return sys.stdout.isatty()
