@@ -2,6 +2,7 @@
 GPU memory plan that must fit before anything is built (facts section 7)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shlex
@@ -9,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import SpecError
+from ..resources import render_template
 from .spec import LlmSpec, Release
 
 GIB = 1024 ** 3
@@ -47,8 +49,6 @@ def engine_command(llm: LlmSpec, checkpoint_dir: str, output_dir: str) -> list[s
 
 
 def engine_cache_key(checkpoint_hash: str, llm: LlmSpec, release: Release) -> str:
-    import hashlib
-
     payload = json.dumps({"checkpoint": checkpoint_hash, "trtllm": release.trtllm, "flags": engine_flags(llm),
                           "gpu": llm.target_gpu, "tp": llm.tensor_parallel}, sort_keys=True)
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
@@ -57,15 +57,11 @@ def engine_cache_key(checkpoint_hash: str, llm: LlmSpec, release: Release) -> st
 def render_build_script(*, model: str, engine_model: str, version: int, llm: LlmSpec, release: Release,
                         repository_name: str, container_repository: str, checkpoint_dir: str, engine_dir: str,
                         cache_key: str) -> str:
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-    templates = Path(__file__).resolve().parent.parent.parent / "templates" / "llm"
-    env = Environment(loader=FileSystemLoader(templates), undefined=StrictUndefined, keep_trailing_newline=True)
     argv = engine_command(llm, checkpoint_dir, engine_dir)
     command = " \\\n    ".join(shlex.quote(a) if not a.startswith("--") else a for a in _pairs(argv))
-    return env.get_template("build_engine.sh.j2").render(
-        model=model, engine_model=engine_model, version=version, trtllm=release.trtllm, release=release.tag,
-        gpu=llm.target_gpu, image=release.image, repository_name=repository_name,
+    return render_template(
+        "llm/build_engine.sh.j2", model=model, engine_model=engine_model, version=version, trtllm=release.trtllm,
+        release=release.tag, gpu=llm.target_gpu, image=release.image, repository_name=repository_name,
         container_repository=container_repository, command=command, engine_dir=engine_dir, cache_key=cache_key)
 
 
