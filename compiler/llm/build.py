@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import ModelArtifact
-from ..backends import BACKENDS_DIR
 from ..errors import ConversionError, TritonizeError, lazy_import
 from ..factory import call_factory
+from ..resources import PYTHON_BACKENDS_DIR
 from ..spec import ModelSpec, Spec
 from ..terminal import Terminal
 from . import engine as engine_step
@@ -71,10 +71,12 @@ def build_llm(model: ModelSpec, spec: Spec, terminal: Terminal, *, work_dir: Pat
         engine.manifest["quantization"] = quant_report
 
     pre = ModelArtifact(names.preprocessing, repo.preprocessing_config(names, llm),
-                        {f"{version}/model.py": BACKENDS_DIR / "llm_preprocessing" / "model.py", **tokenizer_files},
+                        {f"{version}/model.py": PYTHON_BACKENDS_DIR / "llm_preprocessing" / "model.py",
+                         **tokenizer_files},
                         {"kind": "llm-preprocessing", "framework": "huggingface"}, version=version)
     post = ModelArtifact(names.postprocessing, repo.postprocessing_config(names, llm),
-                         {f"{version}/model.py": BACKENDS_DIR / "llm_postprocessing" / "model.py", **tokenizer_files},
+                         {f"{version}/model.py": PYTHON_BACKENDS_DIR / "llm_postprocessing" / "model.py",
+                          **tokenizer_files},
                          {"kind": "llm-postprocessing", "framework": "huggingface"}, version=version)
     ensemble = ModelArtifact(names.ensemble, repo.ensemble_config(names, llm), {}, {
         "kind": "llm-ensemble", "framework": "huggingface",
@@ -87,7 +89,7 @@ def build_llm(model: ModelSpec, spec: Spec, terminal: Terminal, *, work_dir: Pat
     artifacts = [pre, engine, post, ensemble]
     if llm.bls:
         artifacts.append(ModelArtifact(names.bls, repo.bls_config(names, llm),
-                                       {f"{version}/model.py": BACKENDS_DIR / "llm_bls" / "model.py"},
+                                       {f"{version}/model.py": PYTHON_BACKENDS_DIR / "llm_bls" / "model.py"},
                                        {**ensemble.manifest, "kind": "llm-bls"}, version=version))
     terminal.success(f"{model.name}: ensemble {names.ensemble} = {names.preprocessing} -> {names.engine} "
                      f"-> {names.postprocessing} ({'CPU engine' if spec.runtime == 'embedded' else 'tensorrtllm'})"
@@ -132,7 +134,8 @@ def _checkpoint(model: ModelSpec, spec: Spec, llm: LlmSpec, hf_dir: Path, termin
     recipe = quant.model_dump(exclude={"max_logit_error", "min_token_agreement"})
     key = _hash({"model": dir_hash(hf_dir), "quantization": recipe, "dtype": llm.dtype,
                  "tp": llm.tensor_parallel, "calibration": calibration, "held_out": held_out,
-                 "modelopt": modelopt_version, "loader": _file_hash(BACKENDS_DIR / "llm_cpu_engine" / "trtllm_checkpoint.py"),
+                 "modelopt": modelopt_version,
+                 "loader": _file_hash(PYTHON_BACKENDS_DIR / "llm_cpu_engine" / "trtllm_checkpoint.py"),
                  # The code that exports and measures: a change to it must not reuse old results.
                  "quantize": _file_hash(Path(quantize.__file__))})
     target = cache_root(spec) / "checkpoints" / key.removeprefix("sha256:")[:32]
@@ -171,7 +174,7 @@ def _served_model_loader():
     """trtllm_checkpoint.load_model from the CPU engine's sources: the measured model is the served one."""
     import importlib.util
 
-    path = BACKENDS_DIR / "llm_cpu_engine" / "trtllm_checkpoint.py"
+    path = PYTHON_BACKENDS_DIR / "llm_cpu_engine" / "trtllm_checkpoint.py"
     module_spec = importlib.util.spec_from_file_location("tritonize_trtllm_checkpoint", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -182,7 +185,7 @@ def _served_model_loader():
 
 
 def _cpu_engine(names: repo.Names, llm: LlmSpec, hf_dir: Path, checkpoint: Path | None, version: int) -> ModelArtifact:
-    sources = BACKENDS_DIR / "llm_cpu_engine"
+    sources = PYTHON_BACKENDS_DIR / "llm_cpu_engine"
     files: dict[str, Any] = {f"{version}/model.py": sources / "model.py",
                              f"{version}/trtllm_checkpoint.py": sources / "trtllm_checkpoint.py"}
     if checkpoint is None:
@@ -262,11 +265,9 @@ def build_engines(spec: Spec, repository: Path, *, terminal: Terminal) -> list[s
     """Finish pending engine builds of an already built repository (`tritonize build --stage engines`).
 
     Returns the engine models built. Needs TensorRT-LLM (its NGC container) and a GPU."""
-    from ..emit import MANIFEST_NAME, read_manifest
+    from ..emit import MANIFEST_NAME, load_manifest
 
-    manifest = read_manifest(repository)
-    if manifest is None:
-        raise TritonizeError(f"{repository} has no tritonize manifest", fix="run `tritonize build` first")
+    manifest = load_manifest(repository)
     built = []
     for model in spec.models:
         if model.llm is None:
