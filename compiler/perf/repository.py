@@ -6,15 +6,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
 from ..emit import read_manifest
 from ..errors import TritonizeError
-from ..model_config import CONFIG_NAME
+from ..model_config import CONFIG_NAME, data_type, parse_pbtxt
 
 
 @dataclass
 class ServedModel:
     name: str
-    config: Any                      # tritonclient.grpc.model_config_pb2.ModelConfig
+    config: model_config_pb2.ModelConfig
     samples: dict | None = None      # the manifest's samples.inputs, when the build recorded them
     composing: list[str] = field(default_factory=list)       # ensemble steps
     bls_composing: list[str] = field(default_factory=list)   # models a BLS model calls
@@ -40,8 +43,6 @@ class ServedModel:
         else:
             settings["dynamic_batching"] = None
         if config.instance_group:
-            from tritonclient.grpc import model_config_pb2
-
             settings["instance_group"] = [
                 {"count": group.count, "kind": model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind)}
                 for group in config.instance_group]
@@ -56,11 +57,7 @@ class ServedModel:
         return settings
 
 
-def read_config(path: Path):
-    from google.protobuf import text_format
-
-    from ..model_config import parse_pbtxt
-
+def read_config(path: Path) -> model_config_pb2.ModelConfig:
     try:
         return parse_pbtxt(path.read_text())
     except text_format.ParseError as exc:
@@ -122,7 +119,7 @@ def write_input_data(model: ServedModel, path: Path, *, streaming: bool = False)
         if streaming:
             for entry in rows:
                 for tensor in config.input:
-                    if tensor.name == "stream" and tensor.data_type == _bool_type():
+                    if tensor.name == "stream" and tensor.data_type == data_type("BOOL"):
                         entry[tensor.name] = {"content": [True], "shape": list(tensor.dims) or [1]}
         path.write_text(json.dumps({"data": rows}))
         return path, ()
@@ -131,16 +128,15 @@ def write_input_data(model: ServedModel, path: Path, *, streaming: bool = False)
     return None, shapes
 
 
-# perf_analyzer's JSON reader wants floats written as floats ("1.0", not "1") for FP tensors.
-_NUMPY_KINDS = {"FP": "float64", "BF": "float64", "IN": "int64", "UI": "int64", "BO": "bool"}
-
-
 def _sample_rows(samples: dict, batched: bool) -> list[dict]:
     import numpy as np
 
-    tensors = {}
-    for name, sample in samples.items():
-        tensors[name] = np.asarray(sample["data"], dtype=_NUMPY_KINDS.get(sample["datatype"][:2], object))
+    from ..samples import NUMPY_DTYPES
+
+    # Typed arrays, so FP tensors are written as floats ("1.0", not "1"): perf_analyzer's JSON
+    # reader wants that.
+    tensors = {name: np.asarray(sample["data"], dtype=NUMPY_DTYPES[sample["datatype"]])
+               for name, sample in samples.items()}
     if not batched:
         return [{name: _content(array) for name, array in tensors.items()}]
     count = min(array.shape[0] for array in tensors.values())
@@ -153,9 +149,3 @@ def _content(array) -> dict:
     array = np.asarray(array)
     flat = array.reshape(-1).tolist()
     return {"content": flat, "shape": list(array.shape) or [1]}
-
-
-def _bool_type() -> int:
-    from tritonclient.grpc import model_config_pb2
-
-    return model_config_pb2.TYPE_BOOL
