@@ -11,7 +11,6 @@ and joined as `samples["stream_join"]` says (see STREAM_JOINS) before the compar
 """
 from __future__ import annotations
 
-import queue
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -333,29 +332,11 @@ class _GrpcClient(_Client):
 
     def stream(self, name: str, inputs: dict, outputs: list[str], parameters: dict | None) -> list[dict]:
         """One streaming request; every response's outputs, in order, up to the final one."""
-        answers: queue.Queue = queue.Queue()
-        self._client.start_stream(callback=lambda result, error: answers.put((result, error)))
-        try:
-            self._client.async_stream_infer(name, self._inputs(inputs), parameters=parameters,
-                                            outputs=[self._module.InferRequestedOutput(o) for o in outputs],
-                                            request_id="tritonize-check", enable_empty_final_response=True)
-            parts = []
-            while True:
-                try:
-                    result, error = answers.get(timeout=self.timeout_s)
-                except queue.Empty:
-                    raise TimeoutError(f"no final response within {self.timeout_s:g} s "
-                                       f"({len(parts)} responses so far)") from None
-                if error is not None:
-                    raise error
-                response = result.get_response()
-                if response.outputs:
-                    parts.append(_grpc_outputs(result, outputs))
-                final = response.parameters.get("triton_final_response")
-                if final is not None and final.bool_param:
-                    return parts
-        finally:
-            self._client.stop_stream()
+        from .client import stream
+
+        return [_grpc_outputs(result, outputs)
+                for result in stream(self.url, name, self._inputs(inputs), outputs=outputs,
+                                     parameters=parameters, timeout_s=self.timeout_s)]
 
 
 def _grpc_outputs(result, outputs: list[str]) -> dict:

@@ -24,16 +24,19 @@ def infer_inputs(module, inputs: dict[str, np.ndarray]) -> list:
     return request
 
 
-def stream(grpc_url: str, model: str, inputs: dict[str, np.ndarray], *, outputs: list[str] | None = None,
-           parameters: dict | None = None, timeout_s: float = 60.0) -> Iterator[dict[str, np.ndarray]]:
-    """Send one request over a gRPC stream and yield each response's outputs until the final one."""
+def stream(grpc_url: str, model: str, inputs: dict[str, np.ndarray] | list, *, outputs: list[str] | None = None,
+           parameters: dict | None = None, timeout_s: float = 60.0) -> Iterator:
+    """Send one request over a gRPC stream and yield each response that carries outputs (a
+    tritonclient.grpc InferResult: `.as_numpy(name)`, `.get_output(name).datatype`) until the
+    final one. inputs: numpy arrays by name, or ready tritonclient.grpc InferInputs."""
     grpc = lazy_import("tritonclient.grpc", purpose="gRPC streaming", package="tritonclient[grpc]")
     client = grpc.InferenceServerClient(grpc_url)
     answers: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
         requested = [grpc.InferRequestedOutput(o) for o in outputs] if outputs else None
-        client.async_stream_infer(model, infer_inputs(grpc, inputs), outputs=requested, parameters=parameters,
+        request = infer_inputs(grpc, inputs) if isinstance(inputs, dict) else inputs
+        client.async_stream_infer(model, request, outputs=requested, parameters=parameters,
                                   enable_empty_final_response=True)
         count = 0
         while True:
@@ -46,7 +49,7 @@ def stream(grpc_url: str, model: str, inputs: dict[str, np.ndarray], *, outputs:
             response = result.get_response()
             if response.outputs:
                 count += 1
-                yield {o.name: result.as_numpy(o.name) for o in response.outputs}
+                yield result
             final = response.parameters.get("triton_final_response")
             if final is not None and final.bool_param:
                 return

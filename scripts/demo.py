@@ -72,7 +72,7 @@ def stream_llm(manifest: dict, server: TritonServer) -> None:
                    "stream": np.array([[True]])}
         pieces = 0
         for response in stream(server.grpc_url, name, request, outputs=["text_output"]):
-            terminal.out.print(response["text_output"].reshape(-1)[0].decode(), end="", markup=False)
+            terminal.out.print(response.as_numpy("text_output").reshape(-1)[0].decode(), end="", markup=False)
             pieces += 1
         terminal.out.print()
         terminal.success(f"{name}: {pieces} streamed responses")

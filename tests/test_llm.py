@@ -128,7 +128,7 @@ def stream_request(prompt, stream=True) -> dict:
 
 
 def text_of(response) -> str:
-    return response["text_output"].reshape(-1)[0].decode()
+    return response.as_numpy("text_output").reshape(-1)[0].decode()
 
 
 def grpc_stream(server, model, prompt, stream=True):
