@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def machine_info() -> dict[str, object]:
-    info: dict[str, object] = {
+    return {
         "hostname": platform.node(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
@@ -17,7 +17,6 @@ def machine_info() -> dict[str, object]:
         "memory_gib": _memory_gib(),
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
-    return info
 
 
 def tool_versions(perf_analyzer_version: str, server_version: str | None) -> dict[str, str]:

@@ -116,12 +116,11 @@ def aggregate(concurrency: int, measurements: list[Measurement],
     composing = []
     for name in dict.fromkeys(c.model for m in measurements for c in m.composing):
         stats = [c for m in measurements for c in m.composing if c.model == name]
-        composing.append({"model": name,
-                          **{key: med(getattr(s, key) for s in stats)
-                             for key in ("inference_count", "execution_count", "latency_us", "queue_us",
-                                         "compute_input_us", "compute_infer_us", "compute_output_us")}})
-        composing[-1]["avg_batch"] = (composing[-1]["inference_count"] / composing[-1]["execution_count"]
-                                      if composing[-1]["execution_count"] else None)
+        entry = {"model": name, **{key: med(getattr(s, key) for s in stats)
+                                   for key in ("inference_count", "execution_count", "latency_us", "queue_us",
+                                               "compute_input_us", "compute_infer_us", "compute_output_us")}}
+        entry["avg_batch"] = entry["inference_count"] / entry["execution_count"] if entry["execution_count"] else None
+        composing.append(entry)
     token_list = [t for t in tokens if t is not None]
     token_summary = ({key: med(getattr(t, key) for t in token_list) for key in TokenMetrics.__dataclass_fields__}
                      if token_list else None)
