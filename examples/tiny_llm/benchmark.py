@@ -8,7 +8,6 @@ Prints one table; numbers depend on the host (2 shared cores in CI), so no test 
 from __future__ import annotations
 
 import argparse
-import queue
 import statistics
 import sys
 import tempfile
@@ -80,36 +79,17 @@ def direct(model_dir: Path, tokens: int, runs: int, concurrency: int) -> dict[st
 
 def through_triton(grpc_url: str, http_url: str, tokens: int, runs: int, concurrency: int) -> dict[str, float]:
     import requests
-    import tritonclient.grpc as grpcclient
+
+    from tritonize.client import stream as stream_request
 
     def stream(prompt) -> tuple[float, float, int]:
-        results: queue.Queue = queue.Queue()
-        client = grpcclient.InferenceServerClient(grpc_url)
-        inputs = []
-        for name, array, dtype in (("text_input", np.array([[prompt]], dtype=object), "BYTES"),
-                                   ("max_tokens", np.array([[tokens]], dtype=np.int32), "INT32"),
-                                   ("stream", np.array([[True]]), "BOOL"),
-                                   ("end_id", np.array([[-1]], dtype=np.int32), "INT32")):  # never stop early
-            tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        client.start_stream(callback=lambda result, error: results.put((result, error, time.perf_counter())))
-        start = time.perf_counter()
-        client.async_stream_infer("tiny_llm", inputs, enable_empty_final_response=True)
-        first, count = None, 0
-        while True:
-            result, error, at = results.get(timeout=120)
-            if error is not None:
-                raise RuntimeError(error)
-            if result.as_numpy("text_output") is not None:
-                count += 1
-                first = first or at
-            if result.get_response().parameters["triton_final_response"].bool_param:
-                total = at - start
-                break
-        client.stop_stream()
-        client.close()
-        return first - start, total, count
+        inputs = {"text_input": np.array([[prompt]], dtype=object), "max_tokens": np.array([[tokens]], dtype=np.int32),
+                  "stream": np.array([[True]]), "end_id": np.array([[-1]], dtype=np.int32)}  # never stop early
+        start, first, count = time.perf_counter(), None, 0
+        for _ in stream_request(grpc_url, "tiny_llm", inputs, timeout_s=120):
+            count += 1
+            first = first or time.perf_counter()
+        return first - start, time.perf_counter() - start, count
 
     stream(PROMPTS[0])  # warm-up
     ttft, rate = [], []
