@@ -128,7 +128,8 @@ def _checkpoint(model: ModelSpec, spec: Spec, llm: LlmSpec, hf_dir: Path, termin
                 field: str, work_dir: Path) -> tuple[Path, dict | None]:
     quant = llm.quantization
     text_file = spec.resolve(quant.calibration.text_file) if quant.calibration.text_file else None
-    calibration, held_out = quantize.calibration_texts(quant.calibration, text_file) if quant.mode == "fp8" else ([], [])
+    calibration, held_out = ([], []) if quant.mode != "fp8" else quantize.calibration_texts(
+        quant.calibration, text_file, field=f"{field}.quantization.calibration.text_file")
     modelopt_version = _version("nvidia-modelopt")
     # The error budget is checked on every build, so changing it does not redo the export.
     recipe = quant.model_dump(exclude={"max_logit_error", "min_token_agreement"})

@@ -36,8 +36,11 @@ class QuantizationReport:
         return asdict(self)
 
 
-def calibration_texts(calibration: CalibrationSpec, text_file: Path | None) -> tuple[list[str], list[str]]:
-    """(calibration samples, held-out prompts) from the spec's text file or the built-in corpus."""
+def calibration_texts(calibration: CalibrationSpec, text_file: Path | None, *,
+                      field: str) -> tuple[list[str], list[str]]:
+    """(calibration samples, held-out prompts) from the spec's text file or the built-in corpus.
+
+    field: the text_file's path in the spec, e.g. models[0].llm.quantization.calibration.text_file."""
     lines = corpus_lines() if text_file is None else [
         line.strip() for line in text_file.read_text().splitlines() if line.strip()]
     held_out = lines[HELD_OUT_EVERY - 1::HELD_OUT_EVERY]
@@ -45,7 +48,7 @@ def calibration_texts(calibration: CalibrationSpec, text_file: Path | None) -> t
     if not calibrate or not held_out:
         raise ConversionError(f"calibration text has {len(lines)} non-empty lines; FP8 needs at least "
                               f"{HELD_OUT_EVERY} (one in {HELD_OUT_EVERY} is held out to measure the error)",
-                              field="llm.quantization.calibration.text_file", fix="give a longer text file")
+                              file=text_file, field=field, fix="give a longer text file")
     return calibrate[:calibration.samples], held_out
 
 
