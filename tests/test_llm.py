@@ -9,8 +9,8 @@ so its top logits are far apart (margins of several units), so batching/padding 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-import threading
 
 import numpy as np
 import pytest
@@ -114,6 +114,12 @@ def generate(server, model, **body):
     return response.json()["text_output"]
 
 
+def generate_concurrently(server, model, prompts, **body) -> list[str]:
+    """One generate request per prompt, all in flight at once; the answers in prompt order."""
+    with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+        return list(pool.map(lambda prompt: generate(server, model, text_input=prompt, **body), prompts))
+
+
 def sse_pieces(server, model, **body):
     response = requests.post(f"http://{server.http_url}/v2/models/{model}/generate_stream",
                              json={"max_tokens": MAX_TOKENS, "stream": True, **body}, timeout=60, stream=True)
@@ -146,17 +152,8 @@ def test_ensemble_text_equals_transformers_greedy(server, reference):
 def test_concurrent_requests_are_batched_and_still_exact(server, reference):
     """Concurrent prompts of different lengths decode together (left padding, one KV cache)."""
     _, expected = reference
-    answers: dict[str, str] = {}
-
-    def ask(prompt):
-        answers[prompt] = generate(server, "tiny_llm", text_input=prompt)
-
-    threads = [threading.Thread(target=ask, args=(p,)) for p in PROMPTS * 2]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert answers == {p: expected[p][1] for p in PROMPTS}
+    prompts = PROMPTS * 2
+    assert generate_concurrently(server, "tiny_llm", prompts) == [expected[p][1] for p in prompts]
 
 
 def test_request_joining_a_running_generation_gets_the_same_text(server, reference):
@@ -175,17 +172,9 @@ def test_request_joining_a_running_generation_gets_the_same_text(server, referen
 
 def test_non_streaming_engine_batches_through_the_dynamic_batcher(server, reference):
     _, expected = reference
-    answers: dict[str, str] = {}
-
-    def ask(prompt):  # top_k 1 in the request overrides the model's sampling defaults
-        answers[prompt] = generate(server, "tiny_llm_sync", text_input=prompt, top_k=1)
-
-    threads = [threading.Thread(target=ask, args=(p,)) for p in PROMPTS]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert answers == {p: expected[p][1] for p in PROMPTS}
+    # top_k 1 in the request overrides the model's sampling defaults.
+    answers = generate_concurrently(server, "tiny_llm_sync", PROMPTS, top_k=1)
+    assert answers == [expected[p][1] for p in PROMPTS]
 
 
 def test_grpc_streaming_delivers_tokens_that_join_to_the_full_text(server, reference):
