@@ -145,9 +145,8 @@ def _measure_all(analyzer: PerfAnalyzer, served: dict[str, ServedModel], chosen:
         plan.append((model, streaming))
 
     results = []
-    total = sum(len(levels) * repeats for _ in plan)
     with terminal.progress(f"measuring {len(plan)} models x {len(levels)} concurrency levels x {repeats} repeats",
-                           total=total) as advance:
+                           total=len(plan) * len(levels) * repeats) as advance:
         for model, streaming in plan:
             model_dir = raw_dir / model.name
             model_dir.mkdir(parents=True)
