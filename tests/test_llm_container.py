@@ -158,14 +158,25 @@ def test_llm_block_errors_name_the_line_and_field(tiny_dir, tmp_path, block, lin
     assert f"bad.yaml:{line} {field}: " in text and message in text, text
 
 
-def test_container_build_writes_checkpoint_and_pending_engine_step(tiny_dir, monkeypatch):
+# No trtllm-build on this PATH, even if one were installed: the engine step stays pending.
+PATH_WITHOUT_TRTLLM = "/usr/bin:/bin"
+
+
+@pytest.fixture(scope="module")
+def container_build(tiny_dir):
+    """(spec, BuildResult) of a container-runtime build of the tiny model for release 26.07."""
     from tritonize import build
 
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no trtllm-build here, even if one were installed
     spec = write_spec(tiny_dir, "      streaming: true\n      release: '26.07'\n"
                                 "      limits: {max_batch_size: 4, max_input_len: 64, max_output_len: 48}\n",
                       name="container.yaml", runtime="container")
-    result = build(spec, terminal=Terminal(quiet=True, stderr=True))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", PATH_WITHOUT_TRTLLM)
+        return spec, build(spec, terminal=Terminal(quiet=True, stderr=True))
+
+
+def test_container_build_writes_checkpoint_and_pending_engine_step(container_build):
+    _, result = container_build
     out = result.repository
     assert check_repository(out) == []
     engine = result.manifest["models"]["tiny_llm_tensorrt_llm"]["engine"]
@@ -184,16 +195,29 @@ def test_container_build_writes_checkpoint_and_pending_engine_step(tiny_dir, mon
     assert "outputs" not in result.manifest["models"]["tiny_llm"]["samples"]  # TRT fp16 may differ from CPU fp32
 
 
-def test_build_engines_says_plainly_where_to_run_it(tiny_dir, monkeypatch):
+def test_build_engines_says_plainly_where_to_run_it(container_build, monkeypatch):
     from tritonize import load_spec
     from tritonize.errors import TritonizeError
     from tritonize.llm import build_engines
 
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    spec = load_spec(tiny_dir.parent / "container.yaml")
+    spec_path, result = container_build
+    monkeypatch.setenv("PATH", PATH_WITHOUT_TRTLLM)
     with pytest.raises(TritonizeError, match=r"TensorRT-LLM is not installed here.*build_engine.sh inside "
                                              r"nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"):
-        build_engines(spec, tiny_dir.parent / "repo_container", terminal=Terminal(quiet=True, stderr=True))
+        build_engines(load_spec(spec_path), result.repository, terminal=Terminal(quiet=True, stderr=True))
+
+
+def test_too_short_calibration_text_names_the_file_and_field(tmp_path):
+    from tritonize.errors import ConversionError
+    from tritonize.llm.quantize import calibration_texts
+    from tritonize.llm.spec import CalibrationSpec
+
+    text = tmp_path / "calib.txt"
+    text.write_text("one line\n\nanother line\n")  # 2 samples: none left over to measure the error on
+    field = "models[0].llm.quantization.calibration.text_file"
+    with pytest.raises(ConversionError) as error:
+        calibration_texts(CalibrationSpec(), text, field=field)
+    assert error.value.one_line().startswith(f"{text} {field}: calibration text has 2 non-empty lines")
 
 
 def test_fp8_above_the_error_budget_fails_the_build_naming_the_field(tiny_dir):
