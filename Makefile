@@ -39,3 +39,4 @@ golden: setup
 	$(BIN)/tritonize build model.yaml --force
 	rm -rf tests/golden/container
 	$(BIN)/tritonize build model.yaml --runtime container -o tests/golden/container
+	TRITONIZE_UPDATE_GOLDEN=1 $(BIN)/pytest -q tests/test_llm_container.py -k golden

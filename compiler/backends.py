@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .resources import PYTHON_BACKENDS_DIR as BACKENDS_DIR
+from .resources import PYTHON_BACKENDS_DIR
 
 
 def builtin_backend_names() -> list[str]:
-    return sorted(p.name for p in BACKENDS_DIR.iterdir() if (p / "model.py").is_file())
+    return sorted(p.name for p in PYTHON_BACKENDS_DIR.iterdir() if (p / "model.py").is_file())
 
 
 def builtin_backend_source(name: str) -> Path:
-    return BACKENDS_DIR / name / "model.py"
+    return PYTHON_BACKENDS_DIR / name / "model.py"

@@ -8,6 +8,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import lazy_import
+from .samples import as_bytes
 
 
 def infer_inputs(module, inputs: dict[str, np.ndarray]) -> list:
@@ -17,7 +18,7 @@ def infer_inputs(module, inputs: dict[str, np.ndarray]) -> list:
     for name, array in inputs.items():
         array = np.asarray(array)
         if array.dtype.kind in "OSU":
-            array = np.vectorize(lambda v: v if isinstance(v, bytes) else str(v).encode(), otypes=[object])(array)
+            array = as_bytes(array)
         tensor = module.InferInput(name, list(array.shape), utils.np_to_triton_dtype(array.dtype))
         tensor.set_data_from_numpy(array)
         request.append(tensor)

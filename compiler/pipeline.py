@@ -10,7 +10,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,15 @@ import numpy as np
 
 from . import __version__
 from .artifacts import ModelArtifact
-from .backends import BACKENDS_DIR, builtin_backend_source
+from .backends import builtin_backend_source
 from .emit import check_output_dir, file_hashes, read_manifest, tree_hash, write_repository
 from .errors import SpecError, TritonizeError
 from .factory import factory_sources
-from .resources import TEMPLATES_DIR
+from .resources import PYTHON_BACKENDS_DIR, TEMPLATES_DIR
 from .model_config import ensemble_config, onnx_model_config, python_model_config
 from .spec import CONVERTED_FRAMEWORKS, EnsembleSpec, ModelSpec, Spec, load_spec, spec_error_at
 from .terminal import Terminal, default_terminal
+from .versions import installed_versions
 
 # Rows of verification samples recorded in the manifest for `tritonize check`.
 CHECK_SAMPLE_ROWS = 4
@@ -233,7 +233,7 @@ def _input_hash(spec: Spec) -> str:
 
 
 def _compiler_sources() -> list[Path]:
-    return [Path(__file__).resolve().parent, BACKENDS_DIR, TEMPLATES_DIR]
+    return [Path(__file__).resolve().parent, PYTHON_BACKENDS_DIR, TEMPLATES_DIR]
 
 
 def _build_key(out: Path) -> str | None:
@@ -261,11 +261,7 @@ def _manifest(spec: Spec, input_hash: str, artifacts: list[ModelArtifact]) -> di
 
 
 def _tool_versions() -> dict[str, str]:
-    tools = {"python": ".".join(map(str, sys.version_info[:2]))}
-    for package in ("onnx", "onnxruntime", "skl2onnx", "onnxmltools", "scikit-learn", "xgboost-cpu",
-                    "lightgbm", "torch", "transformers", "nvidia-modelopt", "tritonclient", "nvidia-pytriton"):
-        try:
-            tools[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return tools
+    return {"python": ".".join(map(str, sys.version_info[:2])),
+            **installed_versions("onnx", "onnxruntime", "skl2onnx", "onnxmltools", "scikit-learn", "xgboost-cpu",
+                                 "lightgbm", "torch", "transformers", "nvidia-modelopt", "tritonclient",
+                                 "nvidia-pytriton")}

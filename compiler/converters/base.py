@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import abc
-import contextlib
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar
 
@@ -14,6 +12,7 @@ from ..errors import ConversionError
 from ..onnx_signature import canonicalize, rename_tensors, signature
 from ..samples import NUMPY_DTYPES, as_bytes
 from ..spec import ModelSpec, Spec, TensorSpec
+from ..versions import installed_versions
 
 if TYPE_CHECKING:
     import onnx
@@ -79,14 +78,6 @@ def register(cls: type[Converter]) -> type[Converter]:
     return cls
 
 
-def versions(*packages: str) -> dict[str, str]:
-    found = {}
-    for package in packages:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found[package] = metadata.version(package)
-    return found
-
-
 def source_file(model: ModelSpec, spec: Spec, suffixes: tuple[str, ...]) -> Path:
     """The model's `path`, resolved and checked, with a suffix the converter understands."""
     assert model.source.path is not None
@@ -129,7 +120,7 @@ def finish(model: ModelSpec, spec: Spec, onnx_model: "onnx.ModelProto", *, tool:
     return ConvertedModel(
         name=model.name, framework=model.source.framework, onnx_model=onnx_model,
         inputs=inputs, outputs=outputs, batch_axis=final.batch_axis, reference=reference,
-        tools={**versions("onnx", "onnxruntime"), **tools})
+        tools={**installed_versions("onnx", "onnxruntime"), **tools})
 
 
 def _spec_renames(model: ModelSpec, spec: Spec, graph: list[TensorSpec], declared: list[TensorSpec] | None,

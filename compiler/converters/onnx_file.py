@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from ..errors import ConversionError
 from ..spec import ModelSpec, Spec
-from .base import ConvertedModel, Converter, finish, register, source_file, versions
+from ..versions import installed_versions
+from .base import ConvertedModel, Converter, finish, register, source_file
 
 
 
@@ -23,7 +24,7 @@ class OnnxFileConverter(Converter):
             raise ConversionError(f"model '{model.name}': cannot read {path.name} as ONNX: {exc}", file=spec.path,
                                   field=f"models.{model.name}.source.path", fix="give a .onnx model file") from None
         producer = onnx_model.producer_name or "onnx"
-        converted = finish(model, spec, onnx_model, tool=producer, reference=None, tools=versions("onnx"),
+        converted = finish(model, spec, onnx_model, tool=producer, reference=None, tools=installed_versions("onnx"),
                            producer_version=onnx_model.producer_version)
         opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in onnx_model.opset_import)
         converted.summary = f"onnx file {path.name} ({producer}, opset {opsets}): {converted.signature}"

@@ -17,7 +17,8 @@ from ..errors import ConversionError, lazy_import
 from ..samples import NUMPY_DTYPES
 from ..spec import ModelSpec, Spec
 from ..factory import call_factory, spec_dir_on_path
-from .base import ONNX_OPSET, ConvertedModel, Converter, finish, register, source_file, versions
+from ..versions import installed_versions
+from .base import ONNX_OPSET, ConvertedModel, Converter, finish, register, source_file
 
 
 # Size of -1 dims in the example input traced for export (the axis is exported dynamic anyway).
@@ -95,7 +96,7 @@ class PyTorchConverter(Converter):
             answers = [answer] if isinstance(answer, torch.Tensor) else list(answer)
             return {name: value.numpy() for name, value in zip(output_names, answers)}
 
-        converted = finish(model, spec, onnx_model, tool="torch", reference=reference, tools=versions("torch"))
+        converted = finish(model, spec, onnx_model, tool="torch", reference=reference, tools=installed_versions("torch"))
         parameters = sum(p.numel() for p in module.parameters())
         converted.summary = (f"pytorch {type(module).__name__} ({parameters} parameters): "
                              f"{converted.signature}")

@@ -8,7 +8,8 @@ import numpy as np
 from ..errors import ConversionError, lazy_import
 from ..spec import ModelSpec, Spec
 from ..factory import call_factory, spec_dir_on_path
-from .base import ONNX_ML_OPSET, ONNX_OPSET, ConvertedModel, Converter, finish, register, source_file, versions
+from ..versions import installed_versions
+from .base import ONNX_ML_OPSET, ONNX_OPSET, ConvertedModel, Converter, finish, register, source_file
 
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -102,6 +103,6 @@ class SklearnConverter(Converter):
             return {"prediction": np.asarray(estimator.predict(features_in)).reshape(len(features_in), -1)}
 
         converted = finish(model, spec, onnx_model, tool="skl2onnx", reference=reference,
-                           tools=versions("scikit-learn", "skl2onnx"), rename_outputs=renames)
+                           tools=installed_versions("scikit-learn", "skl2onnx"), rename_outputs=renames)
         converted.summary = f"sklearn {describe(estimator)}, {features} features: {converted.signature}"
         return converted

@@ -15,7 +15,8 @@ from ..errors import ConversionError, lazy_import
 from ..onnx_signature import fix_batch_output_shapes
 from ..spec import ModelSpec, Spec
 from ..factory import call_factory
-from .base import ONNXMLTOOLS_OPSET, ConvertedModel, Converter, finish, register, source_file, versions
+from ..versions import installed_versions
+from .base import ONNXMLTOOLS_OPSET, ConvertedModel, Converter, finish, register, source_file
 from .sklearn import describe, feature_input
 
 
@@ -46,7 +47,7 @@ def _convert_trees(model: ModelSpec, spec: Spec, *, framework_packages: tuple[st
         return predict(np.asarray(inputs[input_name], dtype=np.float32))
 
     converted = finish(model, spec, onnx_model, tool="onnxmltools", reference=reference,
-                       tools=versions(*framework_packages, "onnxmltools"),
+                       tools=installed_versions(*framework_packages, "onnxmltools"),
                        rename_outputs={} if classifier else {"variable": "prediction"})
     converted.summary = (f"{model.source.framework} {description}, {n_features} features: "
                          f"{converted.signature}")

@@ -25,6 +25,7 @@ from ..factory import call_factory
 from ..resources import PYTHON_BACKENDS_DIR
 from ..spec import ModelSpec, Spec
 from ..terminal import Terminal
+from ..versions import installed_versions
 from . import engine as engine_step
 from . import quantize
 from . import repository as repo
@@ -358,9 +359,4 @@ def dir_hash(directory: Path) -> str:
 
 
 def _version(package: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
+    return installed_versions(package).get(package)

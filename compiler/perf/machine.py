@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import platform
-from importlib import metadata
 from pathlib import Path
+
+from ..versions import installed_versions
 
 
 def machine_info() -> dict[str, object]:
@@ -20,13 +21,8 @@ def machine_info() -> dict[str, object]:
 
 
 def tool_versions(perf_analyzer_version: str, server_version: str | None) -> dict[str, str]:
-    versions = {"perf_analyzer": perf_analyzer_version, "tritonserver": server_version or "unknown"}
-    for package in ("tritonize", "tritonclient", "nvidia-pytriton", "onnxruntime", "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    return {"perf_analyzer": perf_analyzer_version, "tritonserver": server_version or "unknown",
+            **installed_versions("tritonize", "tritonclient", "nvidia-pytriton", "onnxruntime", "numpy")}
 
 
 def server_version(url: str, protocol: str) -> str | None:
