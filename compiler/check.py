@@ -7,20 +7,22 @@ rtol * |want|), integers, booleans and strings exactly. Without recorded outputs
 datatypes and shapes are checked against the server's model metadata.
 
 Decoupled models answer over gRPC streaming only: their responses are collected until the final one
-and joined as `samples["stream_join"]` says (see STREAM_JOINS) before the comparison.
+and joined as `samples.stream_join` says (see STREAM_JOINS) before the comparison.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from .emit import MANIFEST_NAME, load_manifest
-from .errors import TritonizeError, lazy_import
-from .samples import NUMPY_DTYPES, as_bytes
+from . import manifest as manifest_file
+from .errors import TritonizeError
+from .manifest import MANIFEST_NAME, ModelEntry, Samples, TensorSample, Tolerance
 from .terminal import Terminal
+from .triton.client import Client, GrpcClient, HttpClient, server_exception, wire_datatype
 
 Protocol = Literal["http", "grpc", "both"]
 
@@ -85,8 +87,7 @@ def check_deployment(repository: str | Path, url: str = "localhost:8000", protoc
     """
     terminal = terminal or Terminal()
     repository = Path(repository)
-    manifest = load_manifest(repository)
-    entries: dict[str, dict] = manifest.get("models", {})
+    entries = manifest_file.load(repository).models
     names = list(entries) if models is None else list(models)
     unknown = [n for n in names if n not in entries]
     if unknown:
@@ -96,13 +97,13 @@ def check_deployment(repository: str | Path, url: str = "localhost:8000", protoc
         raise TritonizeError(f"unknown protocol '{protocol}'", fix="use http, grpc or both")
 
     http_url, grpc_url = _endpoints(url, protocol, grpc_url)
-    clients: dict[str, _Client] = {}
+    clients: dict[str, Client] = {}
     if http_url:
-        clients["http"] = _HttpClient(http_url, timeout_s)
+        clients["http"] = HttpClient(http_url, timeout_s)
     if grpc_url:
-        clients["grpc"] = _GrpcClient(grpc_url, timeout_s)
+        clients["grpc"] = GrpcClient(grpc_url, timeout_s)
     for client in clients.values():
-        client.require_live(repository)
+        _require_live(client, repository)
 
     result = CheckResult(repository=repository, http_url=http_url, grpc_url=grpc_url)
     for name in names:
@@ -113,7 +114,7 @@ def check_deployment(repository: str | Path, url: str = "localhost:8000", protoc
 
 # -- stream joins: how a decoupled model's responses become one answer ---------------------------
 # Each join takes one output's arrays, one per response in arrival order, and the recorded expected
-# array, and returns (served, expected) to compare. samples["stream_join"] names one (default concat).
+# array, and returns (served, expected) to compare. samples.stream_join names one (default concat).
 StreamJoin = Callable[[list[np.ndarray], np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
@@ -141,15 +142,15 @@ DEFAULT_STREAM_JOIN = "concat"
 
 
 # -- one model ------------------------------------------------------------------------------------
-def _check_model(name: str, entry: dict, clients: dict[str, "_Client"], protocol: str) -> list[ModelCheck]:
-    samples = entry.get("samples")
-    if not samples or not samples.get("inputs"):
+def _check_model(name: str, entry: ModelEntry, clients: dict[str, Client], protocol: str) -> list[ModelCheck]:
+    samples = entry.samples
+    if samples is None or not samples.inputs:
         return [ModelCheck(name, protocol, "skipped", message="no samples recorded in the manifest")]
-    if entry.get("decoupled"):
+    if entry.is_decoupled:
         if "grpc" not in clients:
             return [ModelCheck(name, "http", "skipped",
                                message="decoupled: answers over gRPC streaming only (use --protocol grpc or both)")]
-        join = samples.get("stream_join", DEFAULT_STREAM_JOIN)
+        join = samples.stream_join or DEFAULT_STREAM_JOIN
         if join not in STREAM_JOINS:
             return [ModelCheck(name, "grpc-stream", "failed",
                                message=f"unknown stream_join '{join}' (known: {', '.join(STREAM_JOINS)})")]
@@ -157,45 +158,48 @@ def _check_model(name: str, entry: dict, clients: dict[str, "_Client"], protocol
     return [_run_check(name, samples, client) for client in clients.values()]
 
 
-def _run_check(name: str, samples: dict, client: "_Client", stream_join: str | None = None) -> ModelCheck:
+def _run_check(name: str, samples: Samples, client: Client, stream_join: str | None = None) -> ModelCheck:
     label = "grpc-stream" if stream_join else client.protocol
-    utils = lazy_import("tritonclient.utils", purpose="tritonize check")
+    inputs, datatypes = _request(samples.inputs)
     try:
         if not client.is_model_ready(name):
-            return ModelCheck(name, label, "failed", message=f"not ready on the server: {client.model_reason(name)}")
-        expected = samples.get("outputs") or {}
-        declared = None if expected else {o["name"]: o for o in client.output_metadata(name)}
-        output_names = list(expected or declared)
+            return ModelCheck(name, label, "failed", message=f"not ready on the server: {_model_reason(client, name)}")
+        expected = samples.outputs or {}
+        declared: dict[str, dict[str, Any]] = {} if expected else {o["name"]: o for o in client.output_metadata(name)}
+        output_names = list(expected or samples.checked_outputs or declared)
         if stream_join:
-            parts = client.stream(name, samples["inputs"], output_names, samples.get("parameters"))
+            assert isinstance(client, GrpcClient)  # decoupled models are checked over gRPC only
+            parts = client.stream(name, inputs, output_names, samples.parameters, datatypes)
             served = {n: [p[n] for p in parts if n in p] for n in output_names}
         else:
-            answer = client.infer(name, samples["inputs"], output_names, samples.get("parameters"))
+            answer = client.infer(name, inputs, output_names, samples.parameters, datatypes)
             served = {n: [answer[n]] if n in answer else [] for n in output_names}
-    except utils.InferenceServerException as exc:
+    except server_exception() as exc:
         return ModelCheck(name, label, "failed", message=_one_line(str(exc)))
     except TimeoutError as exc:
         return ModelCheck(name, label, "failed", message=str(exc))
 
     if expected:
-        tolerances = samples.get("tolerance") or {}
-        tensors = [_compare(n, served[n], recorded, tolerances.get(n) or {}, stream_join)
+        tolerances = samples.tolerance or {}
+        tensors = [_compare(n, served[n], recorded, tolerances.get(n) or Tolerance(), stream_join)
                    for n, recorded in expected.items()]
     else:
-        tensors = [_check_declared(n, served[n], declared[n]) for n in output_names]
-    status = "passed" if all(t.passed for t in tensors) else "failed"
-    return ModelCheck(name, label, status, tensors)
+        # checked_outputs (LLM ensembles): datatype only, as upstream's postprocessing answers
+        # text_output flat ([batch * beams]) under the declared [-1, -1].
+        tensors = [_check_declared(n, served[n], declared[n], check_shape=not samples.checked_outputs)
+                   for n in output_names]
+    return ModelCheck(name, label, "passed" if all(t.passed for t in tensors) else "failed", tensors)
 
 
-def _compare(name: str, parts: list[tuple[str, np.ndarray]], recorded: dict, tolerance: dict,
+def _compare(name: str, parts: list[tuple[str, np.ndarray]], recorded: TensorSample, tolerance: Tolerance,
              stream_join: str | None) -> TensorCheck:
     if not parts:
         return TensorCheck(name, False, message="missing from the server's answer")
-    datatype = _wire_datatype(recorded["datatype"])
+    datatype = wire_datatype(recorded.datatype)
     served_types = {t for t, _ in parts}
     if served_types != {datatype}:
         return TensorCheck(name, False, message=f"datatype {'/'.join(sorted(served_types))}, expected {datatype}")
-    want = _recorded_array(recorded)
+    want = recorded.to_numpy()
     arrays = [a for _, a in parts]
     got, want = STREAM_JOINS[stream_join](arrays, want) if stream_join else (arrays[0], want)
     if got.shape != want.shape:
@@ -212,7 +216,7 @@ def _compare(name: str, parts: list[tuple[str, np.ndarray]], recorded: dict, tol
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
     max_abs = float(np.nanmax(diff)) if diff.size else 0.0
     if datatype.startswith(("FP", "BF")):
-        atol, rtol = float(tolerance.get("atol", 0.0)), float(tolerance.get("rtol", 0.0))
+        atol, rtol = tolerance.atol, tolerance.rtol
         ok = np.isclose(got, want, atol=atol, rtol=rtol, equal_nan=True)
         rule = f"atol {atol:g}, rtol {rtol:g}"
     else:  # integers and booleans: labels, counts, token ids are exact
@@ -228,7 +232,8 @@ def _compare(name: str, parts: list[tuple[str, np.ndarray]], recorded: dict, tol
                        f"{max_abs:.6g} at {list(index)}: got {got[index]!r}, expected {want[index]!r}", served=got)
 
 
-def _check_declared(name: str, parts: list[tuple[str, np.ndarray]], declared: dict) -> TensorCheck:
+def _check_declared(name: str, parts: list[tuple[str, np.ndarray]], declared: dict,
+                    check_shape: bool = True) -> TensorCheck:
     """No recorded answer: the output must still exist with its declared datatype and shape."""
     if not parts:
         return TensorCheck(name, False, message="missing from the server's answer")
@@ -236,115 +241,43 @@ def _check_declared(name: str, parts: list[tuple[str, np.ndarray]], declared: di
     if datatype != declared["datatype"]:
         return TensorCheck(name, False, message=f"datatype {datatype}, declared {declared['datatype']}")
     dims = [int(d) for d in declared["shape"]]
-    if len(dims) != array.ndim or any(d != -1 and d != s for d, s in zip(dims, array.shape)):
+    if check_shape and (len(dims) != array.ndim or any(d != -1 and d != s for d, s in zip(dims, array.shape))):
         return TensorCheck(name, False, message=f"shape {list(array.shape)} does not fit declared {dims}")
     return TensorCheck(name, True, message="no expected values recorded: checked datatype and shape",
                        served=array)
 
 
-# -- clients ---------------------------------------------------------------------------------------
-class _Client:
-    """The part of tritonclient's HTTP and gRPC clients the check uses, with numpy in and out."""
-
-    protocol: str
-    display_name: str
-
-    def __init__(self, url: str, timeout_s: float):
-        self.url, self.timeout_s = url, timeout_s
-
-    def require_live(self, repository: Path) -> None:
-        try:
-            live = self._client.is_server_live()
-        except Exception as exc:  # connection refused, DNS, TLS: all mean "nobody answers here"
-            raise TritonizeError(f"no Triton server answers at {self.url} over {self.display_name} "
-                                 f"({_one_line(str(exc)) or type(exc).__name__})",
-                                 fix=f"start one with `tritonize serve {repository}` or pass the server's address "
-                                 "with --url") from None
-        if not live:
-            raise TritonizeError(f"the Triton server at {self.url} is not live",
-                                 fix=f"restart it with `tritonize serve {repository}`")
-
-    def is_model_ready(self, name: str) -> bool:
-        return self._client.is_model_ready(name)
-
-    def model_reason(self, name: str) -> str:
-        for model in self._repository_index():
-            if model.get("name") == name:
-                return f"{model.get('state', 'UNKNOWN')} {model.get('reason', '')}".strip()
-        return "not in the server's repository (is it serving another repository?)"
-
-    def _inputs(self, inputs: dict) -> list:
-        request = []
-        for tensor_name, recorded in inputs.items():
-            datatype = _wire_datatype(recorded["datatype"])
-            array = _recorded_array(recorded)
-            if datatype == "BYTES":
-                array = as_bytes(array)
-            infer_input = self._module.InferInput(tensor_name, list(array.shape), datatype)
-            infer_input.set_data_from_numpy(array)
-            request.append(infer_input)
-        return request
-
-
-class _HttpClient(_Client):
-    protocol, display_name = "http", "HTTP"
-
-    def __init__(self, url: str, timeout_s: float):
-        super().__init__(url, timeout_s)
-        self._module = lazy_import("tritonclient.http", purpose="tritonize check over HTTP",
-                                   package="tritonclient[http]")
-        self._client = self._module.InferenceServerClient(url, connection_timeout=timeout_s,
-                                                          network_timeout=timeout_s)
-
-    def output_metadata(self, name: str) -> list[dict]:
-        return self._client.get_model_metadata(name)["outputs"]
-
-    def _repository_index(self) -> list[dict]:
-        return self._client.get_model_repository_index()
-
-    def infer(self, name: str, inputs: dict, outputs: list[str], parameters: dict | None) -> dict:
-        result = self._client.infer(name, self._inputs(inputs), parameters=parameters,
-                                    outputs=[self._module.InferRequestedOutput(o) for o in outputs])
-        return {o: (result.get_output(o)["datatype"], result.as_numpy(o))
-                for o in outputs if result.get_output(o) is not None}
-
-
-class _GrpcClient(_Client):
-    protocol, display_name = "grpc", "gRPC"
-
-    def __init__(self, url: str, timeout_s: float):
-        super().__init__(url, timeout_s)
-        self._module = lazy_import("tritonclient.grpc", purpose="tritonize check over gRPC",
-                                   package="tritonclient[grpc]")
-        self._client = self._module.InferenceServerClient(url)
-
-    def output_metadata(self, name: str) -> list[dict]:
-        return self._client.get_model_metadata(name, as_json=True)["outputs"]
-
-    def _repository_index(self) -> list[dict]:
-        return self._client.get_model_repository_index(as_json=True).get("models", [])
-
-    def infer(self, name: str, inputs: dict, outputs: list[str], parameters: dict | None) -> dict:
-        result = self._client.infer(name, self._inputs(inputs), parameters=parameters,
-                                    outputs=[self._module.InferRequestedOutput(o) for o in outputs],
-                                    client_timeout=self.timeout_s)
-        return _grpc_outputs(result, outputs)
-
-    def stream(self, name: str, inputs: dict, outputs: list[str], parameters: dict | None) -> list[dict]:
-        """One streaming request; every response's outputs, in order, up to the final one."""
-        from .client import stream
-
-        return [_grpc_outputs(result, outputs)
-                for result in stream(self.url, name, self._inputs(inputs), outputs=outputs,
-                                     parameters=parameters, timeout_s=self.timeout_s)]
-
-
-def _grpc_outputs(result, outputs: list[str]) -> dict:
-    return {o: (result.get_output(o).datatype, result.as_numpy(o))
-            for o in outputs if result.get_output(o) is not None}
-
-
 # -- helpers ---------------------------------------------------------------------------------------
+def _require_live(client: Client, repository: Path) -> None:
+    try:
+        live = client.is_server_live()
+    except Exception as exc:  # connection refused, DNS, TLS: all mean "nobody answers here"
+        raise TritonizeError(f"no Triton server answers at {client.url} over {client.display_name} "
+                             f"({_one_line(str(exc)) or type(exc).__name__})",
+                             fix=f"start one with `tritonize serve {repository}` or pass the server's address "
+                             "with --url") from None
+    if not live:
+        raise TritonizeError(f"the Triton server at {client.url} is not live",
+                             fix=f"restart it with `tritonize serve {repository}`")
+
+
+def _model_reason(client: Client, name: str) -> str:
+    try:
+        index = client.repository_index()
+    except Exception:  # noqa: BLE001 - a restricted repository API (tritonize serve) answers 403
+        return "not ready (the server's repository index is restricted)"
+    for model in index:
+        if model.get("name") == name:
+            return f"{model.get('state', 'UNKNOWN')} {model.get('reason', '')}".strip()
+    return "not in the server's repository (is it serving another repository?)"
+
+
+def _request(recorded: dict[str, TensorSample]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Recorded sample inputs as numpy arrays and their wire datatypes."""
+    return ({name: tensor.to_numpy() for name, tensor in recorded.items()},
+            {name: wire_datatype(tensor.datatype) for name, tensor in recorded.items()})
+
+
 def _endpoints(url: str, protocol: str, grpc_url: str | None) -> tuple[str | None, str | None]:
     url = _strip_scheme(url)
     if protocol == "http":
@@ -364,18 +297,6 @@ def _strip_scheme(url: str) -> str:
         if url.startswith(scheme):
             return url[len(scheme):].rstrip("/")
     return url.rstrip("/")
-
-
-def _wire_datatype(datatype: str) -> str:
-    """Manifest/config spelling (STRING, TYPE_FP32) -> the inference protocol's (BYTES, FP32)."""
-    datatype = datatype.removeprefix("TYPE_")
-    return "BYTES" if datatype == "STRING" else datatype
-
-
-def _recorded_array(recorded: dict) -> np.ndarray:
-    """A manifest sample tensor ({"datatype": "FP32", "shape": [2, 4], "data": [...]}) as numpy."""
-    array = np.array(recorded["data"], dtype=NUMPY_DTYPES[recorded["datatype"].removeprefix("TYPE_")])
-    return array.reshape(recorded["shape"]) if recorded.get("shape") is not None else array
 
 
 def _text(item: Any) -> str:

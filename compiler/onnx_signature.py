@@ -7,16 +7,20 @@ and strips the fields that would make the serialized bytes differ between two id
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import ConversionError
+from .optional import optional
 from .spec import TensorSpec
 
 if TYPE_CHECKING:
     import onnx
+
+onnxruntime = optional("onnxruntime", purpose="running ONNX graphs")
 
 # onnx.TensorProto.DataType values -> Triton data types (without TYPE_).
 ONNX_TO_TRITON = {
@@ -35,7 +39,7 @@ class Signature:
     batch_axis: bool
 
 
-def _graph_inputs(model: "onnx.ModelProto") -> list:
+def _graph_inputs(model: onnx.ModelProto) -> list:
     """Graph inputs that are fed at run time (older exporters list initializers as inputs too)."""
     initializers = {init.name for init in model.graph.initializer}
     return [value for value in model.graph.input if value.name not in initializers]
@@ -66,7 +70,7 @@ def _dtype(value, model_name: str) -> str:
     return ONNX_TO_TRITON[elem_type]
 
 
-def signature(model: "onnx.ModelProto", model_name: str, batching: bool = True) -> Signature:
+def signature(model: onnx.ModelProto, model_name: str, batching: bool = True) -> Signature:
     """The graph's inputs and outputs as TensorSpecs.
 
     With `batching` (the model's max_batch_size > 0), batch_axis is True when every input and output
@@ -90,7 +94,7 @@ def signature(model: "onnx.ModelProto", model_name: str, batching: bool = True) 
     return Signature(inputs, outputs, batch_axis)
 
 
-def rename_tensors(model: "onnx.ModelProto", renames: dict[str, str]) -> None:
+def rename_tensors(model: onnx.ModelProto, renames: dict[str, str]) -> None:
     """Rename graph tensors everywhere they appear (graph I/O, node I/O, value_info, subgraphs)."""
     renames = {old: new for old, new in renames.items() if old != new}
     if not renames:
@@ -110,29 +114,76 @@ def rename_tensors(model: "onnx.ModelProto", renames: dict[str, str]) -> None:
             node.output[:] = [renames.get(n, n) for n in node.output]
 
 
-def fix_batch_output_shapes(model: "onnx.ModelProto", probe: dict[str, np.ndarray]) -> None:
-    """Rewrite declared output shapes from two real runs (batch 2 and batch 3).
+# Size given to a variable (symbolic or unknown) non-batch input dim when probing a graph.
+PROBE_VARIABLE_DIM = 3
 
-    Some converters declare wrong output shapes (onnxmltools' LightGBM label is declared [1] though
-    it is [N]); Triton's config must match the real ones. A dim that follows the batch size becomes
-    the symbolic batch dim, every other dim its observed size. `probe` holds inputs at batch 2.
+
+def probe_inputs(model: onnx.ModelProto, rows: int = 2) -> dict[str, np.ndarray]:
+    """Inputs to run a graph on: `rows` on a dynamic leading axis, PROBE_VARIABLE_DIM for other
+    variable dims, zeros (empty strings for STRING): every converted graph answers those."""
+    from .samples import NUMPY_DTYPES
+
+    feeds = {}
+    for value in _graph_inputs(model):
+        shape = [rows if axis == 0 and not isinstance(d, int) else d if isinstance(d, int) else PROBE_VARIABLE_DIM
+                 for axis, d in enumerate(_shape(value))]
+        dtype = _dtype(value, model.graph.name)
+        feeds[value.name] = (np.full(shape, "", dtype=object) if dtype == "STRING"
+                             else np.zeros(shape, dtype=NUMPY_DTYPES[dtype]))
+    return feeds
+
+
+def fix_batch_output_shapes(model: onnx.ModelProto, probe: dict[str, np.ndarray] | None = None,
+                            model_name: str = "") -> list[str]:
+    """Rewrite declared output shapes from two real runs (batch 2 and batch 3); return the names of
+    the outputs whose declared shape was wrong.
+
+    Converters declare wrong output shapes (onnxmltools' LightGBM label is declared [1] though it
+    is [N]; skl2onnx declares a 3-target regressor [N, 1] though it answers [N, 3]); Triton's config
+    must match the real ones. A dim that follows the batch size becomes the symbolic batch dim, a
+    declared symbolic non-batch dim stays symbolic (variable-length axes), every other dim takes its
+    observed size. `probe` holds inputs at batch 2 (default: probe_inputs).
     """
+    probe = probe if probe is not None else probe_inputs(model)
+    batched = all(shape and not isinstance(shape[0], int) for shape in map(_shape, _graph_inputs(model)))
     runner = session(model)
     names = [o.name for o in model.graph.output]
-    at_two = runner.run(names, probe)
-    at_three = runner.run(names, {k: np.concatenate([v, v[:1]]) for k, v in probe.items()})
+    try:
+        at_two = runner.run(names, probe)
+        at_three = runner.run(names, {k: np.concatenate([v, v[:1]]) for k, v in probe.items()}) if batched else at_two
+    except Exception as exc:  # onnxruntime's own exception types derive from Exception only
+        raise ConversionError(f"model '{model_name or model.graph.name}': onnxruntime cannot run the converted graph on "
+                              f"{', '.join(f'{k} {list(v.shape)}' for k, v in probe.items())}: "
+                              f"{str(exc).strip().splitlines()[0]}", loc=("inputs",),
+                              fix="declare the input dims the model takes") from None
+    corrected = []
     for output, two, three in zip(model.graph.output, at_two, at_three):
+        declared = _shape(output)
         shape = output.type.tensor_type.shape
-        shape.ClearField("dim")
-        for axis, (size_two, size_three) in enumerate(zip(two.shape, three.shape)):
-            dim = shape.dim.add()
+        dims: list[int | str] = []
+        for axis, (size_two, size_three) in enumerate(zip(np.shape(two), np.shape(three))):
+            symbolic = declared[axis] if len(declared) == np.ndim(two) else None
             if axis == 0 and size_two == 2 and size_three == 3:
-                dim.dim_param = BATCH_DIM
+                dims.append(symbolic if isinstance(symbolic, str) else BATCH_DIM)
+            elif axis > 0 and isinstance(symbolic, str):
+                dims.append(symbolic)
             else:
-                dim.dim_value = size_two
+                dims.append(int(size_two))
+        matches = len(declared) == len(dims) and all(
+            d is None or isinstance(d, str) and isinstance(o, str) or d == o for d, o in zip(declared, dims))
+        if not matches:
+            corrected.append(output.name)
+        shape.ClearField("dim")
+        for dim_value in dims:
+            dim = shape.dim.add()
+            if isinstance(dim_value, str):
+                dim.dim_param = dim_value
+            else:
+                dim.dim_value = dim_value
+    return corrected
 
 
-def canonicalize(model: "onnx.ModelProto", graph_name: str, producer: str, producer_version: str) -> None:
+def canonicalize(model: onnx.ModelProto, graph_name: str, producer: str, producer_version: str) -> None:
     """Make the serialized bytes depend on the model only: fixed producer and graph name (converters
     name graphs by random UUID), no doc strings or metadata (exporters put timestamps, source paths
     and stack traces there)."""
@@ -180,18 +231,14 @@ def _graphs(graph) -> Iterator:
 
 def _session_options():
     """CPU, one thread, sequential: the same answer on every run and every machine core count."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
+    options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
     return options
 
 
-def session(model: "onnx.ModelProto"):
+def session(model: onnx.ModelProto):
     """A deterministic onnxruntime CPU session for verification and probing."""
-    import onnxruntime as ort
-
-    return ort.InferenceSession(model.SerializeToString(), _session_options(), providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(model.SerializeToString(), _session_options(), providers=["CPUExecutionProvider"])

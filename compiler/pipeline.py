@@ -1,30 +1,47 @@
 """Build orchestration (`tritonize.build`): spec -> converted & verified models -> configs -> rule check -> repository.
 
 Stages, each in its own module: spec (load_spec), converters (convert), verify (verify),
-model_config (configs), rules (check_configs), emit (write_repository). LLM entries go through
-tritonize.llm.
+triton.config (configs), triton.rules (check_configs), emit (write_repository), manifest (what
+was built). Which builder makes a model's directories comes from the framework registry
+(frameworks.py): ONNX conversion, a python model, or the LLM path (tritonize.llm).
+
+Stage code raises errors located relative to the model it was handed; `_compile` places them
+under the model's spec entry and the spec file (errors.py explains the location type).
 """
 from __future__ import annotations
 
+import ast
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from . import __version__
+from . import manifest as manifest_file
 from .artifacts import ModelArtifact
-from .backends import builtin_backend_source
-from .emit import check_output_dir, file_hashes, read_manifest, tree_hash, write_repository
-from .errors import SpecError, TritonizeError
+from .emit import (
+    LOCK_TIMEOUT_S,
+    check_output_dir,
+    clean_leftovers,
+    make_parent,
+    output_lock,
+    pause_point,
+    resolve_output,
+    tree_hash,
+    work_directory,
+    write_repository,
+)
+from .errors import SpecError, TritonizeError, os_error
 from .factory import factory_sources
-from .resources import PYTHON_BACKENDS_DIR, TEMPLATES_DIR
-from .model_config import ensemble_config, onnx_model_config, python_model_config
-from .spec import CONVERTED_FRAMEWORKS, EnsembleSpec, ModelSpec, Spec, load_spec, spec_error_at
+from .frameworks import FRAMEWORKS
+from .manifest import ContainerImage, Manifest, ModelEntry, PerfTolerances, Samples
+from .resources import ONNX_RUNNER, PYTHON_BACKENDS_DIR, TEMPLATES_DIR, builtin_backend_source
+from .spec import EnsembleSpec, ModelSpec, Spec, TensorSpec, config_loc_to_spec, load_spec
 from .terminal import Terminal, default_terminal
+from .triton.config import ensemble_config, onnx_model_config, python_model_config
 from .versions import installed_versions
 
 # Rows of verification samples recorded in the manifest for `tritonize check`.
@@ -32,7 +49,6 @@ CHECK_SAMPLE_ROWS = 4
 # Not committed (gitignored): it keys the unchanged-rebuild skip on the compiler's own sources too,
 # while the committed manifest stays stable across compiler edits that change no output.
 BUILD_KEY_NAME = ".tritonize-build-key"
-ONNX_RUNNER = "onnx_runner"
 
 
 @dataclass
@@ -40,74 +56,92 @@ class BuildResult:
     repository: Path
     skipped: bool
     models: list[str] = field(default_factory=list)
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest | None = None
     seconds: float = 0.0
 
 
 def build(spec_path: str | Path, output: str | Path | None = None, *, force: bool = False,
-          stage: str = "all", runtime: str | None = None, terminal: Terminal | None = None) -> BuildResult:
+          stage: str = "all", runtime: str | None = None, terminal: Terminal | None = None,
+          lock_timeout: float = LOCK_TIMEOUT_S) -> BuildResult:
     """Compile a spec into a repository. Raises TritonizeError subclasses for user errors.
 
     runtime overrides the spec's `runtime` (one spec, two targets: embedded and container).
+    lock_timeout: how long to wait for another build of the same output (emit.output_lock).
     """
     terminal = terminal or default_terminal
     started = time.perf_counter()
     spec = load_spec(spec_path, runtime=runtime)
-    out = Path(output) if output is not None else spec.resolve(spec.repository)
-    check_output_dir(out)
+    if stage not in ("all", "engines"):
+        raise SpecError(f"unknown build stage '{stage}'", loc=("--stage",), fix="use one of: all, engines")
+    out = resolve_output(Path(output) if output is not None else spec.base_dir / spec.repository)
+    try:
+        check_output_dir(out)
+        make_parent(out)
+        with output_lock(out, timeout=lock_timeout, terminal=terminal):
+            removed = clean_leftovers(out)
+            if removed:
+                terminal.info(f"removed {len(removed)} directories left by interrupted builds: "
+                              + ", ".join(p.name for p in removed))
+            result = _build_locked(spec, out, force=force, stage=stage, terminal=terminal)
+    except OSError as exc:
+        error = os_error(exc)
+        if error is None:
+            raise
+        raise error from None
+    result.seconds = time.perf_counter() - started
+    if not result.skipped and stage == "all":
+        terminal.success(f"built {len(result.models)} models into {out} in {result.seconds:.1f} s")
+    return result
 
+
+def _build_locked(spec: Spec, out: Path, *, force: bool, stage: str, terminal: Terminal) -> BuildResult:
     if stage == "engines":
         from .llm import build_engines
 
-        build_engines(spec, out, terminal=terminal)
-        return BuildResult(out, skipped=False, seconds=time.perf_counter() - started)
-    if stage != "all":
-        raise SpecError(f"unknown build stage '{stage}'", field="--stage", fix="use one of: all, engines")
+        try:
+            built = build_engines(spec, out, terminal=terminal)
+        except TritonizeError as error:
+            raise spec.source.locate(error) from None
+        return BuildResult(out, skipped=False, models=built)
 
     input_hash = _input_hash(spec)
     build_key = tree_hash(_compiler_sources(), extra=[input_hash])
-    previous = read_manifest(out)
+    previous = manifest_file.read(out)
     if not force and previous is not None and _build_key(out) == build_key:
-        terminal.success(f"{out} is up to date (inputs unchanged), skipped")
-        return BuildResult(out, skipped=True, models=list(previous["models"]), manifest=previous,
-                           seconds=time.perf_counter() - started)
+        damage = manifest_file.check_files(out, previous)
+        if not damage:
+            terminal.success(f"{out} is up to date (inputs unchanged), skipped")
+            return BuildResult(out, skipped=True, models=list(previous.models), manifest=previous)
+        terminal.warning(f"inputs unchanged, but {len(damage)} built file(s) differ from the manifest "
+                         f"(first: {damage[0].one_line()}); rebuilding")
 
-    with tempfile.TemporaryDirectory(prefix="tritonize-work-") as work:
-        artifacts = _compile(spec, Path(work), terminal)
+    with work_directory() as work:
+        artifacts = _compile(spec, work, terminal)
         manifest = _manifest(spec, input_hash, artifacts)
         with terminal.status(f"writing {out}"):
-            write_repository(artifacts, out, manifest)
-    (out / BUILD_KEY_NAME).write_text(build_key + "\n")
-    seconds = time.perf_counter() - started
-    terminal.success(f"built {len(artifacts)} models into {out} in {seconds:.1f} s")
-    return BuildResult(out, skipped=False, models=[a.name for a in artifacts], manifest=manifest, seconds=seconds)
+            write_repository(artifacts, out, manifest, extra_files={BUILD_KEY_NAME: build_key + "\n"})
+    return BuildResult(out, skipped=False, models=[a.name for a in artifacts], manifest=manifest)
 
 
 def _compile(spec: Spec, work: Path, terminal: Terminal) -> list[ModelArtifact]:
     artifacts: list[ModelArtifact] = []
     with terminal.progress("compiling models", total=len(spec.models) + len(spec.ensembles)) as advance:
         for index, model in enumerate(spec.models):
-            framework = model.source.framework
+            builder = BUILDERS[FRAMEWORKS[model.source.framework].builder_for(model)]
             try:
-                if framework in CONVERTED_FRAMEWORKS:
-                    artifacts.append(_converted_model(spec, index, model, terminal))
-                elif framework == "python":
-                    artifacts.append(_python_model(spec, model))
-                else:
-                    from .llm import build_llm
-
-                    artifacts.extend(build_llm(model, spec, terminal, work_dir=work / model.name))
+                artifacts.extend(builder(spec, model, work / model.name, terminal))
             except TritonizeError as error:
-                raise error.located(spec.path)
+                raise spec.source.locate(error.within("models", index)) from None
             advance(f"compiled {model.name}")
         for ensemble in spec.ensembles:
             artifacts.append(_ensemble(ensemble))
             advance(f"compiled {ensemble.name}")
+    pause_point("compile")
     _check_rules(spec, artifacts)
     return artifacts
 
 
-def _converted_model(spec: Spec, index: int, model: ModelSpec, terminal: Terminal) -> ModelArtifact:
+def _converted_model(spec: Spec, model: ModelSpec, work: Path, terminal: Terminal) -> list[ModelArtifact]:
     from .converters import convert
     from .samples import make_samples
     from .verify import verify
@@ -115,12 +149,13 @@ def _converted_model(spec: Spec, index: int, model: ModelSpec, terminal: Termina
     with terminal.status(f"{model.name}: converting {model.source.framework} model to ONNX"):
         converted = convert(model, spec)
     if model.max_batch_size > 0 and not converted.batch_axis:
-        raise spec_error_at(spec.path, spec.lines, ("models", index, "max_batch_size"),
-                            f"the converted ONNX graph of '{model.name}' has no dynamic batch dimension",
-                            fix="set max_batch_size: 0, or export the model with a dynamic first axis")
+        raise SpecError(f"the converted ONNX graph of '{model.name}' has no dynamic batch dimension",
+                        loc=("max_batch_size",),
+                        fix="set max_batch_size: 0, or export the model with a dynamic first axis")
     with terminal.status(f"{model.name}: verifying against {model.source.framework} on "
                          f"{model.verify.samples} samples"):
-        samples = make_samples(model, converted.inputs, batch=model.verify.samples, seed=model.verify.seed)
+        samples = make_samples(model, converted.inputs, batch=model.verify.samples, seed=model.verify.seed,
+                               choices=converted.choices)
         report = verify(converted, samples, model.verify)
     onnx_bytes = converted.onnx_model.SerializeToString()
     config = onnx_model_config(model, converted.inputs, converted.outputs, runtime=spec.runtime,
@@ -131,91 +166,126 @@ def _converted_model(spec: Spec, index: int, model: ModelSpec, terminal: Termina
     artifact = ModelArtifact(model.name, config, files, version=model.version)
     check_inputs = {name: array[:CHECK_SAMPLE_ROWS] for name, array in samples.items()}
     expected = converted.reference(check_inputs) if converted.reference is not None else None
-    artifact.manifest = {
-        "kind": "onnx",
-        "framework": model.source.framework,
-        "source": converted.summary,
-        "files": file_hashes(artifact),
-        "verification": report.to_manifest(),
-        "samples": _samples_entry(check_inputs, expected, report.tolerances()),
-    }
+    artifact.entry = ModelEntry(
+        kind="onnx", framework=model.source.framework, source=converted.summary,
+        verification=report.to_manifest(), samples=Samples.of(check_inputs, expected, report.tolerances()))
     terminal.success(f"{model.name}: {converted.summary}; verified on {model.verify.samples} samples")
-    return artifact
+    return [artifact]
 
 
-def _python_model(spec: Spec, model: ModelSpec) -> ModelArtifact:
+def _python_model(spec: Spec, model: ModelSpec, work: Path, terminal: Terminal) -> list[ModelArtifact]:
     source = model.source
-    model_py = builtin_backend_source(source.builtin) if source.builtin else spec.resolve(source.path)
+    model_py = builtin_backend_source(source.builtin) if source.builtin else spec.resolve(str(source.path))
+    if not source.builtin:
+        check_python_model(model_py, shown=str(source.path))
     config = python_model_config(model, runtime=spec.runtime, container=spec.container)
     artifact = ModelArtifact(model.name, config, {f"{model.version}/model.py": model_py}, version=model.version)
-    artifact.manifest = {"kind": "python", "framework": "python", "files": file_hashes(artifact)}
+    samples = None
     if model.sample_inputs is not None:
-        artifact.manifest["samples"] = _samples_entry(_sample_arrays(model.sample_inputs, model.inputs), None, {})
-    if model.decoupled:
-        artifact.manifest["decoupled"] = True
-    return artifact
+        assert model.inputs is not None  # a python model declares its inputs (the spec checks)
+        samples = Samples.of(_sample_arrays(model.sample_inputs, model.inputs, model.max_batch_size), None, {})
+    artifact.entry = ModelEntry(kind="python", framework="python", samples=samples,
+                                decoupled=True if model.decoupled else None)
+    return [artifact]
+
+
+def check_python_model(path: Path, *, shown: str) -> None:
+    """What the python backend needs of a model.py before it can load it: Python source that
+    compiles, with a module-level `TritonPythonModel` (triton-inference-server/python_backend, main,
+    src/pb_stub.cc: `sys.attr("TritonPythonModel")` on the imported module, then an
+    instance of it). Compiled with this interpreter: the server's stub may run another 3.x."""
+    loc = ("source", "path")
+    try:
+        raw = path.read_bytes()
+        if b"\0" in raw:
+            raise SpecError(f"{shown} is not Python source (it is binary: it contains NUL bytes)", loc=loc,
+                            fix="point source.path at the model.py the python backend should run")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{shown} is not Python source (not UTF-8 text)", loc=loc,
+                        fix="point source.path at the model.py the python backend should run") from None
+    except IsADirectoryError:
+        raise SpecError(f"{shown} is a directory, not a model.py", loc=loc,
+                        fix="point source.path at the model.py file") from None
+    try:
+        tree = ast.parse(text, filename=shown)
+        compile(tree, shown, "exec")
+    except SyntaxError as exc:
+        raise SpecError(f"{shown} does not compile: {exc.msg} ({shown}:{exc.lineno})", loc=loc,
+                        fix="fix the syntax error: the python backend could not import the file") from None
+    except ValueError as exc:  # e.g. NUL bytes: not Python at all
+        raise SpecError(f"{shown} is not Python source ({exc})", loc=loc,
+                        fix="point source.path at the model.py the python backend should run") from None
+    if "TritonPythonModel" not in _module_names(tree.body):
+        raise SpecError(f"{shown} defines no TritonPythonModel class (the python backend instantiates "
+                        "`TritonPythonModel` from model.py)", loc=loc,
+                        fix="define `class TritonPythonModel:` with an execute(self, requests) method")
+
+
+def _module_names(body: list[ast.stmt]) -> set[str]:
+    """Names bound at module level (through if/try/with blocks, not inside functions or classes)."""
+    names: set[str] = set()
+    for node in body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+            continue
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        for block in (getattr(node, "body", []), getattr(node, "orelse", []), getattr(node, "finalbody", []),
+                      *(handler.body for handler in getattr(node, "handlers", []))):
+            names |= _module_names(block)
+    return names
+
+
+def _llm_model(spec: Spec, model: ModelSpec, work: Path, terminal: Terminal) -> list[ModelArtifact]:
+    from .llm import build_llm
+
+    return build_llm(model, spec, terminal, work_dir=work)
+
+
+def _encoder_model(spec: Spec, model: ModelSpec, work: Path, terminal: Terminal) -> list[ModelArtifact]:
+    from .encoder import build_encoder
+
+    return build_encoder(model, spec, terminal)
+
+
+Builder = Callable[[Spec, ModelSpec, Path, Terminal], list[ModelArtifact]]
+# frameworks.Framework.builder -> the function that makes that framework's model directories.
+BUILDERS: dict[str, Builder] = {"onnx": _converted_model, "python": _python_model, "llm": _llm_model,
+                                "encoder": _encoder_model}
 
 
 def _ensemble(ensemble: EnsembleSpec) -> ModelArtifact:
-    artifact = ModelArtifact(ensemble.name, ensemble_config(ensemble))
-    artifact.manifest = {"kind": "ensemble", "steps": [step.model for step in ensemble.steps]}
+    samples = None
     if ensemble.sample_inputs is not None:
-        artifact.manifest["samples"] = _samples_entry(_sample_arrays(ensemble.sample_inputs, ensemble.inputs), None, {})
-    return artifact
+        samples = Samples.of(_sample_arrays(ensemble.sample_inputs, ensemble.inputs, ensemble.max_batch_size), None, {})
+    return ModelArtifact(ensemble.name, ensemble_config(ensemble),
+                         entry=ModelEntry(kind="ensemble", steps=[step.model for step in ensemble.steps],
+                                          samples=samples))
 
 
-def _sample_arrays(sample_inputs: dict[str, list], tensors) -> dict[str, np.ndarray]:
-    from .samples import NUMPY_DTYPES
+def _sample_arrays(sample_inputs: dict[str, list], tensors: list[TensorSpec],
+                   max_batch_size: int) -> dict[str, np.ndarray]:
+    from .samples import sample_array
 
     by_name = {t.name: t for t in tensors}
-    return {name: np.asarray(values, dtype=NUMPY_DTYPES[by_name[name].dtype]) for name, values in sample_inputs.items()}
-
-
-def _samples_entry(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | None,
-                   tolerances: dict[str, dict[str, float]]) -> dict[str, Any]:
-    entry: dict[str, Any] = {"inputs": {name: _tensor_json(array) for name, array in inputs.items()}}
-    if outputs is not None:
-        entry["outputs"] = {name: _tensor_json(array) for name, array in outputs.items()}
-        entry["tolerance"] = tolerances
-    return entry
-
-
-def _tensor_json(array: np.ndarray) -> dict[str, Any]:
-    from .samples import as_str, triton_dtype_of
-
-    if array.dtype.kind in "OSU":
-        data = as_str(array).tolist()
-    elif array.dtype.kind == "f":
-        # float32 values round-trip exactly through repr of their float64 widening.
-        data = array.astype(np.float64).tolist()
-    else:
-        data = array.tolist()
-    return {"datatype": triton_dtype_of(array), "shape": list(array.shape), "data": data}
+    return {name: sample_array(name, values, by_name[name], max_batch_size) for name, values in sample_inputs.items()}
 
 
 def _check_rules(spec: Spec, artifacts: list[ModelArtifact]) -> None:
     """Run the same load-rule checker as `tritonize validate` before anything is written, and
     report the first violation at the spec field it came from."""
-    from .rules import check_configs
+    from .triton.rules import check_configs
 
-    violations = check_configs({a.name: a.config for a in artifacts})
+    violations = [v for v in check_configs({a.name: a.config for a in artifacts},
+                                           versions={a.name: [a.version] for a in artifacts}) if v.is_error]
     if violations:
         v = violations[0]
-        raise spec_error_at(spec.path, spec.lines, _spec_loc(spec, v.model, v.loc), v.message, fix=v.fix)
-
-
-def _spec_loc(spec: Spec, model: str, loc: tuple) -> tuple:
-    """Translate a path inside a generated ModelConfig into the spec's field path."""
-    names = [m.name for m in spec.models]
-    ensembles = [e.name for e in spec.ensembles]
-    if model in names:
-        prefix: tuple = ("models", names.index(model))
-    elif model in ensembles:
-        prefix = ("ensembles", ensembles.index(model))
-    else:
-        prefix = (model,)
-    renames = {"ensemble_scheduling": None, "step": "steps", "input": "inputs", "output": "outputs"}
-    return prefix + tuple(renames.get(p, p) for p in loc if renames.get(p, p) is not None)
+        loc = config_loc_to_spec([m.name for m in spec.models], [e.name for e in spec.ensembles], v.model, v.loc)
+        raise spec.source.error(loc, v.message, fix=v.fix)
 
 
 def _input_hash(spec: Spec) -> str:
@@ -243,21 +313,19 @@ def _build_key(out: Path) -> str | None:
         return None
 
 
-def _manifest(spec: Spec, input_hash: str, artifacts: list[ModelArtifact]) -> dict[str, Any]:
-    manifest = {
-        "tritonize": __version__,
-        "spec": spec.path.name,
-        "input_hash": input_hash,
-        "runtime": spec.runtime,
-        "tools": _tool_versions(),
-        "models": {a.name: a.manifest for a in artifacts},
-        "perf": spec.perf.model_dump(),
-    }
+def _manifest(spec: Spec, input_hash: str, artifacts: list[ModelArtifact]) -> Manifest:
+    container = None
     if spec.runtime == "container":
         # What docker/serve.sh runs it in (LLM engines name their TensorRT-LLM image themselves).
-        manifest["container"] = {"release": spec.container.release,
-                                 "image": f"nvcr.io/nvidia/tritonserver:{spec.container.release}-py3"}
-    return manifest
+        container = ContainerImage(release=spec.container.release,
+                                   image=f"nvcr.io/nvidia/tritonserver:{spec.container.release}-py3")
+    models = {}
+    for artifact in artifacts:
+        assert artifact.entry is not None, f"builder left {artifact.name} without a manifest entry"
+        models[artifact.name] = artifact.entry
+    return Manifest(tritonize=__version__, spec=spec.path.name, input_hash=input_hash, runtime=spec.runtime,
+                    tools=_tool_versions(), models=models, perf=PerfTolerances(**spec.perf.model_dump()),
+                    container=container)
 
 
 def _tool_versions() -> dict[str, str]:

@@ -3,8 +3,10 @@ repositories contain) and templates/ (Jinja2). In a source checkout they sit nex
 in an installed wheel they are inside the tritonize package."""
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
+
+from .optional import optional
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -18,12 +20,15 @@ def _data_dir(name: str) -> Path:
 
 PYTHON_BACKENDS_DIR = _data_dir("python_backends")
 TEMPLATES_DIR = _data_dir("templates")
+# The python-backend model that serves model.onnx in the embedded server (no onnxruntime backend).
+ONNX_RUNNER = "onnx_runner"
 
 
-@lru_cache(maxsize=None)
+jinja2 = optional("jinja2", purpose="rendering templates")
+
+
+@cache
 def _environment():
-    import jinja2
-
     # StrictUndefined: a value the caller forgot fails the render instead of writing an empty
     # string (the unfilled-placeholder failure Triton users hit with hand-filled templates).
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
@@ -34,3 +39,12 @@ def _environment():
 def render_template(name: str, **context) -> str:
     """Render templates/<name> (e.g. "perf/report.md.j2") with StrictUndefined."""
     return _environment().get_template(name).render(**context)
+
+
+def builtin_backend_names() -> list[str]:
+    """The model.py sources in python_backends/ a spec can name as `source.builtin`."""
+    return sorted(p.name for p in PYTHON_BACKENDS_DIR.iterdir() if (p / "model.py").is_file())
+
+
+def builtin_backend_source(name: str) -> Path:
+    return PYTHON_BACKENDS_DIR / name / "model.py"

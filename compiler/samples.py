@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,14 +43,16 @@ def as_str(values) -> np.ndarray:
         np.asarray(values, dtype=object))
 
 
-def make_samples(model: ModelSpec, inputs: list[TensorSpec], batch: int, seed: int) -> dict[str, np.ndarray]:
+def make_samples(model: ModelSpec, inputs: list[TensorSpec], batch: int, seed: int,
+                 choices: dict[str, list[str]] | None = None) -> dict[str, np.ndarray]:
     """Sample inputs keyed by tensor name, shaped as clients send them: [batch] + dims.
 
     A model with max_batch_size 0 takes no batch dim: the shape is dims alone (-1 dims, a dynamic
     leading one included, are VARIABLE_DIM_SIZE) and `batch` is unused. The spec's
     `sample_inputs` win when given (batch and seed are then unused); otherwise each input is drawn
     uniformly from its `range` (default [0, 1]) with a generator seeded by `seed`, in input order,
-    so the same spec always yields the same samples. STRING samples are bytes, as Triton carries them.
+    so the same spec always yields the same samples. STRING samples are bytes, as Triton carries them,
+    drawn from `choices[name]` where the converter knows the values an input takes (categories).
     """
     if model.sample_inputs is not None:
         return _given_samples(model, inputs)
@@ -59,6 +61,9 @@ def make_samples(model: ModelSpec, inputs: list[TensorSpec], batch: int, seed: i
     for tensor in inputs:
         shape = ([batch] if model.max_batch_size > 0 else []) + [d if d > 0 else VARIABLE_DIM_SIZE for d in tensor.dims]
         low, high = tensor.range if tensor.range is not None else (0.0, 1.0)
+        if tensor.dtype == "STRING" and choices and choices.get(tensor.name):
+            samples[tensor.name] = as_bytes(rng.choice(np.asarray(choices[tensor.name], dtype=object), size=shape))
+            continue
         samples[tensor.name] = _draw(rng, tensor.dtype, shape, low, high)
     return samples
 
@@ -68,13 +73,13 @@ def _draw(rng: np.random.Generator, dtype: str, shape: list[int], low: float, hi
         return rng.random(shape) < 0.5
     if dtype == "STRING":
         return as_bytes(np.char.mod("%.4f", rng.uniform(low, high, shape)))
-    numpy_type = np.dtype(NUMPY_DTYPES[dtype])
+    numpy_type: np.dtype[Any] = np.dtype(NUMPY_DTYPES[dtype])
     if numpy_type.kind in "iu":
-        info = np.iinfo(numpy_type)
+        info = np.iinfo(numpy_type)  # type: ignore[type-var]  # an integer dtype here
         lo, hi = max(math.ceil(low), info.min), min(math.floor(high), info.max)
         if lo > hi:
             raise SpecError(f"range [{low}, {high}] holds no {dtype} value", fix="widen the input's range")
-        return rng.integers(lo, hi, size=shape, endpoint=True, dtype=numpy_type)
+        return rng.integers(lo, hi, size=shape, endpoint=True, dtype=numpy_type)  # type: ignore[call-overload,no-any-return]
     return rng.uniform(low, high, shape).astype(numpy_type)
 
 
@@ -83,18 +88,49 @@ def _given_samples(model: ModelSpec, inputs: list[TensorSpec]) -> dict[str, np.n
     by_name = {t.name: t for t in inputs}
     missing = [t.name for t in inputs if t.name not in given and not t.optional]
     if missing:
-        raise SpecError(f"sample_inputs lacks input(s) {', '.join(missing)}", field=f"models.{model.name}.sample_inputs",
+        raise SpecError(f"sample_inputs lacks input(s) {', '.join(missing)}", loc=("sample_inputs",),
                         fix="give a value list for every required input")
-    samples: dict[str, np.ndarray] = {}
-    for name, values in given.items():
-        tensor = by_name[name]
-        array = as_bytes(values) if tensor.dtype == "STRING" else np.asarray(values, dtype=NUMPY_DTYPES[tensor.dtype])
-        expected = tensor.dims if model.max_batch_size == 0 else [-1, *tensor.dims]
-        if array.ndim != len(expected) or any(e > 0 and e != s for e, s in zip(expected, array.shape)):
-            shown = "[" + ", ".join("batch" if e == -1 and i == 0 and model.max_batch_size else str(e)
-                                    for i, e in enumerate(expected)) + "]"
-            raise SpecError(f"sample_inputs.{name} has shape {list(array.shape)}, expected {shown}",
-                            field=f"models.{model.name}.sample_inputs.{name}",
-                            fix="give one row per sample, each shaped like the input's dims")
-        samples[name] = array
-    return samples
+    return {name: sample_array(name, values, by_name[name], model.max_batch_size) for name, values in given.items()}
+
+
+# The YAML values an input's dtype takes (numpy array kinds): no words for numbers, no fractions
+# for integers (numpy would truncate them silently), only true/false for BOOL.
+_KINDS = {"b": "b", "i": "iub", "u": "iub", "f": "iufb"}
+
+
+def sample_array(name: str, values: object, tensor: TensorSpec, max_batch_size: int) -> np.ndarray:
+    """One input's `sample_inputs` as the array clients send: its values fit the dtype and its shape
+    is [batch] + dims (dims alone with max_batch_size 0). SpecError at ("sample_inputs", name)."""
+    loc = ("sample_inputs", name)
+    try:
+        plain = np.array(values)
+    except ValueError:
+        raise SpecError("ragged: its rows have different lengths", loc=loc,
+                        fix="give one row per sample, each shaped like the input's dims") from None
+    if tensor.dtype == "STRING":
+        array = as_bytes(values)
+    else:
+        numpy_type = np.dtype(NUMPY_DTYPES[tensor.dtype])
+        if plain.size and plain.dtype.kind not in _KINDS[numpy_type.kind]:
+            found = {"U": "text", "S": "text", "f": "fractional numbers", "O": "mixed values"}.get(
+                plain.dtype.kind, plain.dtype.name)
+            raise SpecError(f"holds {found}, but input '{name}' is {tensor.dtype}", loc=loc,
+                            fix=f"give {tensor.dtype} values, or declare the input with the dtype of the samples")
+        if numpy_type.kind in "iu" and plain.size:
+            info = np.iinfo(numpy_type.name)
+            low, high = int(plain.min()), int(plain.max())
+            if low < info.min or high > info.max:
+                raise SpecError(f"holds {low if low < info.min else high}, outside "
+                                f"{tensor.dtype}'s range [{info.min}, {info.max}]", loc=loc,
+                                fix="give values the dtype can hold")
+        array = plain.astype(numpy_type)
+    expected = tensor.dims if max_batch_size == 0 else [-1, *tensor.dims]
+    if array.ndim != len(expected) or any(e > 0 and e != s for e, s in zip(expected, array.shape)):
+        shown = "[" + ", ".join("batch" if e == -1 and i == 0 and max_batch_size else str(e)
+                                for i, e in enumerate(expected)) + "]"
+        raise SpecError(f"has shape {list(array.shape)}, expected {shown}", loc=loc,
+                        fix="give one row per sample, each shaped like the input's dims")
+    if max_batch_size and not 1 <= array.shape[0] <= max_batch_size:
+        raise SpecError(f"has {array.shape[0]} rows; a request holds 1 to max_batch_size "
+                        f"{max_batch_size}", loc=loc, fix="give at most max_batch_size rows")
+    return array

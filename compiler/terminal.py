@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -34,8 +34,13 @@ class Terminal:
     def error(self, message: str) -> None:
         self.err.print(f"[bold red]error:[/] {_escape(message)}")
 
-    def table(self, title: str, columns: list[str], rows: list[list[object]]) -> None:
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        """A boxed table on a terminal; elsewhere (CI logs, pipes) a markdown table, never truncated
+        to a guessed width."""
         if self.quiet:
+            return
+        if not self.out.is_terminal:
+            self.out.print(f"{title}\n\n{markdown_table(columns, rows)}", markup=False, crop=False)
             return
         table = Table(title=title, title_justify="left")
         for column in columns:
@@ -58,7 +63,7 @@ class Terminal:
         self.step(message)
 
     @contextlib.contextmanager
-    def progress(self, message: str, total: int) -> Iterator["_Advance"]:
+    def progress(self, message: str, total: int) -> Iterator[_Advance]:
         """A bar for a step with a known number of parts (models built, perf points measured)."""
         if self.quiet or not self.out.is_terminal:
             self.step(message)
@@ -80,6 +85,16 @@ class _Advance:
             self._progress.advance(self._task)
             if description:
                 self._progress.update(self._task, description=description)
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured markdown table; `|` inside cells is escaped."""
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _escape(text: str) -> str:

@@ -93,7 +93,7 @@ class VerificationReport:
         return entry
 
 
-def verify(converted: "ConvertedModel", samples: dict[str, np.ndarray], settings: VerifySpec) -> VerificationReport:
+def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: VerifySpec) -> VerificationReport:
     """Run the ONNX graph on `samples` and compare with the source framework; raise ConversionError
     (one line, with the numbers and the fix) when an output disagrees beyond tolerance."""
     onnx_outputs = run_onnx(converted, samples)
@@ -125,7 +125,7 @@ def verify(converted: "ConvertedModel", samples: dict[str, np.ndarray], settings
         raise ConversionError(
             f"model '{converted.name}' output '{tensor.name}': ONNX differs from {converted.framework} on "
             f"{check.mismatched_rows} of {rows} samples (allowed {allowed}, exact {tensor.dtype} compare)",
-            field=f"models.{converted.name}.verify",
+            loc=("verify",),
             fix=f"if these are split-boundary flips, set verify.max_label_mismatch to "
                 f"{significant(check.mismatched_rows / rows * 1.5, 2)}; otherwise the conversion is wrong")
     for tensor in float_outputs:
@@ -141,13 +141,13 @@ def verify(converted: "ConvertedModel", samples: dict[str, np.ndarray], settings
                 f"model '{converted.name}' output '{tensor.name}': ONNX differs from {converted.framework} by max abs "
                 f"error {significant(check.max_abs_error)} / max rel error {significant(check.max_rel_error)} on "
                 f"{rows} samples, above tolerance atol {atol:g} + rtol {rtol:g}*|expected|",
-                field=f"models.{converted.name}.verify",
+                loc=("verify",),
                 fix=f"if that error is acceptable, raise verify.atol to {significant(check.max_abs_error * 2, 2):g} "
                     "(or verify.rtol); otherwise the conversion is wrong")
     return report
 
 
-def run_onnx(converted: "ConvertedModel", samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_onnx(converted: ConvertedModel, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One deterministic onnxruntime run; inputs and outputs shaped as clients see them."""
     from .onnx_signature import session
 
@@ -156,7 +156,7 @@ def run_onnx(converted: "ConvertedModel", samples: dict[str, np.ndarray]) -> dic
         answers = session(converted.onnx_model).run([t.name for t in converted.outputs], feeds)
     except Exception as exc:  # onnxruntime's own exception types derive from Exception only
         raise ConversionError(f"model '{converted.name}': onnxruntime cannot run the ONNX graph: "
-                              f"{str(exc).strip().splitlines()[0]}", field=f"models.{converted.name}",
+                              f"{str(exc).strip().splitlines()[0]}", loc=(),
                               fix="check the model's inputs (names, dtypes, dims, range) against the graph") from None
     rows = len(next(iter(samples.values()))) if samples else 0
     return {t.name: _to_client(answer, t, converted.batch_axis, rows) for t, answer in zip(converted.outputs, answers)}
@@ -211,5 +211,5 @@ def _compare_float(tensor: TensorSpec, got: np.ndarray, want: np.ndarray, atol: 
 def _same_shape(model: str, tensor: TensorSpec, got: np.ndarray, want: np.ndarray) -> None:
     if got.shape != want.shape:
         raise ConversionError(f"model '{model}' output '{tensor.name}': ONNX answered shape {list(got.shape)} where "
-                              f"the source answered {list(want.shape)}", field=f"models.{model}.outputs",
+                              f"the source answered {list(want.shape)}", loc=("outputs",),
                               fix="declare the output dims the model really produces")

@@ -7,27 +7,39 @@
 # GPU, with the build_engine.sh tritonize wrote next to each checkpoint.
 #
 #   tritonize build model.yaml --runtime container -o model_repo_container
-#   docker/serve.sh model_repo_container          # HTTP :8000, gRPC :8001, metrics :8002
+#   docker/serve.sh model_repo_container          # HTTP :8000, gRPC :8001, metrics :8002 on 127.0.0.1
 #
-# Needs: docker with the NVIDIA container toolkit, and a GPU for KIND_GPU instances and engines.
+# Environment: TRITONIZE_HOST (address the ports are published on, default 127.0.0.1; 0.0.0.0 for
+# every interface), TRITONIZE_HTTP_PORT / TRITONIZE_GRPC_PORT / TRITONIZE_METRICS_PORT (8000, 8001,
+# 8002), TRITONIZE_API_KEY or TRITONIZE_API_KEY_FILE (the key of the restricted model-repository,
+# shared-memory, logging and trace APIs, sent as header `triton-admin-key`; default: a fresh key in a
+# mode-0600 temp file, printed), TRITONIZE_EXIT_TIMEOUT (seconds a stop waits, default 30).
+# The container runs as the invoking user (engines it builds belong to you), not root.
+#
+# Needs: docker with the NVIDIA container toolkit, a GPU for KIND_GPU instances and engines, and
+# tritonize installed (it reads the manifest).
 set -euo pipefail
 repo=$(cd "${1:?usage: docker/serve.sh REPOSITORY}" && pwd)
-image=$(python3 - "$repo" <<'PY'
-import json, sys
-manifest = json.load(open(sys.argv[1] + "/tritonize.manifest.json"))
-if manifest.get("runtime") != "container":
-    sys.exit("this repository was built for the embedded server: rebuild it with "
-             "`tritonize build SPEC --runtime container` (or run `tritonize serve` for this one)")
-engines = sorted({m["engine"]["image"] for m in manifest["models"].values() if m.get("kind") == "llm-engine-trtllm"})
-if len(engines) > 1:
-    sys.exit(f"engines for several TensorRT-LLM images {engines}: serve them from separate repositories")
-print(engines[0] if engines else manifest["container"]["image"])
-PY
-)
-echo "serving $repo in $image"
-# The repository is mounted where the configs expect it (gpt_model_path is /models/...).
+host=${TRITONIZE_HOST:-127.0.0.1}
+# The manifest's owner (tritonize.manifest) says which image; it needs tritonize installed for
+# python3 (or the interpreter in TRITONIZE_PYTHON).
+image=$("${TRITONIZE_PYTHON:-python3}" -m tritonize.manifest image "$repo")
+if [ -n "${TRITONIZE_API_KEY_FILE:-}" ]; then
+    TRITONIZE_API_KEY=$(tr -d ' \n' < "$TRITONIZE_API_KEY_FILE")
+elif [ -z "${TRITONIZE_API_KEY:-}" ]; then
+    key_file=$(mktemp "${TMPDIR:-/tmp}/tritonize-api-key.XXXXXX")  # mktemp creates it mode 0600
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$key_file"
+    TRITONIZE_API_KEY=$(cat "$key_file")
+    echo "restricted APIs key (header triton-admin-key): $key_file"
+fi
+export TRITONIZE_API_KEY TRITONIZE_EXIT_TIMEOUT=${TRITONIZE_EXIT_TIMEOUT:-30}
+echo "serving $repo in $image on $host"
+# The repository is mounted where the configs expect it (gpt_model_path is /models/...). The key
+# reaches the container by name (-e NAME), so it is not on docker's command line.
 exec docker run --rm --gpus all --shm-size=2g --ulimit memlock=-1 \
-    -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$repo":/models "$image" bash -c '
+    --user "$(id -u):$(id -g)" -e HOME=/tmp -e TRITONIZE_API_KEY -e TRITONIZE_EXIT_TIMEOUT \
+    -p "$host:${TRITONIZE_HTTP_PORT:-8000}:8000" -p "$host:${TRITONIZE_GRPC_PORT:-8001}:8001" \
+    -p "$host:${TRITONIZE_METRICS_PORT:-8002}:8002" -v "$repo":/models "$image" bash -c '
 set -e
 for script in /models/*/[0-9]*/build_engine.sh; do
     [ -e "$script" ] || continue
@@ -37,4 +49,7 @@ for script in /models/*/[0-9]*/build_engine.sh; do
         bash "$script"
     fi
 done
-exec tritonserver --model-repository=/models'
+apis=model-repository,shared-memory,logging,trace
+exec tritonserver --model-repository=/models --exit-timeout-secs="$TRITONIZE_EXIT_TIMEOUT" \
+    --http-restricted-api="$apis:triton-admin-key=$TRITONIZE_API_KEY" \
+    --grpc-restricted-protocol="$apis:triton-admin-key=$TRITONIZE_API_KEY"'

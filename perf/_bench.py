@@ -4,14 +4,19 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tritonize.perf.analyzer import MeasurementSettings, find_perf_analyzer
 from tritonize.perf.machine import machine_info
 from tritonize.perf.repository import load_repository, write_input_data
-from tritonize.perf.tune import ConfigEvaluator
+from tritonize.perf.tune.evaluate import ConfigEvaluator
 from tritonize.terminal import Terminal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,3 +53,44 @@ def save(name: str, summary: dict) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
     return path
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@contextlib.contextmanager
+def serving(repository: Path, models: list[str], log: Path) -> Iterator[tuple[int, int, int]]:
+    """`tritonize serve REPOSITORY --model-control-mode explicit --load-model M...` on free ports
+    (http, grpc, metrics), ready to answer the first model; stopped (SIGTERM) on exit."""
+    http, grpc, metrics = _free_ports(3)
+    command = [sys.executable, "-m", "tritonize", "serve", str(repository), "--http-port", str(http),
+               "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--model-control-mode", "explicit",
+               *(arg for model in models for arg in ("--load-model", model))]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/{models[0]}/ready", timeout=5):
+                        break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"tritonize serve did not get ready: see {log}") from None
+                    time.sleep(0.5)
+            yield http, grpc, metrics
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

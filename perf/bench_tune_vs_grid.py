@@ -15,7 +15,9 @@ import time
 
 from _bench import built_repository, evaluator, save
 from tritonize.perf.run import parse_concurrency
-from tritonize.perf.tune import SearchSpace, fit_space, start_point, best_of, hill_climb
+from tritonize.perf.tune import SearchSpace
+from tritonize.perf.tune.search import best_of, hill_climb
+from tritonize.perf.tune.space import fit_space, start_point
 from tritonize.spec import load_spec
 from tritonize.terminal import Terminal
 

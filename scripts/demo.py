@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 
 import tritonize
+from tritonize import manifest as manifest_file
 from tritonize.check import check_deployment
-from tritonize.emit import read_manifest
 from tritonize.errors import TritonizeError
-from tritonize.rules import check_repository
-from tritonize.server import TritonServer
+from tritonize.manifest import Manifest
 from tritonize.terminal import Terminal
+from tritonize.triton.rules import check_repository
+from tritonize.triton.server import TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
 terminal = Terminal()
@@ -32,7 +33,7 @@ def main() -> int:
         return 1
     terminal.success(f"{repository.name}: every config passes Triton's schema and load rules")
 
-    manifest = read_manifest(repository)
+    manifest = manifest_file.load(repository)
     with TritonServer(repository) as server:
         with terminal.status("starting tritonserver"):
             server.wait_ready()
@@ -47,25 +48,26 @@ def main() -> int:
     return 0
 
 
-def show_answers(manifest: dict, check) -> None:
+def show_answers(manifest: Manifest, check) -> None:
     """What the server answered to the first recorded sample of every model, per protocol."""
     rows = []
     for model_check in check.checks:
-        samples = manifest["models"][model_check.model].get("samples") or {}
-        question = ", ".join(f"{name}={_first(tensor['data'])}" for name, tensor in samples.get("inputs", {}).items())
+        samples = manifest.models[model_check.model].samples
+        inputs = samples.inputs if samples is not None else {}
+        question = ", ".join(f"{name}={_first(tensor.data)}" for name, tensor in inputs.items())
         answer = ", ".join(f"{t.name}={_first(t.served)}" for t in model_check.tensors if t.served is not None)
         rows.append([model_check.model, model_check.protocol, question, answer, model_check.status])
     terminal.table("served answers (first recorded sample)", ["model", "protocol", "input", "output", "check"], rows)
 
 
-def stream_llm(manifest: dict, server: TritonServer) -> None:
+def stream_llm(manifest: Manifest, server: TritonServer) -> None:
     """Stream a generation from every LLM ensemble over gRPC, printing tokens as they arrive."""
-    from tritonize.client import stream
+    from tritonize.triton.client import stream
 
-    for name, entry in manifest["models"].items():
-        if entry.get("kind") != "llm-ensemble":
+    for name, entry in manifest.models.items():
+        if entry.kind != "llm-ensemble" or entry.samples is None:
             continue
-        prompt = entry["samples"]["inputs"]["text_input"]["data"][0][0]
+        prompt = entry.samples.inputs["text_input"].data[0][0]
         terminal.step(f"{name}: streaming a generation over gRPC")
         terminal.out.print(prompt, end="", markup=False)
         request = {"text_input": np.array([[prompt]], dtype=object), "max_tokens": np.array([[24]], dtype=np.int32),

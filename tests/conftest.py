@@ -1,12 +1,12 @@
 """Session-wide test helpers: the repository root and a factory that runs real tritonservers."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from tritonize.server import TritonServer
+from tritonize.triton.server import TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

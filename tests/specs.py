@@ -1,6 +1,7 @@
 """A small python-only spec shared by the fast tests: builds without converting anything."""
 
-MODEL_PY = "# a python-backend model; the build copies it, never runs it\n"
+# A python-backend model: the build compiles it and looks for the class, never runs it.
+MODEL_PY = "class TritonPythonModel:\n    def execute(self, requests):\n        return []\n"
 
 VALID = """\
 repository: out

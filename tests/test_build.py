@@ -2,19 +2,18 @@
 and that `validate` accepts what `build` emits. Python-only specs keep these fast."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 import tritonize
-from tritonize.cli import main
-from tritonize.emit import MANIFEST_NAME
-from tritonize.errors import TritonizeError
-from tritonize.rules import check_repository
-from tritonize.terminal import Terminal
-
 from specs import MODEL_PY, VALID
+from tritonize import manifest as manifest_file
+from tritonize.cli import main
+from tritonize.errors import TritonizeError
+from tritonize.manifest import ModelEntry
+from tritonize.terminal import Terminal
+from tritonize.triton.rules import check_repository
 
 QUIET = Terminal(quiet=True)
 
@@ -47,8 +46,11 @@ def test_build_output_passes_validate(spec: Path, tmp_path: Path):
     out = tmp_path / "repo"
     tritonize.build(spec, out, terminal=QUIET)
     assert check_repository(out) == []
-    manifest = json.loads((out / MANIFEST_NAME).read_text())
-    assert manifest["models"]["pipe"] == {"kind": "ensemble", "steps": ["pre", "post"]}
+    manifest = manifest_file.load(out)
+    pipe = manifest.models["pipe"]
+    assert pipe.model_copy(update={"files": None}) == ModelEntry(kind="ensemble", steps=["pre", "post"])
+    assert sorted(pipe.files or {}) == ["config.pbtxt"]  # every file of each model directory is hashed
+    assert sorted(manifest.models["pre"].files or {}) == ["1/model.py", "config.pbtxt"]
     assert (out / "pipe" / "1").is_dir()  # Triton needs a version directory for ensembles too
     assert 'platform: "ensemble"' in (out / "pipe" / "config.pbtxt").read_text()
 
@@ -77,7 +79,10 @@ def test_validate_cli_reports_each_violation_on_one_line(spec: Path, tmp_path: P
     config.write_text(config.read_text().replace('name: "post"', 'name: "other"'))
     assert main(["validate", str(out)]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "post" in lines[0] and "other" in lines[0]
+    # The rule violation, and the edit itself: the file no longer is what the manifest hashed.
+    assert len(lines) == 2 and "post" in lines[0] and "other" in lines[0]
+    assert lines[1] == (f"error: {config}: changed since tritonize built it (its sha256 differs from the "
+                        "manifest's) (fix: rebuild it with `tritonize build`; a built repository is not edited by hand)")
 
 
 def test_validate_cli_accepts_a_valid_repository(spec: Path, tmp_path: Path, capsys):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import yaml
 
-from tritonize.converters import convert, registered_frameworks
+from tritonize.converters import convert, converted_frameworks
 from tritonize.errors import ConversionError, MissingDependency
+from tritonize.frameworks import FRAMEWORKS
 from tritonize.samples import make_samples
-from tritonize.spec import Spec, load_spec
+from tritonize.spec import Spec, SpecSource, load_spec
 from tritonize.verify import verify
-
 
 # Factories the specs below name; trained in milliseconds, deterministic (fixed seeds, one thread).
 FACTORIES = '''
@@ -213,7 +213,7 @@ def test_spec_dims_that_contradict_the_graph_are_rejected(workdir):
                                                                "factory": "converter_factories:logistic"},
                                 "outputs": [{"name": "label", "dtype": "INT64", "dims": [1]},
                                             {"name": "probabilities", "dtype": "FP32", "dims": [4]}]}])
-    with pytest.raises(ConversionError, match=r"models.bad_dims.outputs\[1\].dims.*write dims: \[3\]"):
+    with pytest.raises(ConversionError, match=r"^outputs\[1\].dims: .*write dims: \[3\]"):
         convert(spec.models[0], spec)
 
 
@@ -422,7 +422,7 @@ def test_corrupt_onnx_file(workdir):
 def test_missing_model_file(workdir):
     # load_spec already refuses a missing path; a spec built in memory reaches the converter.
     spec = Spec.model_validate({"models": [{"name": "gone", "source": {"framework": "xgboost", "path": "gone.json"}}]})
-    spec._path = workdir / "model.yaml"
+    spec._source = SpecSource(workdir / "model.yaml")
     with pytest.raises(ConversionError, match=r"model file not found: gone.json"):
         convert(spec.models[0], spec)
 
@@ -434,8 +434,14 @@ def test_wrong_file_kind(workdir):
         convert(spec.models[0], spec)
 
 
+def test_every_registered_converter_loads():
+    for framework in FRAMEWORKS.values():
+        if framework.converter is not None:
+            assert callable(framework.load_converter().convert), framework.name
+
+
 def test_unknown_framework_lists_the_registered_ones(workdir):
-    assert registered_frameworks() == ["lightgbm", "onnx", "pytorch", "sklearn", "xgboost"]
+    assert converted_frameworks() == ["lightgbm", "onnx", "pytorch", "sklearn", "xgboost"]
     spec = make_spec(workdir, [{"name": "script", "source": {"framework": "python", "path": "model.yaml"},
                                 "inputs": TORCH_INPUTS, "outputs": TORCH_INPUTS}])
     with pytest.raises(ConversionError, match="no ONNX converter for framework 'python'.*lightgbm, onnx, pytorch, "
@@ -479,7 +485,7 @@ def test_example_models_convert_and_verify(repo_root):
         {"name": "digits_mlp", "source": {"framework": "pytorch", "factory": "examples.torch_mlp:digits_mlp"},
          "inputs": [{"name": "pixels", "dtype": "FP32", "dims": [64], "range": [0, 16]}]},
     ]})
-    spec._path = repo_root / "model.yaml"
+    spec._source = SpecSource(repo_root / "model.yaml")
     outputs = {}
     for model in spec.models:
         converted = convert(model, spec)
@@ -610,6 +616,74 @@ def test_runner_combined_failure_falls_back_to_single_requests(runner_module):
     assert str(results[1]) == "negative input"
 
 
+class StubTensor:
+    """What the runner's fast path reads of the python backend stub's input tensors."""
+
+    def __init__(self, name: str, array: np.ndarray):
+        self._name, self._array = name, array
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+
+def test_runner_gathers_a_batch_once_and_answers_views(runner_module):
+    names, dtypes = ["a", "b"], [np.dtype(np.float32), np.dtype(np.int64)]
+    requests = [[StubTensor("b", np.full((rows, 1), rows, np.int64)), StubTensor("a", np.ones((rows, 3), np.float32))]
+                for rows in (1, 3, 2)]  # inputs in the client's order, not the config's
+    feeds, rows = runner_module.gather(requests, names, dtypes)
+    assert rows == [1, 3, 2]
+    assert feeds["a"].shape == (6, 3) and feeds["b"][:, 0].tolist() == [1, 3, 3, 3, 2, 2]
+    answers = {"y": np.arange(12).reshape(6, 2)}
+    parts = runner_module.split(answers, rows)
+    assert [part["y"][:, 0].tolist() for part in parts] == [[0], [2, 4, 6], [8, 10]]
+    assert all(np.shares_memory(part["y"], answers["y"]) for part in parts)  # slices, not copies
+    # Anything but the config's inputs, dtypes and one row shape goes to the request-by-request path.
+    wrong_dtype = [[StubTensor("a", np.ones((1, 3))), StubTensor("b", np.ones((1, 1), np.int64))]]
+    missing = [[StubTensor("a", np.ones((1, 3), np.float32))]]
+    other_rows = requests[:1] + [[StubTensor("a", np.ones((1, 4), np.float32)), StubTensor("b", np.ones((1, 1), np.int64))]]
+    for batch in (wrong_dtype, missing, other_rows):
+        assert runner_module.gather(batch, names, dtypes) is None
+
+
+def test_runner_thread_defaults_follow_model_size_instances_and_cores(runner_module):
+    small, large = 100_000, runner_module.SMALL_MODEL_BYTES
+    assert runner_module.thread_counts({}, small, instances=1, cores=16) == (1, 1)
+    assert runner_module.thread_counts({}, large, instances=2, cores=16) == (8, 1)
+    assert runner_module.thread_counts({}, large, instances=4, cores=2) == (1, 1)
+    given = {"intra_op_num_threads": {"string_value": "3"}, "inter_op_num_threads": {"string_value": "2"}}
+    assert runner_module.thread_counts(given, large, instances=1, cores=16) == (3, 2)  # the spec's values win
+    assert runner_module.instance_count({"instance_group": [{"count": 2}, {"count": 3}]}) == 5
+    assert runner_module.instance_count({}) == 1
+
+
+@pytest.mark.parametrize(("runtime", "max_batch_size", "batching", "expected_delay_us"), [
+    ("embedded", 8, None, 0),             # empty dynamic_batching, as onnxruntime's auto-complete adds
+    ("embedded", 8, {"max_queue_delay_microseconds": 200}, 200),   # the spec's block as written
+    ("embedded", 1, None, None),          # nothing to batch
+    ("container", 8, None, None),         # onnxruntime's backend adds it itself when it loads the model
+])
+def test_onnx_config_dynamic_batching_default(runtime, max_batch_size, batching, expected_delay_us):
+    from tritonize.spec import ContainerTarget, ModelSpec, TensorSpec
+    from tritonize.triton.config import onnx_model_config
+
+    spec = {"name": "m", "source": {"framework": "onnx", "path": "m.onnx"}, "max_batch_size": max_batch_size}
+    if batching is not None:
+        spec["dynamic_batching"] = batching
+    tensor = TensorSpec(name="x", dtype="FP32", dims=[4])
+    config = onnx_model_config(ModelSpec.model_validate(spec), [tensor], [tensor], runtime=runtime,
+                               container=ContainerTarget(device="cpu"))
+    if expected_delay_us is None:
+        assert not config.HasField("dynamic_batching")
+    else:
+        assert config.HasField("dynamic_batching")
+        assert config.dynamic_batching.max_queue_delay_microseconds == expected_delay_us
+        assert not config.dynamic_batching.preferred_batch_size
+    assert "intra_op_num_threads" not in config.parameters  # the runner picks it when it loads
+
+
 def test_iris_preprocess_parses_csv_rows(repo_root):
     module = load_backend_model(repo_root / "examples" / "iris_preprocess" / "model.py", "iris_preprocess_model")
     rows = np.array([[b"5.1,3.5,1.4,0.2"], [b" 6.7, 3.0 ,5.2,2.3"]], dtype=object)
@@ -680,8 +754,9 @@ def test_runner_and_preprocess_served_by_tritonserver(repo_root, iris_onnx, trit
 
     wrong = httpclient.InferInput("input", [1, 4], "FP64")
     wrong.set_data_from_numpy(np.zeros((1, 4)))
-    with pytest.raises(InferenceServerException):
+    with pytest.raises(InferenceServerException) as wrong_type:
         client.infer("iris", [wrong])
+    assert wrong_type.value.status() == "400"  # the client's mistake, not a server fault
 
     csv = httpclient.InferInput("CSV", [2, 1], "BYTES")
     csv.set_data_from_numpy(np.array([[b"5.1,3.5,1.4,0.2"], [b"6.7,3.0,5.2,2.3"]], dtype=object))
@@ -689,7 +764,8 @@ def test_runner_and_preprocess_served_by_tritonserver(repo_root, iris_onnx, trit
     assert features.shape == (2, 4) and features[1].tolist() == np.float32([6.7, 3.0, 5.2, 2.3]).tolist()
     bad = httpclient.InferInput("CSV", [1, 1], "BYTES")
     bad.set_data_from_numpy(np.array([[b"5.1,oops"]], dtype=object))
-    with pytest.raises(InferenceServerException, match="expected 4 comma-separated numbers"):
+    with pytest.raises(InferenceServerException, match="input CSV: row 0: expected 4 comma-separated numbers") as bad_row:
         client.infer("iris_preprocess", [bad])
+    assert bad_row.value.status() == "400"
     assert client.is_server_live()
     client.close()

@@ -2,10 +2,12 @@
 here, so a `docker` on PATH that prints its arguments stands in for the client only."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
+import sys
 from pathlib import Path
+
+from tritonize.manifest import ContainerImage, Manifest, ModelEntry, PerfTolerances
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVE = REPO_ROOT / "docker" / "serve.sh"
@@ -16,14 +18,18 @@ def _serve(repository: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     shim.mkdir(exist_ok=True)
     (shim / "docker").write_text('#!/bin/sh\necho "docker $*"\n')
     (shim / "docker").chmod(0o755)
-    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "TRITONIZE_PYTHON": sys.executable}
     return subprocess.run(["bash", str(SERVE), str(repository)], capture_output=True, text=True, env=env)
 
 
-def _repository(tmp_path: Path, manifest: dict) -> Path:
+def _repository(tmp_path: Path, runtime: str, models: dict[str, ModelEntry],
+                container: ContainerImage | None = None) -> Path:
     repository = tmp_path / "repo"
     repository.mkdir()
-    (repository / "tritonize.manifest.json").write_text(json.dumps(manifest))
+    manifest = Manifest(tritonize="0", spec="model.yaml", input_hash="sha256:0", runtime=runtime, tools={},
+                        models=models, perf=PerfTolerances(tolerance=0.1, latency_tolerance=0.25),
+                        container=container)
+    (repository / "tritonize.manifest.json").write_text(manifest.dumps())
     return repository
 
 
@@ -35,15 +41,52 @@ def test_committed_container_build_runs_in_its_trtllm_image(tmp_path: Path):
 
 
 def test_onnx_only_repository_runs_in_the_plain_image(tmp_path: Path):
-    repository = _repository(tmp_path, {"runtime": "container", "models": {"m": {"kind": "onnx"}},
-                                        "container": {"release": "24.12",
-                                                      "image": "nvcr.io/nvidia/tritonserver:24.12-py3"}})
+    repository = _repository(tmp_path, "container", {"m": ModelEntry(kind="onnx")},
+                             ContainerImage(release="24.12", image="nvcr.io/nvidia/tritonserver:24.12-py3"))
     result = _serve(repository, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "nvcr.io/nvidia/tritonserver:24.12-py3 bash -c" in result.stdout
 
 
 def test_embedded_repository_is_refused_with_the_fix(tmp_path: Path):
-    result = _serve(_repository(tmp_path, {"runtime": "embedded", "models": {}}), tmp_path)
+    result = _serve(_repository(tmp_path, "embedded", {}), tmp_path)
     assert result.returncode != 0
     assert "rebuild it with `tritonize build SPEC --runtime container`" in result.stderr
+
+
+def test_manifest_of_an_older_format_is_refused_with_the_fix(tmp_path: Path):
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    (repository / "tritonize.manifest.json").write_text('{"runtime": "container", "models": {}}')
+    result = _serve(repository, tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        f"error: {repository}/tritonize.manifest.json: format: the manifest was written by an older tritonize "
+        "(no format field); this tritonize reads format 1 (fix: rebuild the repository with `tritonize build`)")
+
+
+def test_ports_are_published_on_loopback_unless_told_and_the_key_stays_off_the_command_line(tmp_path: Path):
+    repository = _repository(tmp_path, "container", {"m": ModelEntry(kind="onnx")},
+                             ContainerImage(release="24.10", image="nvcr.io/nvidia/tritonserver:24.10-py3"))
+    result = _serve(repository, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "-p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001 -p 127.0.0.1:8002:8002" in result.stdout
+    assert "--user " in result.stdout and "-e TRITONIZE_API_KEY " in result.stdout
+    key_file = Path(result.stdout.split("restricted APIs key (header triton-admin-key): ")[1].split()[0])
+    assert key_file.stat().st_mode & 0o077 == 0
+    assert key_file.read_text() not in result.stdout.replace(str(key_file), "")  # only the script inside reads it
+    key_file.unlink()
+    assert "--http-restricted-api=" in result.stdout and "--grpc-restricted-protocol=" in result.stdout
+    env = {**os.environ, "TRITONIZE_HOST": "0.0.0.0", "TRITONIZE_HTTP_PORT": "9000", "TRITONIZE_API_KEY": "k3y"}
+    shim = tmp_path / "bin"
+    wide = subprocess.run(["bash", str(SERVE), str(repository)], capture_output=True, text=True,
+                          env={**env, "PATH": f"{shim}:{os.environ['PATH']}", "TRITONIZE_PYTHON": sys.executable})
+    assert "-p 0.0.0.0:9000:8000" in wide.stdout and "k3y" not in wide.stdout
+
+
+def test_dockerfile_runs_unprivileged_with_restricted_apis_and_checks_every_model():
+    text = (REPO_ROOT / "docker" / "Dockerfile").read_text()
+    assert "\nUSER 10001" in text
+    assert "--http-restricted-api=$apis:triton-admin-key=$key" in text and "--grpc-restricted-protocol=" in text
+    assert "--exit-timeout-secs=" in text
+    assert "/v2/models/$(basename" in text and "(triton_python_b) Z" in text

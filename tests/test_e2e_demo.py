@@ -14,8 +14,9 @@ import sys
 import numpy as np
 import pytest
 
+from tritonize import manifest as manifest_file
 from tritonize.check import check_deployment
-from tritonize.emit import load_manifest
+from tritonize.manifest import Manifest
 from tritonize.terminal import Terminal
 
 pytestmark = pytest.mark.server
@@ -35,8 +36,8 @@ def demo_server(triton_server, demo_repo):
 
 
 @pytest.fixture(scope="module")
-def manifest(demo_repo) -> dict:
-    return load_manifest(demo_repo)
+def manifest(demo_repo) -> Manifest:
+    return manifest_file.load(demo_repo)
 
 
 @pytest.fixture(scope="module")
@@ -50,27 +51,25 @@ def iris_source(repo_root):
     return iris_classifier()
 
 
-def _clients(server):
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
+def _clients(server) -> list:
+    from tritonize.triton.client import GrpcClient, HttpClient
 
-    return [(httpclient, httpclient.InferenceServerClient(server.http_url)),
-            (grpcclient, grpcclient.InferenceServerClient(server.grpc_url))]
+    return [HttpClient(server.http_url), GrpcClient(server.grpc_url)]
 
 
-def _csv_request(module, rows: list[list[str]]):
-    tensor = module.InferInput("CSV", [len(rows), 1], "BYTES")
-    tensor.set_data_from_numpy(np.array([[row[0].encode()] for row in rows], dtype=object))
-    return [tensor]
+def _csv_inputs(rows: list[list[str]]) -> dict[str, np.ndarray]:
+    return {"CSV": np.array([[row[0].encode()] for row in rows], dtype=object)}
 
 
-def _csv_rows(manifest: dict, model: str) -> list[list[str]]:
-    return manifest["models"][model]["samples"]["inputs"]["CSV"]["data"]
+def _csv_rows(manifest: Manifest, model: str) -> list[list[str]]:
+    samples = manifest.models[model].samples
+    assert samples is not None
+    return samples.inputs["CSV"].data
 
 
 def test_every_built_model_is_served_ready(demo_server, manifest):
     states = {m["name"]: m["state"] for m in demo_server.repository_index()}
-    assert states == {name: "READY" for name in manifest["models"]}
+    assert states == {name: "READY" for name in manifest.models}
 
 
 def test_served_answers_match_the_recorded_source_answers(demo_server, demo_repo, manifest):
@@ -78,15 +77,15 @@ def test_served_answers_match_the_recorded_source_answers(demo_server, demo_repo
                               terminal=Terminal(quiet=True, stderr=True))
     assert not result.failures, [f"{c.model} ({c.protocol}): {c.detail}" for c in result.failures]
 
-    with_answers = {name for name, entry in manifest["models"].items()
-                    if (entry.get("samples") or {}).get("outputs")}
+    with_answers = {name for name, entry in manifest.models.items()
+                    if entry.samples is not None and entry.samples.outputs}
     # A step of an ensemble whose end-to-end answer is recorded and checked is covered by it.
-    steps_covered = {step for name in with_answers for step in manifest["models"][name].get("steps", [])}
-    unchecked = set(manifest["models"]) - with_answers - steps_covered - DIRECTLY_CHECKED
+    steps_covered = {step for name in with_answers for step in manifest.models[name].steps or []}
+    unchecked = set(manifest.models) - with_answers - steps_covered - DIRECTLY_CHECKED
     assert not unchecked, f"models with neither a recorded answer nor a direct check here: {unchecked}"
     passed = {(c.model, c.protocol) for c in result.checks if c.passed}
     for name in with_answers:
-        protocols = ["grpc-stream"] if manifest["models"][name].get("decoupled") else ["http", "grpc"]
+        protocols = ["grpc-stream"] if manifest.models[name].is_decoupled else ["http", "grpc"]
         for protocol in protocols:
             assert (name, protocol) in passed, f"{name} was not checked over {protocol}"
 
@@ -94,8 +93,8 @@ def test_served_answers_match_the_recorded_source_answers(demo_server, demo_repo
 def test_iris_preprocess_parses_csv_like_numpy(demo_server, manifest):
     rows = _csv_rows(manifest, "iris_preprocess")
     expected = np.array([[float(v) for v in row[0].split(",")] for row in rows], dtype=np.float32)
-    for module, client in _clients(demo_server):
-        features = client.infer("iris_preprocess", _csv_request(module, rows)).as_numpy("FEATURES")
+    for client in _clients(demo_server):
+        _, features = client.infer("iris_preprocess", _csv_inputs(rows), ["FEATURES"])["FEATURES"]
         np.testing.assert_array_equal(features, expected)  # the same float32 parse of the same text: exact
 
 
@@ -108,9 +107,11 @@ def test_iris_pipeline_matches_scikit_learn(demo_server, manifest, iris_source):
     want_probabilities = iris_source.predict_proba(features)
     # Probabilities are averaged in float32 by ONNX and float64 by sklearn: use the tolerance the
     # build verified the classifier with.
-    tolerance = manifest["models"]["iris_classifier"]["samples"]["tolerance"]["probabilities"]
-    for module, client in _clients(demo_server):
-        answer = client.infer("iris_pipeline", _csv_request(module, rows))
-        np.testing.assert_array_equal(answer.as_numpy("label"), want_label)
-        np.testing.assert_allclose(answer.as_numpy("probabilities"), want_probabilities,
-                                   atol=tolerance["atol"], rtol=tolerance["rtol"])
+    samples = manifest.models["iris_classifier"].samples
+    assert samples is not None and samples.tolerance is not None
+    tolerance = samples.tolerance["probabilities"]
+    for client in _clients(demo_server):
+        answer = client.infer("iris_pipeline", _csv_inputs(rows), ["label", "probabilities"])
+        np.testing.assert_array_equal(answer["label"][1], want_label)
+        np.testing.assert_allclose(answer["probabilities"][1], want_probabilities,
+                                   atol=tolerance.atol, rtol=tolerance.rtol)

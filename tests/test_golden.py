@@ -5,15 +5,14 @@ Regenerate after an intended change with `make golden` and review the diff.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 import tritonize
-from tritonize.emit import MANIFEST_NAME
-from tritonize.rules import check_repository
+from tritonize import manifest as manifest_file
 from tritonize.terminal import Terminal
+from tritonize.triton.rules import check_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Text files are committed; binaries (ONNX models, weights) are rebuilt and listed in .gitignore.
@@ -41,8 +40,8 @@ def container_build(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("build, golden", [("embedded_build", REPO_ROOT / "model_repo"),
                                            ("container_build", REPO_ROOT / "tests" / "golden" / "container")])
 def test_rebuild_matches_committed_text_files(request, build: str, golden: Path):
-    built_tools = json.loads((request.getfixturevalue(build) / MANIFEST_NAME).read_text())["tools"]
-    golden_tools = json.loads((golden / MANIFEST_NAME).read_text())["tools"]
+    built_tools = manifest_file.load(request.getfixturevalue(build)).tools
+    golden_tools = manifest_file.load(golden).tools
     drift = {name: (version, golden_tools.get(name)) for name, version in built_tools.items()
              if golden_tools.get(name) != version}
     assert not drift, (f"installed tool versions differ from the golden build's (installed, golden): {drift}; "
@@ -56,7 +55,11 @@ def test_rebuild_matches_committed_text_files(request, build: str, golden: Path)
 
 @pytest.mark.parametrize("build", ["embedded_build", "container_build"])
 def test_everything_build_emits_passes_validate(request, build: str):
-    assert check_repository(request.getfixturevalue(build)) == []
+    violations = check_repository(request.getfixturevalue(build))
+    assert [v.one_line() for v in violations if v.is_error] == []
+    # Warnings only where the serving machine decides: KIND_GPU of the container build on a
+    # machine without GPUs.
+    assert {v.rule for v in violations} <= {"instance-group"}
 
 
 def test_container_runtime_uses_native_backends(container_build: Path):

@@ -9,6 +9,8 @@ so its top logits are far apart (margins of several units), so batching/padding 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -89,13 +91,22 @@ def server(triton_server, built):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_dir):
-    """Direct transformers greedy generation: token ids and text per prompt."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def reference(tiny_dir, built, repo_root):
+    """Direct transformers greedy generation: token ids and text per prompt, by the source model's
+    config with the weights the CPU engine serves: the exported (float16, unquantized) checkpoint's,
+    as a GPU would load them."""
+    import importlib.util
 
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = repo_root / "python_backends" / "llm_cpu_engine" / "trtllm_checkpoint.py"
+    module_spec = importlib.util.spec_from_file_location("trtllm_checkpoint", path)
+    loader = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(loader)
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    model = loader.load_model(str(built.repository / "tiny_llm_tensorrt_llm" / "1" / "checkpoint"),
+                              config=AutoConfig.from_pretrained(tiny_dir))
     out = {}
     for prompt in PROMPTS:
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
@@ -138,7 +149,7 @@ def text_of(response) -> str:
 
 
 def grpc_stream(server, model, prompt, stream=True):
-    from tritonize.client import stream as stream_responses
+    from tritonize.triton.client import stream as stream_responses
 
     return [text_of(r) for r in stream_responses(server.grpc_url, model, stream_request(prompt, stream))]
 
@@ -159,7 +170,7 @@ def test_concurrent_requests_are_batched_and_still_exact(server, reference):
 def test_request_joining_a_running_generation_gets_the_same_text(server, reference):
     """A request arriving while another is mid-generation joins the running batch (its KV cache
     is merged in, left-padded); both answers stay exactly the greedy ones."""
-    from tritonize.client import stream
+    from tritonize.triton.client import stream
 
     _, expected = reference
     responses = stream(server.grpc_url, "tiny_llm", stream_request(PROMPTS[0]))
@@ -256,17 +267,17 @@ def test_request_above_the_output_limit_is_refused(server):
 
 
 def test_fp8_model_serves_its_quantized_greedy_text_within_budget(server, built):
-    manifest = built.manifest["models"]
-    report = manifest["tiny_llm_fp8_tensorrt_llm"]["quantization"]
+    models = built.manifest.models
+    report = models["tiny_llm_fp8_tensorrt_llm"].quantization
     assert report["mode"] == "fp8" and report["kv_cache_fp8"]
     assert report["max_logit_error"] <= report["budget"]["max_logit_error"]
     assert report["token_agreement"] >= report["budget"]["min_token_agreement"]
-    sample = manifest["tiny_llm_fp8"]["samples"]
-    prompt = sample["inputs"]["text_input"]["data"][0][0]
-    max_tokens = sample["inputs"]["max_tokens"]["data"][0][0]
+    sample = models["tiny_llm_fp8"].samples
+    prompt = sample.inputs["text_input"].data[0][0]
+    max_tokens = sample.inputs["max_tokens"].data[0][0]
     # The expected text was generated at build time from the dequantized checkpoint (what is served).
     assert generate(server, "tiny_llm_fp8", text_input=prompt, max_tokens=max_tokens) == \
-        sample["outputs"]["text_output"]["data"][0][0]
+        sample.outputs["text_output"].data[0]  # flat, as text_output is
 
 
 def test_tritonize_check_passes_on_the_llm_ensembles(server, built):
@@ -275,3 +286,141 @@ def test_tritonize_check_passes_on_the_llm_ensembles(server, built):
     report = check_deployment(built.repository, server.http_url, protocol="both", grpc_url=server.grpc_url,
                               terminal=Terminal(quiet=True, stderr=True))
     assert report.passed, [m.detail for m in report.failures]
+
+
+BAD_SAMPLING = {"temperature": {"temperature": float("nan"), "top_k": 5}, "runtime_top_k": {"top_k": -1},
+                "runtime_top_p": {"top_p": 1.5}, "temperature ": {"temperature": -0.5}}
+SAMPLING_DTYPES = {"top_k": np.int32, "top_p": np.float32, "temperature": np.float32, "random_seed": np.uint64}
+
+
+def sampling_request(prompt, stream, **sampling) -> dict:
+    return {**stream_request(prompt, stream),
+            **{name: np.array([[value]], dtype=SAMPLING_DTYPES[name]) for name, value in sampling.items()}}
+
+
+@pytest.mark.parametrize("model", ["tiny_llm_sync", "tiny_llm"])
+def test_each_bad_sampling_parameter_gets_400_and_its_batch_neighbours_are_exact(server, reference, model):
+    """Bad values sent together with greedy requests (batched together: the dynamic batcher of
+    the sync engine, in-flight batching of the streaming one) fail alone, as INVALID_ARGUMENT."""
+    from tritonclient.utils import InferenceServerException
+
+    from tritonize.triton.client import GrpcClient, stream
+
+    _, expected = reference
+
+    def run(case):
+        prompt, sampling = case
+        try:
+            if model == "tiny_llm_sync":
+                with GrpcClient(server.grpc_url) as client:
+                    out = client.infer(model, sampling_request(prompt, False, **sampling), ["text_output"])
+                return out["text_output"][1].reshape(-1)[0].decode()
+            return "".join(text_of(r) for r in stream(server.grpc_url, model, sampling_request(prompt, True, **sampling)))
+        except InferenceServerException as error:
+            return error
+
+    cases = [(PROMPTS[i % 3], {"top_k": 1}) for i in range(3)] + [(PROMPTS[0], bad) for bad in BAD_SAMPLING.values()]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        answers = list(pool.map(run, cases))
+    for (prompt, _), answer in zip(cases[:3], answers[:3]):
+        assert answer == expected[prompt][1]
+    for name, answer in zip(BAD_SAMPLING, answers[3:]):
+        assert isinstance(answer, InferenceServerException), (name, answer)
+        # A gRPC stream carries an error as a message without a status code (ModelStreamInferResponse
+        # error_message); unary calls and HTTP carry the code, checked below and for the sync model.
+        status = "StatusCode.INVALID_ARGUMENT" if model == "tiny_llm_sync" else None
+        assert answer.status() == status and name.strip() in answer.message(), (name, answer.status(), answer.message())
+    http = requests.post(f"http://{server.http_url}/v2/models/{model}/generate", timeout=60,
+                         json={"text_input": PROMPTS[0], "max_tokens": 4, "top_k": -3})
+    assert http.status_code == 400 and "runtime_top_k -3" in http.text
+
+
+def test_bls_passes_on_a_client_error_as_400(server):
+    response = requests.post(f"http://{server.http_url}/v2/models/tiny_llm_bls/generate", timeout=60,
+                             json={"text_input": PROMPTS[0], "max_tokens": 4, "top_p": 2.0})
+    assert response.status_code == 400 and "runtime_top_p 2.0" in response.text
+
+
+def test_streams_of_a_killed_engine_end_with_an_error_and_the_engine_serves_again(built, reference, tmp_path):
+    """Under `tritonize serve`: kill -9 of the streaming engine's stub mid-generation."""
+    import threading
+    import time
+
+    from test_serve_supervisor import Serve
+    from tritonize.triton.server.supervisor import python_stubs
+
+    _, expected = reference
+    serving = Serve(built.repository, tmp_path / "serve.out")
+    try:
+        serving.wait_ready(timeout_s=240)
+        results: list[list[dict]] = [[] for _ in range(8)]  # twice the engine's batch: some wait their turn
+        done = [threading.Event() for _ in results]
+        first = threading.Event()
+
+        def consume(index: int) -> None:
+            try:
+                with requests.post(serving.url + "/v2/models/tiny_llm/generate_stream", stream=True, timeout=30,
+                                   json={"text_input": PROMPTS[index % 3], "max_tokens": 48, "stream": True}) as answer:
+                    if answer.status_code != 200:  # e.g. 503 from the guard while the engine reloads
+                        results[index].append({"error": f"HTTP {answer.status_code}: {answer.text}"})
+                    for line in answer.iter_lines(decode_unicode=True):
+                        if line.startswith("data:"):
+                            results[index].append(json.loads(line[5:]))
+                            first.set()
+            except requests.RequestException as error:
+                results[index].append({"error": f"connection: {error}"})
+            finally:
+                done[index].set()
+
+        # And over gRPC through serve's relay (tritonserver 2.51 never ends these streams itself).
+        from tritonclient.utils import InferenceServerException
+
+        from tritonize.triton.client import stream as stream_responses
+
+        grpc_results: list[list[str]] = [[] for _ in range(4)]
+        grpc_ends: list[BaseException | None] = [None] * len(grpc_results)
+        grpc_done = [threading.Event() for _ in grpc_results]
+
+        def consume_grpc(index: int) -> None:
+            try:  # a hang would end in TimeoutError after 20 s without a response
+                for response in stream_responses(f"127.0.0.1:{serving.grpc_port}", "tiny_llm",
+                                                  stream_request(PROMPTS[index % 3]), timeout_s=20):
+                    grpc_results[index].append(text_of(response))
+            except (InferenceServerException, TimeoutError) as error:
+                grpc_ends[index] = error
+            finally:
+                grpc_done[index].set()
+
+        for index in range(len(results)):
+            threading.Thread(target=consume, args=(index,), daemon=True).start()
+        for index in range(len(grpc_results)):
+            threading.Thread(target=consume_grpc, args=(index,), daemon=True).start()
+        assert first.wait(60)
+        engine = [s.pid for s in python_stubs(serving.server_pid(), built.repository.resolve()).values()
+                  if s.model == "tiny_llm_tensorrt_llm" and not s.zombie]
+        assert len(engine) == 1
+        os.kill(engine[0], signal.SIGKILL)
+        killed = time.monotonic()
+        assert all(event.wait(15) for event in done), "a stream of the killed engine hangs"
+        cut = [events for events in results if events and "error" in events[-1]]
+        assert cut, results  # at least one stream was still running when its engine died
+        assert all("error" in events[-1] or "text_output" in events[-1] for events in results)
+        assert all(event.wait(30) for event in grpc_done), "a gRPC stream of the killed engine hangs"
+        assert not any(isinstance(end, TimeoutError) for end in grpc_ends), (grpc_ends, grpc_results)
+        grpc_cut = [end for end in grpc_ends if end is not None]
+        assert grpc_cut, grpc_results  # at least one was running (or waiting) when the engine died
+        assert all(end.status() == "StatusCode.UNAVAILABLE" and "being reloaded" in end.message() for end in grpc_cut)
+        # The others ran to their final response before the kill: the full greedy text.
+        assert all("".join(pieces) == expected[PROMPTS[index % 3]][1]
+                   for index, (pieces, end) in enumerate(zip(grpc_results, grpc_ends)) if end is None)
+        while time.monotonic() - killed < 60:
+            if requests.get(serving.url + "/v2/models/tiny_llm/ready", timeout=5).status_code == 200 and \
+                    requests.get(serving.url + "/v2/models/tiny_llm_tensorrt_llm/ready", timeout=5).status_code == 200:
+                break
+            time.sleep(0.2)
+        answer = requests.post(serving.url + "/v2/models/tiny_llm/generate", timeout=60,
+                               json={"text_input": PROMPTS[0], "max_tokens": MAX_TOKENS})
+        assert answer.status_code == 200 and answer.json()["text_output"] == expected[PROMPTS[0]][1]
+        assert time.monotonic() - killed < 60
+    finally:
+        serving.stop()

@@ -12,7 +12,9 @@ from tritonize.errors import TritonizeError
 from tritonize.perf import SearchSpace, tune
 from tritonize.perf.analyzer import MeasurementSettings
 from tritonize.perf.specedit import write_model_settings
-from tritonize.perf.tune import Evaluation, TunePoint, hill_climb
+from tritonize.perf.tune.evaluate import sweep
+from tritonize.perf.tune.search import Evaluation, hill_climb
+from tritonize.perf.tune.space import TunePoint
 from tritonize.spec import load_spec
 
 ECHO_MODEL = textwrap.dedent("""
@@ -88,7 +90,7 @@ def test_hill_climb_moves_uphill_and_stops_early():
     space = SearchSpace(max_batch_size=[4, 8, 16, 32, 64], preferred=["none"], max_queue_delay_us=[0],
                         instances=[1, 2, 3])
     # Throughput peaks at mbs 32 with 2 instances; the climb must find it without the full grid.
-    def score(point: TunePoint, step: int) -> Evaluation:
+    def score(point: TunePoint, step: int, around: int | None) -> Evaluation:
         return _evaluation(point, 1000 - abs(point.max_batch_size - 32) * 10 - abs(point.instances - 2) * 100)
 
     explored = hill_climb(space, TunePoint(4, "none", 0, 1), score)
@@ -118,3 +120,38 @@ def _quiet():
     from tritonize.terminal import Terminal
 
     return Terminal(quiet=True)
+
+
+def _curve(saturates_at: int, p99_per_client_ms: float):
+    """A served model's throughput/p99 against concurrency: linear up to saturation, flat after;
+    p99 grows with the clients. Records the levels measured."""
+    measured: list[int] = []
+
+    def measure(level: int) -> dict[str, float]:
+        measured.append(level)
+        return {"concurrency": level, "throughput": 1000.0 * min(level, saturates_at), "p99_ms": p99_per_client_ms * level}
+
+    return measure, measured
+
+
+def test_sweep_from_a_neighbours_level_finds_the_same_best_with_fewer_levels():
+    levels = [1, 2, 4, 8, 16, 32]
+    full, full_levels = _curve(saturates_at=8, p99_per_client_ms=1.0)
+    _, best = sweep(levels, full, budget_ms=None)
+    assert best is not None and best["concurrency"] == 8 and full_levels == [1, 2, 4, 8, 16, 32]
+    hinted, hinted_levels = _curve(saturates_at=8, p99_per_client_ms=1.0)
+    _, best_from_hint = sweep(levels, hinted, budget_ms=None, around=4)
+    # From a neighbour's level one flat level ends it: 16 adds nothing over 8.
+    assert best_from_hint == best and hinted_levels == [4, 8, 16]
+
+
+def test_sweep_from_a_level_over_the_budget_comes_down_to_one_that_fits():
+    measure, measured = _curve(saturates_at=16, p99_per_client_ms=1.0)
+    levels, best = sweep([1, 2, 4, 8, 16], measure, budget_ms=5.0, around=8)
+    # 8 is over 5 ms (from a neighbour's level one over ends the upward sweep); 4 is the first level
+    # down that fits.
+    assert measured == [8, 4] and best is not None and best["concurrency"] == 4
+    assert [entry["concurrency"] for entry in levels] == measured
+    nothing, none_fits = _curve(saturates_at=16, p99_per_client_ms=10.0)
+    _, best = sweep([1, 2, 4], nothing, budget_ms=5.0, around=2)
+    assert best is None and none_fits == [2, 1]

@@ -1,4 +1,4 @@
-"""Triton load rules (tritonize.rules): each test starts from a valid repository, breaks one thing and
+"""Triton load rules (tritonize.triton.rules): each test starts from a valid repository, breaks one thing and
 expects exactly that rule to fire, with a one-line message naming the offending thing."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tritonize.model_config import parse_pbtxt, to_pbtxt
-from tritonize.rules import Violation, check_configs, check_repository
+from tritonize.triton.config import parse_pbtxt, to_pbtxt
+from tritonize.triton.rules import ERROR, WARNING, Violation, check_configs, check_repository
 
 PREPROCESS = """
 name: "preprocess"
@@ -140,8 +140,8 @@ def test_dir_name(configs):
     configs["classifier"].name = "clf"
     v = only(check_configs(configs), "dir-name", "'clf'", "'classifier'")
     assert v.one_line("model_repo/classifier/config.pbtxt") == (
-        "model_repo/classifier/config.pbtxt: name: config name 'clf' differs from its directory name "
-        "'classifier' (fix: set name: \"classifier\" (or leave name empty), or rename the directory "
+        "model_repo/classifier/config.pbtxt: name: unexpected directory name 'classifier' for model "
+        "'clf', directory name must equal model name (fix: set name: \"classifier\" (or leave name empty), or rename the directory "
         "to 'clf')")
 
 
@@ -180,6 +180,7 @@ def test_duplicate_tensor_name():
     config.output[1].name = "label"
     v = only(check_configs({"classifier": config}), "duplicate-tensor", "'label'")
     assert v.field == "output[1].name"
+    assert v.severity == WARNING  # Triton loads it
 
 
 def test_data_type_missing():
@@ -200,8 +201,9 @@ def test_dims_zero():
     config.output[1].dims[:] = [0]
     v = only(check_configs({"classifier": config}), "dims", "'probabilities'")
     assert v.one_line() == (
-        "classifier: output[1].dims: output 'probabilities': dims [0] contain 0; each dim is >= 1, "
-        "or -1 for a variable size (fix: replace the dimension with its size or -1)")
+        "classifier: output[1].dims: model output 'probabilities' dimension must be integer >= 1, or "
+        "-1 to indicate a variable-size dimension (dims [0] contain 0) (fix: replace the dimension "
+        "with its size or -1)")
 
 
 def test_reshape_element_count():
@@ -245,8 +247,8 @@ def test_preferred_batch_size_above_max(configs):
     v = only(check_configs(configs), "preferred-batch-size", "16", "8")
     assert v.loc == ("dynamic_batching", "preferred_batch_size", 2)
     assert v.one_line() == (
-        "preprocess: dynamic_batching.preferred_batch_size[2]: preferred batch size 16 is outside "
-        "1..max_batch_size (8) (fix: use sizes between 1 and 8, or raise max_batch_size)")
+        "preprocess: dynamic_batching.preferred_batch_size[2]: dynamic batching preferred size must "
+        "be <= max batch size (16 is outside 1..8) (fix: use sizes between 1 and 8, or raise max_batch_size)")
 
 
 def test_preferred_batch_size_without_batching():
@@ -345,8 +347,8 @@ def test_ensemble_unproduced_output(configs):
     configs["pipeline"].output.add(name="SCORE", data_type=mc.TYPE_FP32, dims=[1])
     v = only(check_configs(configs), "ensemble-unproduced-output", "'SCORE'")
     assert v.one_line("model_repo/pipeline/config.pbtxt") == (
-        "model_repo/pipeline/config.pbtxt: output[2]: ensemble output 'SCORE' is not written by any "
-        "step (fix: map a step output to it in that step's output_map, or remove the output)")
+        "model_repo/pipeline/config.pbtxt: output[2]: ensemble output 'SCORE' for ensemble "
+        "'pipeline' is not used (no step writes it) (fix: map a step output to it in that step's output_map, or remove the output)")
 
 
 def test_ensemble_required_step_input_unmapped(configs):
@@ -368,7 +370,8 @@ def test_ensemble_input_map_key_twice(tmp_path, configs):
     assert v.one_line() == (
         "pipeline: ensemble_scheduling.step[1].input_map[\"float_input\"]: step 1 (model 'classifier') "
         "maps input 'float_input' 2 times (to 'RAW', 'features'); only the last one takes effect "
-        "(fix: keep one input_map entry for 'float_input')")
+        "(Triton loads it) (fix: keep one input_map entry for 'float_input')")
+    assert v.severity == WARNING
 
 
 def test_ensemble_step_maps_unknown_input(configs):
@@ -395,7 +398,8 @@ def test_ensemble_tensor_produced_twice(configs):
 def test_ensemble_input_overwritten(configs):
     configs["preprocess"].output.add(name="ECHO", data_type=mc.TYPE_FP32, dims=[4])
     configs["pipeline"].ensemble_scheduling.step[0].output_map["ECHO"] = "RAW"
-    only(check_configs(configs), "ensemble-input-overwritten", "'RAW'", "'ECHO'")
+    v = only(check_configs(configs), "ensemble-input-overwritten", "'RAW'", "'ECHO'")
+    assert v.severity == WARNING  # Triton loads it
 
 
 def test_ensemble_unused_tensor(configs):
@@ -415,8 +419,9 @@ def test_ensemble_step_cycle(configs):
     configs["preprocess"].input.add(name="HINT", data_type=mc.TYPE_FP32, dims=[3], optional=True)
     configs["pipeline"].ensemble_scheduling.step[0].input_map["HINT"] = "PROBS"
     v = only(check_configs(configs), "ensemble-cycle", "'preprocess'", "'classifier'")
-    assert v.message == ("steps depend on each other in a cycle: step 0 (model 'preprocess') -> "
-                         "step 1 (model 'classifier') -> step 0 (model 'preprocess')")
+    assert v.message == ("output 'LABEL' for ensemble 'pipeline' is not written: steps depend on "
+                         "each other in a cycle: step 0 (model 'preprocess') -> step 1 (model "
+                         "'classifier') -> step 0 (model 'preprocess')")
 
 
 def test_ensemble_contains_itself(configs):
@@ -440,8 +445,8 @@ def test_ensemble_contains_itself(configs):
 def test_ensemble_edge_dtype(configs):
     configs["classifier"].output[0].data_type = mc.TYPE_INT32
     v = only(check_configs(configs), "ensemble-edge-dtype", "'LABEL'", "INT32", "INT64")
-    assert v.message == ("ensemble tensor 'LABEL': step 1 (model 'classifier') output 'label' is "
-                         "INT32 but ensemble output 'LABEL' is INT64")
+    assert v.message == ("ensemble tensor 'LABEL': inconsistent data type: step 1 (model "
+                         "'classifier') output 'label' is INT32 but ensemble output 'LABEL' is INT64")
 
 
 def test_ensemble_edge_shape(configs):
@@ -508,13 +513,15 @@ def test_missing_version_directory(tmp_path, configs):
 def test_version_directory_not_a_number(tmp_path, configs):
     repo = write_repo(tmp_path, configs)
     (repo / "classifier" / "v2").mkdir()
-    only(check_repository(repo), "version-dir", "'v2'")
+    v = only(check_repository(repo), "version-dir", "'v2'")
+    assert v.severity == WARNING  # Triton ignores the directory and loads the model
 
 
 def test_version_policy_names_missing_version(tmp_path, configs):
     configs["classifier"].version_policy.specific.versions[:] = [1, 2]
     repo = write_repo(tmp_path, configs)
-    only(check_repository(repo), "version-policy", "[2]")
+    v = only(check_repository(repo), "version-policy", "version 2")
+    assert v.severity == WARNING  # Triton logs it and loads version 1
 
 
 def test_model_file_missing(tmp_path, configs):
@@ -560,9 +567,22 @@ def test_parse_error(tmp_path, configs):
 def test_config_missing(tmp_path, configs):
     repo = write_repo(tmp_path, configs)
     (repo / "classifier" / "config.pbtxt").unlink()
-    only(check_repository(repo), "config-missing", "'classifier'")
+    v = only(check_repository(repo), "config-missing", "'classifier'", "onnxruntime")
+    assert v.severity == WARNING  # auto-complete builds it from model.onnx
+    (repo / "classifier" / "1" / "model.onnx").unlink()
+    v = only(check_repository(repo), "config-missing", "'classifier'", "Could not determine backend")
+    assert v.severity == ERROR
 
 
 def test_repository_missing(tmp_path):
     v = only(check_repository(tmp_path / "nowhere"), "repository", "nowhere")
     assert v.model == ""
+
+
+def test_step_version_against_versions_not_written_yet(configs):
+    # The build checks configs before writing directories: `versions` tells what each will hold.
+    configs["pipeline"].ensemble_scheduling.step[1].model_version = 2
+    versions = {"preprocess": [1], "classifier": [1], "pipeline": [1]}
+    only(check_configs(configs, versions=versions), "ensemble-step-version", "'classifier'", "version 2")
+    configs["pipeline"].ensemble_scheduling.step[1].model_version = 1
+    assert check_configs(configs, versions=versions) == []

@@ -7,7 +7,6 @@ model.py with this environment's packages.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tritonize import manifest as manifest_file
 from tritonize.check import check_deployment
-from tritonize.emit import MANIFEST_NAME
 from tritonize.errors import TritonizeError
-from tritonize.server import ServerError, TritonServer, free_port
+from tritonize.manifest import Manifest
 from tritonize.terminal import Terminal
+from tritonize.triton.server import ServerError, TritonServer, free_port
 
 pytestmark = pytest.mark.server
 
@@ -97,8 +97,10 @@ def _write_model(repo: Path, name: str, config: str, model_py: str) -> None:
     (repo / name / "1" / "model.py").write_text(model_py)
 
 
-def _manifest(double_out: list, argmax: list, spelled: str) -> dict:
-    return {"tritonize": "0.1.0", "runtime": "embedded", "models": {
+def _manifest(double_out: list, argmax: list, spelled: str) -> Manifest:
+    return Manifest.model_validate({
+        "tritonize": "0.1.0", "spec": "model.yaml", "input_hash": "", "runtime": "embedded", "tools": {},
+        "perf": {"tolerance": 0.05, "latency_tolerance": 0.1}, "models": {
         "double": {"kind": "python", "framework": "python", "samples": {
             "inputs": {"INPUT0": {"datatype": "FP32", "shape": [2, 4], "data": SAMPLE}},
             "outputs": {"OUTPUT0": {"datatype": "FP32", "shape": [2, 4], "data": double_out},
@@ -109,7 +111,7 @@ def _manifest(double_out: list, argmax: list, spelled: str) -> dict:
             "inputs": {"TEXT": {"datatype": "STRING", "shape": [1], "data": ["hello"]}},
             "outputs": {"CHAR": {"datatype": "STRING", "shape": [1], "data": [spelled]}},
             "stream_join": "concat_strings"}},
-    }}
+        }})
 
 
 CORRECT = dict(double_out=(np.array(SAMPLE) * 2).tolist(), argmax=[[1], [2]], spelled="hello")
@@ -120,7 +122,7 @@ def tiny_repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("tiny_repo")
     _write_model(repo, "double", DOUBLE_CONFIG, DOUBLE_MODEL)
     _write_model(repo, "spell", SPELL_CONFIG, SPELL_MODEL)
-    (repo / MANIFEST_NAME).write_text(json.dumps(_manifest(**CORRECT)))
+    manifest_file.write(_manifest(**CORRECT), repo)
     return repo
 
 
@@ -150,17 +152,15 @@ def _process_group(pgid: int) -> list[int]:
 
 
 def test_http_and_grpc_answer_the_sample(server):
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
+    from tritonize.triton.client import GrpcClient, HttpClient
 
     x = np.array(SAMPLE, dtype=np.float32)
-    for module, url in ((httpclient, server.http_url), (grpcclient, server.grpc_url)):
-        client = module.InferenceServerClient(url)
-        request = module.InferInput("INPUT0", list(x.shape), "FP32")
-        request.set_data_from_numpy(x)
-        result = client.infer("double", [request])
-        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), x * 2)  # doubling is exact in float32
-        np.testing.assert_array_equal(result.as_numpy("ARGMAX"), [[1], [2]])
+    for client in (HttpClient(server.http_url), GrpcClient(server.grpc_url)):
+        with client:
+            answer = client.infer("double", {"INPUT0": x}, ["OUTPUT0", "ARGMAX"])
+        assert answer["OUTPUT0"][0] == "FP32"
+        np.testing.assert_array_equal(answer["OUTPUT0"][1], x * 2)  # doubling is exact in float32
+        np.testing.assert_array_equal(answer["ARGMAX"][1], [[1], [2]])
 
 
 def test_repository_index_lists_ready_models(server):
@@ -180,13 +180,14 @@ def test_check_reports_wrong_expected_answers_with_numbers(server, tmp_path):
     # Only the manifest is read from the checked repository: serve the tiny one, check a copy.
     wrong_double = (np.array(SAMPLE) * 2).tolist()
     wrong_double[1][2] += 0.5
-    (tmp_path / MANIFEST_NAME).write_text(json.dumps(_manifest(wrong_double, [[1], [3]], "help")))
+    manifest_file.write(_manifest(wrong_double, [[1], [3]], "help"), tmp_path)
     result = check_deployment(tmp_path, server.grpc_url, "grpc", terminal=_quiet())
 
     assert not result.passed
     double, spell = result.checks
     assert (double.status, spell.status) == ("failed", "failed")
-    values, argmax = double.tensors
+    tensors = {t.name: t for t in double.tensors}  # the manifest keeps outputs in sorted order
+    values, argmax = tensors["OUTPUT0"], tensors["ARGMAX"]
     assert values.max_abs_error == 0.5
     assert "1 of 8 values outside tolerance" in values.message and "max |error| 0.5 at [1, 2]" in values.message
     assert not argmax.passed and argmax.max_abs_error == 1.0 and "exact" in argmax.message
@@ -284,7 +285,7 @@ def test_serve_runs_until_sigterm_then_stops_the_server(tiny_repo, tmp_path):
 def test_backend_directory_is_prepared_once_under_concurrency(tmp_path, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    from tritonize.server import find_tritonserver
+    from tritonize.triton.server import find_tritonserver
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with ThreadPoolExecutor(4) as pool:

@@ -177,7 +177,7 @@ def test_default_range_is_zero_to_one():
     tensor = TensorSpec(name="x", dtype="FP16", dims=[1000])
     model = model_with([tensor.model_dump()])
     values = make_samples(model, model.inputs, batch=1, seed=0)["x"]
-    assert values.dtype == np.float16 and 0 <= values.min() and values.max() <= 1
+    assert values.dtype == np.float16 and values.min() >= 0 and values.max() <= 1
 
 
 def test_spec_sample_inputs_win_and_are_checked():
@@ -187,7 +187,7 @@ def test_spec_sample_inputs_win_and_are_checked():
     assert samples["x"].dtype == np.float32 and samples["x"].tolist() == [[1, 2], [3, 4]]
     assert samples["s"].tolist() == [[b"a"], [b"b"]]
     bad_shape = model_with(inputs, sample_inputs={"x": [[1, 2, 3]], "s": [["a"]]})
-    with pytest.raises(SpecError, match=r"sample_inputs.x has shape \[1, 3\], expected \[batch, 2\]"):
+    with pytest.raises(SpecError, match=r"sample_inputs.x: has shape \[1, 3\], expected \[batch, 2\]"):
         make_samples(bad_shape, bad_shape.inputs, batch=1, seed=0)
     missing = model_with(inputs, sample_inputs={"x": [[1, 2]]})
     with pytest.raises(SpecError, match="sample_inputs lacks input\\(s\\) s"):

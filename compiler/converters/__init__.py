@@ -1,32 +1,32 @@
-"""Source frameworks -> ONNX, one converter class per framework in a registry keyed by framework name.
+"""Source frameworks -> ONNX, one converter class per framework; which class converts which
+framework is the framework registry's (frameworks.py) to say.
 
     converted = convert(model_spec, spec)
 
-Converter modules import their heavy packages (skl2onnx, onnxmltools, torch) only inside convert().
+Converter modules import their heavy packages (skl2onnx, onnxmltools, torch) only when used.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from ..errors import ConversionError
-from . import onnx_file, pytorch, sklearn, trees  # noqa: F401  (importing registers the converters)
-from .base import REGISTRY, ConvertedModel, Converter
+from ..frameworks import FRAMEWORKS
+from .base import ConvertedModel, Converter
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec, Spec
 
-__all__ = ["ConvertedModel", "Converter", "convert", "registered_frameworks"]
+__all__ = ["ConvertedModel", "Converter", "convert", "converted_frameworks"]
 
 
-def registered_frameworks() -> list[str]:
-    return sorted(REGISTRY)
+def converted_frameworks() -> list[str]:
+    return sorted(name for name, framework in FRAMEWORKS.items() if framework.converter is not None)
 
 
-def convert(model: "ModelSpec", spec: "Spec") -> ConvertedModel:
-    framework = model.source.framework
-    converter = REGISTRY.get(framework)
-    if converter is None:
-        raise ConversionError(f"model '{model.name}': no ONNX converter for framework '{framework}'",
-                              file=spec.path, field=f"models.{model.name}.source.framework",
-                              fix=f"use one of: {', '.join(registered_frameworks())}")
+def convert(model: ModelSpec, spec: Spec) -> ConvertedModel:
+    framework = FRAMEWORKS.get(model.source.framework)
+    if framework is None or framework.converter is None:
+        raise ConversionError(f"model '{model.name}': no ONNX converter for framework '{model.source.framework}'",
+                              loc=("source", "framework"), fix=f"use one of: {', '.join(converted_frameworks())}")
+    converter: type[Converter] = framework.load_converter()
     return converter().convert(model, spec)

@@ -1,21 +1,25 @@
-"""What every converter shares: the result type, the registry, source loading and spec overrides."""
+"""What every converter shares: the result type, the base class, source loading and spec overrides."""
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConversionError
-from ..onnx_signature import canonicalize, rename_tensors, signature
+from ..onnx_signature import canonicalize, fix_batch_output_shapes, rename_tensors, signature
+from ..optional import optional
 from ..samples import NUMPY_DTYPES, as_bytes
 from ..spec import ModelSpec, Spec, TensorSpec
 from ..versions import installed_versions
 
 if TYPE_CHECKING:
-    import onnx
+    import onnx as onnx_types
+
+onnx = optional("onnx", purpose="checking ONNX graphs")
 
 
 # ONNX opsets written by the converters. 17 is served by every onnxruntime in NGC tritonserver
@@ -42,13 +46,15 @@ class ConvertedModel:
 
     name: str
     framework: str
-    onnx_model: "onnx.ModelProto"
+    onnx_model: onnx_types.ModelProto
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     batch_axis: bool
     reference: Reference | None
     tools: dict[str, str] = field(default_factory=dict)
     summary: str = ""  # one line for the build log and the manifest: source, then `signature`
+    # STRING input -> the values it takes (an encoder's fitted categories): verification samples them.
+    choices: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def signature(self) -> str:
@@ -61,45 +67,36 @@ class ConvertedModel:
 
 
 class Converter(abc.ABC):
-    """One source framework -> ONNX. Subclasses set `framework` and implement `convert`."""
-
-    framework: ClassVar[str]
+    """One source framework -> ONNX (frameworks.FRAMEWORKS names the class for each framework)."""
 
     @abc.abstractmethod
     def convert(self, model: ModelSpec, spec: Spec) -> ConvertedModel:
         """Load the source, export ONNX, and finish() it."""
 
 
-REGISTRY: dict[str, type[Converter]] = {}
-
-
-def register(cls: type[Converter]) -> type[Converter]:
-    REGISTRY[cls.framework] = cls
-    return cls
-
-
 def source_file(model: ModelSpec, spec: Spec, suffixes: tuple[str, ...]) -> Path:
     """The model's `path`, resolved and checked, with a suffix the converter understands."""
     assert model.source.path is not None
     path = spec.resolve(model.source.path)
-    where = f"models.{model.name}.source.path"
+    where = ("source", "path")
     if not path.is_file():
-        raise ConversionError(f"model file not found: {model.source.path}", file=spec.path, field=where,
+        raise ConversionError(f"model file not found: {model.source.path}", loc=where,
                               fix="give a path relative to the spec file")
     if path.suffix.lower() not in suffixes:
-        raise ConversionError(f"'{path.name}' is not a {model.source.framework} model file", file=spec.path,
-                              field=where, fix=f"use a file ending in {', '.join(suffixes)}")
+        raise ConversionError(f"'{path.name}' is not a {model.source.framework} model file", loc=where,
+                              fix=f"use a file ending in {', '.join(suffixes)}")
     return path
 
 
-def finish(model: ModelSpec, spec: Spec, onnx_model: "onnx.ModelProto", *, tool: str, reference: Reference | None,
+def finish(model: ModelSpec, spec: Spec, onnx_model: onnx_types.ModelProto, *, tool: str, reference: Reference | None,
            tools: dict[str, str], rename_outputs: dict[str, str] | None = None,
-           producer_version: str | None = None) -> ConvertedModel:
-    """Common tail of every converter: converter-chosen output names, spec name/dtype/dims
-    overrides, deterministic bytes, and the ONNX checker. The converter then writes `summary`."""
-    import onnx
-
+           producer_version: str | None = None, choices: dict[str, list[str]] | None = None) -> ConvertedModel:
+    """Common tail of every converter: converter-chosen output names, output shapes from a real run
+    (converters' declared ones are not trusted), spec name/dtype/dims overrides checked against
+    them, deterministic bytes, and the ONNX checker. The converter then writes `summary`.
+    Verification then cross-checks each output's shape with the source framework's answer."""
     rename_tensors(onnx_model, rename_outputs or {})
+    fix_batch_output_shapes(onnx_model, model_name=model.name)
     batching = model.max_batch_size > 0
     graph = signature(onnx_model, model.name, batching)
     renames = {**_spec_renames(model, spec, graph.inputs, model.inputs, "inputs"),
@@ -111,8 +108,8 @@ def finish(model: ModelSpec, spec: Spec, onnx_model: "onnx.ModelProto", *, tool:
         onnx.checker.check_model(onnx_model, full_check=True)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ConversionError(f"model '{model.name}': the ONNX graph fails onnx.checker: {first}", file=spec.path,
-                              field=f"models.{model.name}.source", fix="re-export the model with a supported opset")
+        raise ConversionError(f"model '{model.name}': the ONNX graph fails onnx.checker: {first}", loc=("source",),
+                              fix="re-export the model with a supported opset") from None
     final = signature(onnx_model, model.name, batching)
     inputs, outputs = _merged(final.inputs, model.inputs), _merged(final.outputs, model.outputs)
     if reference is not None:
@@ -120,7 +117,8 @@ def finish(model: ModelSpec, spec: Spec, onnx_model: "onnx.ModelProto", *, tool:
     return ConvertedModel(
         name=model.name, framework=model.source.framework, onnx_model=onnx_model,
         inputs=inputs, outputs=outputs, batch_axis=final.batch_axis, reference=reference,
-        tools={**installed_versions("onnx", "onnxruntime"), **tools})
+        tools={**installed_versions("onnx", "onnxruntime"), **tools},
+        choices={renames.get(name, name): values for name, values in (choices or {}).items()})
 
 
 def _spec_renames(model: ModelSpec, spec: Spec, graph: list[TensorSpec], declared: list[TensorSpec] | None,
@@ -131,13 +129,13 @@ def _spec_renames(model: ModelSpec, spec: Spec, graph: list[TensorSpec], declare
         return {}
     if len(declared) > len(graph):
         raise ConversionError(f"model '{model.name}' declares {len(declared)} {kind} but the ONNX graph has "
-                              f"{len(graph)} ({', '.join(t.name for t in graph)})", file=spec.path,
-                              field=f"models.{model.name}.{kind}", fix=f"declare at most {len(graph)} {kind}")
+                              f"{len(graph)} ({', '.join(t.name for t in graph)})", loc=(kind,),
+                              fix=f"declare at most {len(graph)} {kind}")
     for index, (wanted, actual) in enumerate(zip(declared, graph)):
-        where = f"models.{model.name}.{kind}[{index}]"
+        where = (kind, index)
         if wanted.dtype != actual.dtype:
             raise ConversionError(f"dtype {wanted.dtype} does not match the graph's {actual.dtype} for "
-                                  f"'{actual.name}'", file=spec.path, field=f"{where}.dtype",
+                                  f"'{actual.name}'", loc=(*where, "dtype"),
                                   fix=f"write dtype: {actual.dtype}")
         # Compare what the graph sees: a spec without reshape is taken as client dims.
         if wanted.reshape is None and wanted.dims == actual.dims:
@@ -147,7 +145,7 @@ def _spec_renames(model: ModelSpec, spec: Spec, graph: list[TensorSpec], declare
         if len(wanted_dims) != len(actual_dims) or any(
                 a != -1 and w != -1 and a != w for w, a in zip(wanted_dims, actual_dims)):
             raise ConversionError(f"dims {wanted.dims} do not fit the graph's {actual.dims} for '{actual.name}'"
-                                  " (batch dim excluded)", file=spec.path, field=f"{where}.dims",
+                                  " (batch dim excluded)", loc=(*where, "dims"),
                                   fix=f"write dims: {actual.dims}")
     return {actual.name: wanted.name for wanted, actual in zip(declared, graph)}
 
@@ -185,13 +183,20 @@ def _client_reference(reference: Reference, renames: dict[str, str], inputs: lis
         rows = len(next(iter(samples.values()))) if batch_axis else 0
         result = {}
         for tensor in outputs:
-            array = np.asarray(answer[original.get(tensor.name, tensor.name)])
+            source_name = original.get(tensor.name, tensor.name)
+            if source_name not in answer:
+                raise RuntimeError(f"tritonize bug: the reference of this converter gives no answer for output "
+                                   f"'{source_name}' (it answers {', '.join(answer)})")
+            array = np.asarray(answer[source_name])
             if tensor.dtype == "STRING":
                 array = as_bytes(array)
             else:
                 array = array.astype(NUMPY_DTYPES[tensor.dtype], copy=False)
-            if tensor.reshape is not None:
-                array = array.reshape(([rows] if batch_axis else []) + tensor.dims)
+            client_shape = ([rows] if batch_axis else []) + tensor.dims
+            # The source's [N] answer for a per-row [1] output (and the like) is the same data.
+            if tensor.reshape is not None or (min(client_shape, default=1) > 0 and
+                                              array.size == int(np.prod(client_shape))):
+                array = array.reshape(client_shape)
             result[tensor.name] = array
         return result
 

@@ -2,27 +2,21 @@
 framework to compare with, so `reference` is None and verification only runs it in onnxruntime."""
 from __future__ import annotations
 
-
 from ..errors import ConversionError
 from ..spec import ModelSpec, Spec
 from ..versions import installed_versions
-from .base import ConvertedModel, Converter, finish, register, source_file
+from .base import ConvertedModel, Converter, finish, onnx, source_file
 
 
-
-@register
 class OnnxFileConverter(Converter):
-    framework = "onnx"
 
     def convert(self, model: ModelSpec, spec: Spec) -> ConvertedModel:
-        import onnx
-
         path = source_file(model, spec, (".onnx",))
         try:
             onnx_model = onnx.load(str(path))
         except Exception as exc:  # protobuf's DecodeError and friends: the file is not an ONNX model
-            raise ConversionError(f"model '{model.name}': cannot read {path.name} as ONNX: {exc}", file=spec.path,
-                                  field=f"models.{model.name}.source.path", fix="give a .onnx model file") from None
+            raise ConversionError(f"model '{model.name}': cannot read {path.name} as ONNX: {exc}",
+                                  loc=("source", "path"), fix="give a .onnx model file") from None
         producer = onnx_model.producer_name or "onnx"
         converted = finish(model, spec, onnx_model, tool=producer, reference=None, tools=installed_versions("onnx"),
                            producer_version=onnx_model.producer_version)

@@ -8,23 +8,30 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, lazy_import
+from ..errors import ConversionError
+from ..factory import call_factory, spec_dir_on_path
+from ..optional import optional
 from ..samples import NUMPY_DTYPES
 from ..spec import ModelSpec, Spec
-from ..factory import call_factory, spec_dir_on_path
 from ..versions import installed_versions
-from .base import ONNX_OPSET, ConvertedModel, Converter, finish, register, source_file
+from .base import ONNX_OPSET, ConvertedModel, Converter, finish, source_file
 
+torch = optional("torch", purpose="converting a PyTorch model", extra="torch")
+onnx = optional("onnx", purpose="converting a PyTorch model", package="onnx")
 
 # Size of -1 dims in the example input traced for export (the axis is exported dynamic anyway).
 # Batch 2 keeps the exporter from specializing the batch axis to a constant 1.
 TRACE_BATCH = 2
 TRACE_VARIABLE_DIM = 3
+# Inputs up to this rank (24 orders) are tried in other dim orders when forward() fails on them.
+MAX_PERMUTED_RANK = 4
 
 
 @contextlib.contextmanager
@@ -38,19 +45,14 @@ def single_thread(torch: Any) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-@register
 class PyTorchConverter(Converter):
-    framework = "pytorch"
     suffixes = (".pt", ".pth")
 
     def convert(self, model: ModelSpec, spec: Spec) -> ConvertedModel:
-        torch = lazy_import("torch", purpose="converting a PyTorch model", extra="torch")
-        import onnx
-
         module = call_factory(model, spec) if model.source.factory else self._load(torch, model, spec)
         if not isinstance(module, (torch.nn.Module, torch.jit.ScriptModule)):
             raise ConversionError(f"model '{model.name}': the pytorch source is a {type(module).__name__}, not an "
-                                  "nn.Module", file=spec.path, field=f"models.{model.name}.source",
+                                  "nn.Module", loc=("source",),
                                   fix="return the module itself (a state_dict has no architecture)")
         module.eval()
         assert model.inputs is not None  # the spec requires inputs for pytorch models
@@ -59,12 +61,11 @@ class PyTorchConverter(Converter):
         example = tuple(torch.from_numpy(np.zeros(
             ([TRACE_BATCH] if batched else []) + [d if d > 0 else TRACE_VARIABLE_DIM for d in t.dims],
             dtype=NUMPY_DTYPES[t.dtype])) for t in model.inputs)
-        with torch.no_grad():
-            first = module(*example)
+        first = self._first_forward(module, example, model)
         count = 1 if isinstance(first, torch.Tensor) else len(first) if isinstance(first, (tuple, list)) else 0
         if count == 0:
             raise ConversionError(f"model '{model.name}': forward() returned {type(first).__name__}",
-                                  file=spec.path, field=f"models.{model.name}.source",
+                                  loc=("source",),
                                   fix="return a tensor or a tuple of tensors")
         output_names = self._output_names(model, count, spec)
         dynamic_axes: dict[str, dict[int, str]] = {}
@@ -84,8 +85,7 @@ class PyTorchConverter(Converter):
                                   do_constant_folding=True)
             except Exception as exc:  # the exporter raises many types; all mean "this module does not export"
                 raise ConversionError(f"model '{model.name}': torch.onnx.export failed: "
-                                      f"{str(exc).strip().splitlines()[0]}", file=spec.path,
-                                      field=f"models.{model.name}.source",
+                                      f"{str(exc).strip().splitlines()[0]}", loc=("source",),
                                       fix="make forward() traceable (no data-dependent Python control flow)") from None
         onnx_model = onnx.load_from_string(buffer.getvalue())
 
@@ -102,6 +102,38 @@ class PyTorchConverter(Converter):
                              f"{converted.signature}")
         return converted
 
+    @staticmethod
+    def _first_forward(module: Any, example: tuple, model: ModelSpec) -> Any:
+        """forward() on the traced example; when it fails, the declared dims are wrong: find the
+        order of each input's dims that forward() takes (a CNN declared [H, W, C] wants [C, H, W])."""
+        assert model.inputs is not None
+        try:
+            with torch.no_grad():
+                return module(*example)
+        except Exception as exc:  # forward() raises whatever the module's code raises
+            error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            batch = 1 if model.max_batch_size > 0 else 0
+            for index, tensor in enumerate(model.inputs):
+                shape = list(example[index].shape[batch:])
+                if len(shape) > MAX_PERMUTED_RANK:
+                    continue
+                for order in sorted(set(itertools.permutations(range(len(shape))))):
+                    if list(order) == list(range(len(shape))):
+                        continue
+                    trial = list(example)
+                    trial[index] = example[index].permute(*range(batch), *(batch + axis for axis in order))
+                    try:
+                        with torch.no_grad():
+                            module(*trial)
+                    except Exception:  # this order does not fit either
+                        continue
+                    dims = [tensor.dims[axis] for axis in order]
+                    raise ConversionError(f"model '{model.name}': forward() fails on input '{tensor.name}' with "
+                                          f"dims {tensor.dims} ({error}); it runs with dims {dims}",
+                                          loc=("inputs", index, "dims"), fix=f"write dims: {dims}") from None
+            raise ConversionError(f"model '{model.name}': forward() fails on inputs of the declared dims: {error}",
+                                  loc=("inputs",), fix="declare the dims and dtypes forward() takes") from None
+
     def _load(self, torch: Any, model: ModelSpec, spec: Spec) -> Any:
         path = source_file(model, spec, self.suffixes)
         try:
@@ -116,13 +148,12 @@ class PyTorchConverter(Converter):
                 # weights_only=False unpickles arbitrary classes: load only files you trust.
                 loaded = torch.load(str(path), map_location="cpu", weights_only=False)
             except (AttributeError, ModuleNotFoundError) as exc:
-                raise ConversionError(f"model '{model.name}': cannot unpickle {path.name}: {exc}", file=spec.path,
-                                      field=f"models.{model.name}.source.path",
+                raise ConversionError(f"model '{model.name}': cannot unpickle {path.name}: {exc}", loc=("source", "path"),
                                       fix="put the module's class where the spec directory can import it, or "
                                           "save with torch.jit.script(model).save(path)") from None
         if isinstance(loaded, dict):
             raise ConversionError(f"model '{model.name}': {path.name} holds a state_dict, which has no architecture",
-                                  file=spec.path, field=f"models.{model.name}.source",
+                                  loc=("source",),
                                   fix="use a factory that builds the module and loads the state_dict")
         return loaded
 
@@ -131,7 +162,7 @@ class PyTorchConverter(Converter):
         if model.outputs:
             if len(model.outputs) != count:
                 raise ConversionError(f"model '{model.name}' declares {len(model.outputs)} outputs but forward() "
-                                      f"returns {count}", file=spec.path, field=f"models.{model.name}.outputs",
+                                      f"returns {count}", loc=("outputs",),
                                       fix=f"declare {count} outputs")
             return [t.name for t in model.outputs]
         return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]

@@ -1,16 +1,48 @@
-"""scikit-learn estimators and pipelines -> ONNX with skl2onnx."""
+"""scikit-learn estimators and pipelines -> ONNX with skl2onnx.
+
+Inputs: a pipeline that starts with a ColumnTransformer takes one Triton input per column (dims
+[1]), named after the columns it was fitted on (`feature_names_in_` of a DataFrame, else x0, x1,
+...), STRING where a fitted encoder holds string categories, INT64 where it holds integer ones,
+FP32 otherwise; the spec's inputs, declared one per column, rename them and choose FP32/FP64. A
+spec declaring one input takes all columns as one tensor of its dtype. Any other estimator takes
+one feature tensor (FP32 or FP64).
+
+Outputs, by what the final estimator is (ESTIMATOR_KINDS), each compared in verification with the
+sklearn method named there, called on features in the dtype the model was fitted with.
+"""
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, lazy_import
-from ..spec import ModelSpec, Spec
+from ..errors import ConversionError, TritonizeError
 from ..factory import call_factory, spec_dir_on_path
+from ..optional import optional
+from ..samples import as_str
+from ..spec import ModelSpec, Spec
 from ..versions import installed_versions
-from .base import ONNX_ML_OPSET, ONNX_OPSET, ConvertedModel, Converter, finish, register, source_file
+from .base import ONNX_ML_OPSET, ONNX_OPSET, ConvertedModel, Converter, finish, source_file
 
+_PURPOSE = "converting a scikit-learn model"
+sklearn_base = optional("sklearn.base", purpose=_PURPOSE, extra="sklearn", package="scikit-learn")
+skl2onnx = optional("skl2onnx", purpose=_PURPOSE, extra="sklearn")
+skl2onnx_types = optional("skl2onnx.common.data_types", purpose=_PURPOSE, extra="sklearn", package="skl2onnx")
+sklearn_compose = optional("sklearn.compose", purpose=_PURPOSE, extra="sklearn", package="scikit-learn")
+joblib = optional("joblib", purpose="loading a saved scikit-learn model", extra="sklearn")
+pandas = optional("pandas", purpose="feeding a model fitted on a pandas DataFrame", extra="sklearn")
+
+# Final estimator kind -> (graph output -> (its Triton name, the sklearn method that answers it)).
+# skl2onnx names a regressor's and a transformer's single output "variable".
+ESTIMATOR_KINDS: dict[str, dict[str, tuple[str, str]]] = {
+    "classifier": {"label": ("label", "predict"), "probabilities": ("probabilities", "predict_proba")},
+    "regressor": {"variable": ("prediction", "predict")},
+    "outlier detector": {"label": ("label", "predict"), "scores": ("scores", "decision_function")},
+    "clusterer": {"label": ("label", "predict"), "scores": ("scores", "transform")},
+    "transformer": {"variable": ("features", "transform")},
+}
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 
@@ -21,8 +53,7 @@ def feature_input(model: ModelSpec, spec: Spec) -> tuple[str, str]:
         first = model.inputs[0]
         if first.dtype not in ("FP32", "FP64"):
             raise ConversionError(f"model '{model.name}': a {model.source.framework} model takes FP32 (or FP64) "
-                                  f"features, not {first.dtype}", file=spec.path,
-                                  field=f"models.{model.name}.inputs[0].dtype", fix="write dtype: FP32")
+                                  f"features, not {first.dtype}", loc=("inputs", 0, "dtype"), fix="write dtype: FP32")
         return first.name, first.dtype
     return "input", "FP32"
 
@@ -31,7 +62,7 @@ def n_features(estimator: Any, model: ModelSpec, spec: Spec) -> int:
     count = getattr(estimator, "n_features_in_", None)
     if count is None:
         raise ConversionError(f"model '{model.name}': the {type(estimator).__name__} is not fitted (it has no "
-                              "n_features_in_)", file=spec.path, field=f"models.{model.name}.source",
+                              "n_features_in_)", loc=("source",),
                               fix="fit the model before saving or returning it")
     return int(count)
 
@@ -39,7 +70,6 @@ def n_features(estimator: Any, model: ModelSpec, spec: Spec) -> int:
 def load_pickled(model: ModelSpec, spec: Spec) -> Any:
     """A joblib/pickle file. Unpickling runs code from the file: load only models you trust."""
     path = source_file(model, spec, PICKLE_SUFFIXES)
-    joblib = lazy_import("joblib", purpose="loading a saved scikit-learn model", extra="sklearn")
     with spec_dir_on_path(spec):
         return joblib.load(path)
 
@@ -49,6 +79,10 @@ def describe(estimator: Any) -> str:
     name = type(estimator).__name__
     if hasattr(estimator, "steps"):
         return "Pipeline(" + " -> ".join(describe(step) for _, step in estimator.steps) + ")"
+    if hasattr(estimator, "transformers_"):
+        return "ColumnTransformer(" + ", ".join(
+            f"{describe(step)}[{len(columns) if isinstance(columns, list) else columns!r}]"
+            for _, step, columns in estimator.transformers_ if not isinstance(step, str)) + ")"
     try:
         defaults = type(estimator)().get_params(deep=False)
         changed = {k: v for k, v in estimator.get_params(deep=False).items()
@@ -58,51 +92,191 @@ def describe(estimator: Any) -> str:
     return name + "(" + ", ".join(f"{k}={v!r}" for k, v in sorted(changed.items())) + ")"
 
 
-@register
+@dataclass
+class Column:
+    """One input column of a ColumnTransformer: its Triton input, the name the transformer knows
+    it by, and, for an encoded string column, the fitted categories (verification samples them)."""
+
+    name: str
+    column: str | int
+    dtype: str
+    categories: list[str] | None = None
+
+
+def estimator_kind(model: ModelSpec, final: Any) -> str:
+    if sklearn_base.is_classifier(final):
+        return "classifier"
+    if sklearn_base.is_regressor(final):
+        return "regressor"
+    if sklearn_base.is_outlier_detector(final):
+        return "outlier detector"
+    if sklearn_base.is_clusterer(final):
+        return "clusterer"
+    if hasattr(final, "transform") and not hasattr(final, "predict"):
+        return "transformer"
+    raise ConversionError(f"model '{model.name}': a {type(final).__name__} is not an estimator tritonize serves "
+                          f"(not a {', '.join(ESTIMATOR_KINDS)})", loc=("source",),
+                          fix="return or save a fitted estimator or Pipeline")
+
+
+def fitted_dtype(final: Any) -> type:
+    """The float type the estimator was fitted with: sklearn keeps float32 fits in float32 for a
+    few estimators (KMeans, PCA...), casts everything else to float64."""
+    for attribute in ("cluster_centers_", "components_", "coef_", "mean_", "scale_"):
+        value = getattr(final, attribute, None)
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            return value.dtype.type
+    return np.float64
+
+
+def column_transformer(estimator: Any) -> Any | None:
+    first = estimator.steps[0][1] if hasattr(estimator, "steps") else estimator
+    return first if isinstance(first, sklearn_compose.ColumnTransformer) else None
+
+
+def _encoder(transformer: Any) -> Any | None:
+    """The step of a ColumnTransformer entry that holds fitted categories (OneHot/Ordinal encoders)."""
+    steps = [step for _, step in transformer.steps] if hasattr(transformer, "steps") else [transformer]
+    return next((step for step in steps if hasattr(step, "categories_")), None)
+
+
+def _tensor_name(column: str | int) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.:\-]", "_", str(column))
+    return name if re.match(r"^[A-Za-z_]", name) else f"x{name}"
+
+
+def columns(transformer: Any, model: ModelSpec) -> list[Column]:
+    """The ColumnTransformer's input columns, in the order it was fitted on, spec overrides applied."""
+    count = int(transformer.n_features_in_)
+    fitted_on_frame = hasattr(transformer, "feature_names_in_")
+    found = [Column(_tensor_name(n), str(n), "FP32") for n in transformer.feature_names_in_] if fitted_on_frame \
+        else [Column(f"x{i}", i, "FP32") for i in range(count)]
+    # Resolved column indices per entry (names, slices, masks and callables all end up here).
+    indices: dict[str, list[int]] = transformer._transformer_to_input_indices
+    for entry, step, _ in transformer.transformers_:
+        encoder = None if isinstance(step, str) else _encoder(step)
+        if encoder is None:
+            continue
+        for position, index in enumerate(indices.get(entry, [])):
+            categories = encoder.categories_[position]
+            if categories.dtype.kind in "OUS":
+                found[index].dtype = "STRING"
+                found[index].categories = [str(c) for c in categories if isinstance(c, str)]
+            elif categories.dtype.kind in "iub":
+                found[index].dtype = "INT64"
+    declared = model.inputs or []
+    if len(declared) == count:
+        for index, (column, tensor) in enumerate(zip(found, declared)):
+            if column.dtype == "STRING" and tensor.dtype != "STRING" or column.dtype != "STRING" and \
+                    tensor.dtype not in ("FP32", "FP64", "INT64"):
+                wanted = "STRING" if column.dtype == "STRING" else "FP32"
+                raise ConversionError(f"model '{model.name}': column {column.column!r} takes {wanted}, not "
+                                      f"{tensor.dtype}", loc=("inputs", index, "dtype"), fix=f"write dtype: {wanted}")
+            column.dtype = tensor.dtype
+    elif len(declared) > 1:
+        raise ConversionError(f"model '{model.name}' declares {len(declared)} inputs but its ColumnTransformer "
+                              f"takes {count} columns ({', '.join(str(c.column) for c in found)})", loc=("inputs",),
+                              fix=f"declare one input per column ({count}), or one input for all columns")
+    return found
+
+
+_TENSOR_TYPES = {"FP32": "FloatTensorType", "FP64": "DoubleTensorType", "INT64": "Int64TensorType",
+                 "STRING": "StringTensorType"}
+
+
 class SklearnConverter(Converter):
-    framework = "sklearn"
 
     def convert(self, model: ModelSpec, spec: Spec) -> ConvertedModel:
-        lazy_import("sklearn", purpose="converting a scikit-learn model", extra="sklearn", package="scikit-learn")
-        skl2onnx = lazy_import("skl2onnx", purpose="converting a scikit-learn model", extra="sklearn")
-        data_types = lazy_import("skl2onnx.common.data_types", purpose="converting a scikit-learn model", extra="sklearn")
-        from sklearn.base import is_classifier
-
         estimator = call_factory(model, spec) if model.source.factory else load_pickled(model, spec)
-        if not hasattr(estimator, "predict"):
+        if not hasattr(estimator, "fit"):
             raise ConversionError(f"model '{model.name}': the sklearn source is a {type(estimator).__name__}, "
-                                  "not an estimator", file=spec.path, field=f"models.{model.name}.source",
+                                  "not an estimator", loc=("source",),
                                   fix="return or save a fitted estimator or Pipeline")
-        input_name, dtype = feature_input(model, spec)
-        features = n_features(estimator, model, spec)
-        tensor_type = data_types.FloatTensorType if dtype == "FP32" else data_types.DoubleTensorType
         final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
-        classifier = is_classifier(final)
+        kind = estimator_kind(model, final)
+        features = n_features(estimator, model, spec)
+        transformer = column_transformer(estimator)
+        per_column = transformer is not None and not (model.inputs and len(model.inputs) == 1)
+        if per_column:
+            inputs = columns(transformer, model)
+            initial_types = [(str(c.column), getattr(skl2onnx_types, _TENSOR_TYPES[c.dtype])([None, 1]))
+                             for c in inputs]
+        else:
+            input_name, dtype = (model.inputs[0].name, model.inputs[0].dtype) if transformer is not None and \
+                model.inputs else feature_input(model, spec)
+            if dtype not in _TENSOR_TYPES:
+                raise ConversionError(f"model '{model.name}': skl2onnx takes FP32, FP64, INT64 or STRING features, "
+                                      f"not {dtype}", loc=("inputs", 0, "dtype"), fix="write dtype: FP32")
+            inputs = [Column(input_name, input_name, dtype)]
+            initial_types = [(input_name, getattr(skl2onnx_types, _TENSOR_TYPES[dtype])([None, features]))]
         # ZipMap turns probabilities into a sequence of maps, which Triton cannot serve.
-        options = {id(final): {"zipmap": False}} if classifier else None
+        options = {id(final): {"zipmap": False}} if kind == "classifier" else None
         try:
             onnx_model = skl2onnx.convert_sklearn(
-                estimator, initial_types=[(input_name, tensor_type([None, features]))], options=options,
+                estimator, initial_types=initial_types, options=options,
                 target_opset={"": ONNX_OPSET, "ai.onnx.ml": ONNX_ML_OPSET})
-        except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
-            raise ConversionError(f"model '{model.name}': skl2onnx cannot convert {type(estimator).__name__}: "
-                                  f"{str(exc).splitlines()[0]}", file=spec.path, field=f"models.{model.name}.source",
-                                  fix="use an estimator skl2onnx supports (see skl2onnx's supported list)") from None
-        numpy_type = np.float32 if dtype == "FP32" else np.float64
+        except TritonizeError:
+            raise
+        except Exception as exc:  # skl2onnx raises many types; all mean "this estimator does not convert"
+            raise unconvertible(model, estimator, exc) from None
+        outputs = ESTIMATOR_KINDS[kind]
         graph_outputs = [o.name for o in onnx_model.graph.output]
-        renames = {"variable": "prediction"} if not classifier else {}
-        with_probabilities = "probabilities" in graph_outputs
-
-        def reference(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            features_in = np.asarray(inputs[input_name], dtype=numpy_type)
-            if classifier:
-                answer = {"label": estimator.predict(features_in)}
-                if with_probabilities:
-                    answer["probabilities"] = estimator.predict_proba(features_in)
-                return answer
-            return {"prediction": np.asarray(estimator.predict(features_in)).reshape(len(features_in), -1)}
-
+        unknown = [name for name in graph_outputs if name not in outputs]
+        if unknown:
+            raise ConversionError(f"model '{model.name}': skl2onnx's graph of this {kind} answers "
+                                  f"{', '.join(unknown)}, which tritonize cannot compare with a sklearn method",
+                                  loc=("source",), fix=f"use a {kind} whose graph answers "
+                                                       f"{' and '.join(outputs)}")
+        renames = {graph: triton for graph, (triton, _) in outputs.items()}
+        # skl2onnx names the graph inputs after the columns; Triton names must be identifiers.
+        renames.update({i.name: c.name for i, c in zip(onnx_model.graph.input, inputs)})
+        methods = {outputs[name][0]: outputs[name][1] for name in graph_outputs}
+        reference = _reference(estimator, inputs, methods, fitted_dtype(final),
+                               frame=per_column and hasattr(transformer, "feature_names_in_"))
+        choices = {c.name: c.categories for c in inputs if c.categories}
         converted = finish(model, spec, onnx_model, tool="skl2onnx", reference=reference,
-                           tools=installed_versions("scikit-learn", "skl2onnx"), rename_outputs=renames)
-        converted.summary = f"sklearn {describe(estimator)}, {features} features: {converted.signature}"
+                           tools=installed_versions("scikit-learn", "skl2onnx", "pandas"), rename_outputs=renames,
+                           choices=choices)
+        converted.summary = f"sklearn {kind} {describe(estimator)}, {features} features: {converted.signature}"
         return converted
+
+
+def unconvertible(model: ModelSpec, estimator: Any, exc: Exception) -> ConversionError:
+    """One line naming the estimator skl2onnx has no converter for (it may sit inside a pipeline)."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    missing = re.search(r"<class '([\w.]+)'>", message)
+    if missing and ("shape calculator" in message or "converter" in message):
+        return ConversionError(f"model '{model.name}': skl2onnx cannot convert {missing.group(1).split('.')[-1]} "
+                               f"(no converter for it in skl2onnx {installed_versions('skl2onnx').get('skl2onnx')})",
+                               loc=("source",), fix="replace that estimator with one skl2onnx supports (see "
+                                                     "skl2onnx's supported_converters())")
+    return ConversionError(f"model '{model.name}': skl2onnx cannot convert {type(estimator).__name__}: {message}",
+                           loc=("source",), fix="use an estimator skl2onnx supports (see skl2onnx's supported list)")
+
+
+def _reference(estimator: Any, inputs: list[Column], methods: dict[str, str], dtype: type, frame: bool):
+    """sklearn's answer for each output, from the method ESTIMATOR_KINDS names, on the samples in the
+    dtype and container (DataFrame or array) the estimator was fitted with."""
+    def column_values(column: Column, array: np.ndarray) -> np.ndarray:
+        if column.dtype == "STRING":
+            return as_str(array).astype(object)
+        return array.astype(np.int64 if column.dtype == "INT64" else dtype)
+
+    def features_of(samples: dict[str, np.ndarray]) -> Any:
+        if frame:
+            return pandas.DataFrame({c.column: column_values(c, samples[c.name][:, 0]) for c in inputs})
+        if len(inputs) == 1:
+            return column_values(inputs[0], samples[inputs[0].name])
+        values = [column_values(c, samples[c.name][:, 0]) for c in inputs]
+        mixed = any(c.dtype == "STRING" for c in inputs)
+        return np.column_stack([v.astype(object) if mixed else v for v in values])
+
+    def reference(samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        features = features_of(samples)
+        answer = {}
+        for output, method in methods.items():
+            value = getattr(estimator, method)(features)
+            answer[output] = value.toarray() if hasattr(value, "toarray") else np.asarray(value)
+        return answer
+
+    return reference

@@ -7,48 +7,55 @@ ZipMap), regressors answer `prediction` FP32[1].
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, lazy_import
-from ..onnx_signature import fix_batch_output_shapes
-from ..spec import ModelSpec, Spec
+from ..errors import ConversionError
 from ..factory import call_factory
+from ..optional import optional
+from ..spec import ModelSpec, Spec
 from ..versions import installed_versions
-from .base import ONNXMLTOOLS_OPSET, ConvertedModel, Converter, finish, register, source_file
+from .base import ONNXMLTOOLS_OPSET, ConvertedModel, Converter, finish, source_file
 from .sklearn import describe, feature_input
 
+onnx = optional("onnx", purpose="converting a tree model")
+xgboost = optional("xgboost", purpose="converting an XGBoost model", extra="xgboost", package="xgboost-cpu")
+lightgbm = optional("lightgbm", purpose="converting a LightGBM model", extra="lightgbm")
+onnxmltools = optional("onnxmltools", purpose="converting a tree model", extra="xgboost")
+onnxmltools_xgboost = optional("onnxmltools.convert.xgboost._parse", purpose="converting an XGBoost model",
+                               extra="xgboost", package="onnxmltools")
+onnxmltools_types = optional("onnxmltools.convert.common.data_types", purpose="converting a tree model",
+                             extra="xgboost", package="onnxmltools")
 
 Predict = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
 def _convert_trees(model: ModelSpec, spec: Spec, *, framework_packages: tuple[str, ...], source: Any, convert: Callable,
                    n_features: int, classifier: bool, predict: Predict, description: str,
-                   extra_kwargs: dict | None = None) -> ConvertedModel:
-    data_types = lazy_import("onnxmltools.convert.common.data_types", purpose=f"converting a {model.source.framework} "
-                             "model", extra=model.source.framework, package="onnxmltools")
+                   extra_kwargs: dict | None = None, output_name: str = "prediction",
+                   patch: Callable[[Any], None] | None = None) -> ConvertedModel:
     input_name, dtype = feature_input(model, spec)
     if dtype != "FP32":
         raise ConversionError(f"model '{model.name}': onnxmltools converts {model.source.framework} models with FP32 "
-                              "features only", file=spec.path, field=f"models.{model.name}.inputs[0].dtype",
+                              "features only", loc=("inputs", 0, "dtype"),
                               fix="write dtype: FP32")
     try:
-        onnx_model = convert(source, initial_types=[(input_name, data_types.FloatTensorType([None, n_features]))],
+        onnx_model = convert(source, initial_types=[(input_name, onnxmltools_types.FloatTensorType([None, n_features]))],
                              target_opset=ONNXMLTOOLS_OPSET, **(extra_kwargs or {}))
     except (RuntimeError, NotImplementedError, TypeError, ValueError, AttributeError) as exc:
         raise ConversionError(f"model '{model.name}': onnxmltools cannot convert this {model.source.framework} model: "
-                              f"{str(exc).splitlines()[0]}", file=spec.path, field=f"models.{model.name}.source",
+                              f"{str(exc).splitlines()[0]}", loc=("source",),
                               fix="use an objective onnxmltools supports (regression, binary, multiclass)") from None
-    # onnxmltools declares some output shapes wrongly (LightGBM's label as [1]); take them from real runs.
-    fix_batch_output_shapes(onnx_model, {input_name: np.zeros((2, n_features), np.float32)})
-
+    if patch is not None:
+        patch(onnx_model)
     def reference(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return predict(np.asarray(inputs[input_name], dtype=np.float32))
 
     converted = finish(model, spec, onnx_model, tool="onnxmltools", reference=reference,
                        tools=installed_versions(*framework_packages, "onnxmltools"),
-                       rename_outputs={} if classifier else {"variable": "prediction"})
+                       rename_outputs={} if classifier else {"variable": output_name})
     converted.summary = (f"{model.source.framework} {description}, {n_features} features: "
                          f"{converted.signature}")
     return converted
@@ -63,51 +70,88 @@ def _sklearn_api_predict(estimator: Any, classifier: bool) -> Predict:
     return predict
 
 
-@register
+# Objectives onnxmltools converts with their own output transform; every other one (rank:*,
+# survival:*, ...) is served as the booster's raw margin, `scores` (what XGBRanker.predict answers).
+XGBOOST_CLASSIFIER_OBJECTIVES = ("binary:", "multi:")
+XGBOOST_REGRESSOR_OBJECTIVES = ("reg:", "count:poisson")
+
+
 class XGBoostConverter(Converter):
-    framework = "xgboost"
     suffixes = (".json", ".ubj")
 
     def convert(self, model: ModelSpec, spec: Spec) -> ConvertedModel:
-        xgboost = lazy_import("xgboost", purpose="converting an XGBoost model", extra="xgboost", package="xgboost-cpu")
-        onnxmltools = lazy_import("onnxmltools", purpose="converting an XGBoost model", extra="xgboost")
         if model.source.factory:
-            estimator = call_factory(model, spec)
+            source = call_factory(model, spec)
         else:
-            estimator = self._load(xgboost, source_file(model, spec, self.suffixes))
-        if not isinstance(estimator, (xgboost.XGBClassifier, xgboost.XGBRegressor)):
-            raise ConversionError(f"model '{model.name}': the xgboost source is a {type(estimator).__name__}",
-                                  file=spec.path, field=f"models.{model.name}.source",
-                                  fix="return an XGBClassifier or XGBRegressor (fitted), or save one with save_model")
-        classifier = isinstance(estimator, xgboost.XGBClassifier)
-        return _convert_trees(model, spec, framework_packages=("xgboost", "xgboost-cpu"), source=estimator,
-                              convert=onnxmltools.convert_xgboost, n_features=int(estimator.n_features_in_),
-                              classifier=classifier, predict=_sklearn_api_predict(estimator, classifier),
-                              description=describe(estimator))
+            source = xgboost.Booster(model_file=str(source_file(model, spec, self.suffixes)))
+        if isinstance(source, xgboost.XGBRanker):
+            return self._margin(model, spec, source.get_booster(), describe(source))
+        if isinstance(source, xgboost.Booster):
+            objective = json.loads(source.save_config())["learner"]["objective"]["name"]
+            wrapper = (xgboost.XGBClassifier() if objective.startswith(XGBOOST_CLASSIFIER_OBJECTIVES) else
+                       xgboost.XGBRegressor() if objective.startswith(XGBOOST_REGRESSOR_OBJECTIVES) else None)
+            if wrapper is None:
+                return self._margin(model, spec, source, f"Booster(objective={objective}, "
+                                                         f"trees={source.num_boosted_rounds()})")
+            wrapper.load_model(bytearray(source.save_raw("ubj")))
+            source = wrapper
+        if not isinstance(source, (xgboost.XGBClassifier, xgboost.XGBRegressor)):
+            raise ConversionError(f"model '{model.name}': the xgboost source is a {type(source).__name__}",
+                                  loc=("source",),
+                                  fix="return an XGBClassifier, XGBRegressor, XGBRanker or Booster (trained), "
+                                      "or save one with save_model")
+        classifier = isinstance(source, xgboost.XGBClassifier)
+        return _convert_trees(model, spec, framework_packages=("xgboost", "xgboost-cpu"), source=source,
+                              convert=onnxmltools.convert_xgboost, n_features=int(source.n_features_in_),
+                              classifier=classifier, predict=_sklearn_api_predict(source, classifier),
+                              description=describe(source))
 
     @staticmethod
-    def _load(xgboost: Any, path) -> Any:
-        """A saved model does not say which sklearn wrapper it came from: the objective does."""
-        booster = xgboost.Booster(model_file=str(path))
-        objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
-        wrapper = xgboost.XGBClassifier() if objective.startswith(("binary:", "multi:")) else xgboost.XGBRegressor()
-        wrapper.load_model(str(path))
-        return wrapper
+    def _margin(model: ModelSpec, spec: Spec, booster: Any, description: str) -> ConvertedModel:
+        """The booster's raw margin as a TreeEnsembleRegressor: onnxmltools' regressor converter on
+        the trees, with the base margin measured from xgboost itself (the stored base_score is in
+        the objective's output space, not always the margin's)."""
+        n_features = booster.num_features()
+        # onnxmltools wraps a Booster in WrappedBooster and guesses its kind from the objective
+        # (onnxmltools 1.16, onnxmltools/convert/xgboost/_parse.py): a rank:* booster is taken for a
+        # binary classifier. Told it is a regressor, it converts the trees as they are.
+        wrapped = onnxmltools_xgboost.WrappedBooster(booster)
+        wrapped.kwargs.update(objective="reg:squarederror", num_class=0)
+        wrapped.operator_name = "XGBRegressor"
+        probe = xgboost.DMatrix(np.zeros((1, n_features), np.float32))
+        trees_only = xgboost.DMatrix(np.zeros((1, n_features), np.float32), base_margin=np.zeros(1))
+        base_margin = float(booster.predict(probe, output_margin=True)[0]
+                            - booster.predict(trees_only, output_margin=True)[0])
+
+        def set_base_margin(onnx_model: Any) -> None:
+            for node in onnx_model.graph.node:
+                if node.op_type == "TreeEnsembleRegressor":
+                    for attribute in node.attribute:
+                        if attribute.name == "base_values":
+                            attribute.floats[:] = [base_margin]
+                            break
+                    else:
+                        node.attribute.append(onnx.helper.make_attribute("base_values", [base_margin]))
+
+        def predict(features: np.ndarray) -> dict[str, np.ndarray]:
+            margin = booster.predict(xgboost.DMatrix(features), output_margin=True)
+            return {"scores": np.asarray(margin).reshape(len(features), -1)}
+
+        return _convert_trees(model, spec, framework_packages=("xgboost", "xgboost-cpu"), source=wrapped,
+                              convert=onnxmltools.convert_xgboost, n_features=n_features, classifier=False,
+                              predict=predict, description=description, output_name="scores",
+                              patch=set_base_margin)
 
 
-@register
 class LightGBMConverter(Converter):
-    framework = "lightgbm"
     suffixes = (".txt",)
 
     def convert(self, model: ModelSpec, spec: Spec) -> ConvertedModel:
-        lightgbm = lazy_import("lightgbm", purpose="converting a LightGBM model", extra="lightgbm")
-        onnxmltools = lazy_import("onnxmltools", purpose="converting a LightGBM model", extra="lightgbm")
         if model.source.factory:
             source = call_factory(model, spec)
         else:
             source = lightgbm.Booster(model_file=str(source_file(model, spec, self.suffixes)))
-        if isinstance(source, (lightgbm.LGBMClassifier, lightgbm.LGBMRegressor)):
+        if isinstance(source, (lightgbm.LGBMClassifier, lightgbm.LGBMRegressor, lightgbm.LGBMRanker)):
             classifier = isinstance(source, lightgbm.LGBMClassifier)
             predict = _sklearn_api_predict(source, classifier)
             n_features, description = int(source.n_features_in_), describe(source)
@@ -119,11 +163,22 @@ class LightGBMConverter(Converter):
             description = f"Booster(objective={objective}, trees={source.num_trees()})"
         else:
             raise ConversionError(f"model '{model.name}': the lightgbm source is a {type(source).__name__}",
-                                  file=spec.path, field=f"models.{model.name}.source",
-                                  fix="return an LGBMClassifier, LGBMRegressor or Booster (trained)")
+                                  loc=("source",),
+                                  fix="return an LGBMClassifier, LGBMRegressor, LGBMRanker or Booster (trained)")
+        # A ranker (LGBMRanker, a lambdarank/rank_xendcg Booster) answers its scores.
+        ranker = isinstance(source, lightgbm.LGBMRanker) or description.startswith(LIGHTGBM_RANK_OBJECTIVES)
         return _convert_trees(model, spec, framework_packages=("lightgbm",), source=source,
                               convert=onnxmltools.convert_lightgbm, n_features=n_features, classifier=classifier,
-                              predict=predict, description=description, extra_kwargs={"zipmap": False})
+                              predict=_renamed(predict, "scores") if ranker else predict, description=description,
+                              extra_kwargs={"zipmap": False}, output_name="scores" if ranker else "prediction")
+
+
+LIGHTGBM_RANK_OBJECTIVES = ("Booster(objective=lambdarank", "Booster(objective=rank_xendcg")
+
+
+def _renamed(predict: Predict, name: str) -> Predict:
+    """A regressor's single answer under another name."""
+    return lambda features: {name: predict(features)["prediction"]}
 
 
 def _booster_predict(booster: Any, objective: str) -> Predict:

@@ -1,5 +1,5 @@
 """The TensorRT engine step: the `trtllm-build` command for a checkpoint, its cache key, and the
-GPU memory plan that must fit before anything is built (facts section 7)."""
+GPU memory plan that must fit before anything is built."""
 from __future__ import annotations
 
 import hashlib
@@ -7,20 +7,36 @@ import json
 import math
 import shlex
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from ..errors import SpecError
 from ..resources import render_template
-from .spec import LlmSpec, Release
+from ..spec.llm import LlmSpec
+from .targets import Release
 
 GIB = 1024 ** 3
 # CUDA context, cuBLAS/TensorRT workspaces and the runtime's own buffers: a fixed allowance.
 RUNTIME_OVERHEAD_BYTES = 1 * GIB
 
 
-def engine_flags(llm: LlmSpec) -> list[str]:
-    """trtllm-build flags (without paths): fused kernels and plugins on, chosen per quantization/GPU."""
-    limits, gpu = llm.limits, llm.gpu
+def engine_flags(llm: LlmSpec, release: Release) -> list[str]:
+    """trtllm-build flags (without paths) for the release's TensorRT-LLM, per quantization/GPU.
+
+    Each choice follows an upstream recipe:
+    - limits: always explicit (the defaults, 2048 tokens / batch 256, are not the spec's).
+    - 0.14 (24.10): PluginConfig defaults paged context FMHA, FP8 context FMHA and fused MLP off,
+      so they are switched on (NVIDIA/TensorRT-LLM v0.14.0 tensorrt_llm/plugin/plugin.py), except
+      `--use_fp8_context_fmha` without an FP8 KV cache: that combination with paged context FMHA
+      builds broken engines at 0.13/0.14 (NVIDIA/TensorRT-LLM#2447; #2112 fails the build).
+    - 1.x (26.07): paged KV cache, removed input padding, the attention plugin (auto), paged
+      context FMHA, FP8 context FMHA and fused MLP are PluginConfig defaults (NVIDIA/TensorRT-LLM
+      1.x tensorrt_llm/plugin/plugin.py, tensorrt_llm/commands/build.py), so they are not
+      repeated: an engine built from the flags below is the one upstream's own recipe builds.
+    - `--gemm_plugin fp8` for FP8 checkpoints, auto (the checkpoint dtype) otherwise
+      (examples/models/core/llama/README.md FP8 recipe); `--multiple_profiles` and, with tensor
+      parallelism, `--reduce_fusion` are off by default in both and on here (more TensorRT
+      profiles; fused all-reduce + norm: the flags' help in the same two files).
+    """
+    limits = llm.limits
     fp8 = llm.quantization.mode == "fp8"
     flags = [
         "--max_batch_size", str(limits.max_batch_size),
@@ -28,36 +44,36 @@ def engine_flags(llm: LlmSpec) -> list[str]:
         "--max_seq_len", str(limits.max_seq_len),
         "--max_num_tokens", str(limits.num_tokens),
         "--max_beam_width", str(limits.max_beam_width),
-        "--kv_cache_type", "paged",
-        "--remove_input_padding", "enable",
-        "--gpt_attention_plugin", "auto",
-        # FP8 GEMMs need the fp8 gemm plugin; otherwise "auto" takes the checkpoint's dtype.
-        "--gemm_plugin", "fp8" if fp8 else "auto",
-        "--use_fused_mlp", "enable",
-        "--use_paged_context_fmha", "enable",
-        "--multiple_profiles", "enable",
     ]
-    if fp8 and gpu.hopper:
-        flags += ["--use_fp8_context_fmha", "enable"]
+    if not release.trtllm_1x:
+        flags += ["--kv_cache_type", "paged", "--remove_input_padding", "enable", "--gpt_attention_plugin", "auto"]
+    flags += ["--gemm_plugin", "fp8" if fp8 else "auto"]
+    if not release.trtllm_1x:
+        flags += ["--use_fused_mlp", "enable", "--use_paged_context_fmha", "enable"]
+        if fp8 and llm.gpu.hopper and llm.quantization.kv_cache_fp8:
+            flags += ["--use_fp8_context_fmha", "enable"]
+    flags += ["--multiple_profiles", "enable"]
     if llm.tensor_parallel > 1:
         flags += ["--reduce_fusion", "enable", "--workers", str(llm.tensor_parallel)]
     return flags
 
 
-def engine_command(llm: LlmSpec, checkpoint_dir: str, output_dir: str) -> list[str]:
-    return ["trtllm-build", "--checkpoint_dir", checkpoint_dir, "--output_dir", output_dir, *engine_flags(llm)]
+def engine_command(llm: LlmSpec, release: Release, checkpoint_dir: str, output_dir: str) -> list[str]:
+    return ["trtllm-build", "--checkpoint_dir", checkpoint_dir, "--output_dir", output_dir,
+            *engine_flags(llm, release)]
 
 
 def engine_cache_key(checkpoint_hash: str, llm: LlmSpec, release: Release) -> str:
-    payload = json.dumps({"checkpoint": checkpoint_hash, "trtllm": release.trtllm, "flags": engine_flags(llm),
-                          "gpu": llm.target_gpu, "tp": llm.tensor_parallel}, sort_keys=True)
+    payload = json.dumps({"checkpoint": checkpoint_hash, "trtllm": release.trtllm,
+                          "flags": engine_flags(llm, release), "gpu": llm.target_gpu, "tp": llm.tensor_parallel},
+                         sort_keys=True)
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
 def render_build_script(*, model: str, engine_model: str, version: int, llm: LlmSpec, release: Release,
                         repository_name: str, container_repository: str, checkpoint_dir: str, engine_dir: str,
                         cache_key: str) -> str:
-    argv = engine_command(llm, checkpoint_dir, engine_dir)
+    argv = engine_command(llm, release, checkpoint_dir, engine_dir)
     command = " \\\n    ".join(shlex.quote(a) if not a.startswith("--") else a for a in _pairs(argv))
     return render_template(
         "llm/build_engine.sh.j2", model=model, engine_model=engine_model, version=version, trtllm=release.trtllm,
@@ -153,7 +169,8 @@ def memory_plan(llm: LlmSpec, hf_config: dict) -> MemoryPlan:
         fits=free > 0 and kv_per_token * kv_tokens <= kv_available)
 
 
-def require_fit(plan: MemoryPlan, llm: LlmSpec, *, spec_path: Path, field: str) -> None:
+def require_fit(plan: MemoryPlan, llm: LlmSpec) -> None:
+    """Raise a SpecError located at the model's llm.limits when the plan does not fit."""
     if plan.fits:
         return
     if plan.kv_bytes_available <= 0:
@@ -166,4 +183,4 @@ def require_fit(plan: MemoryPlan, llm: LlmSpec, *, spec_path: Path, field: str) 
                    f"full-length sequences)")
         fix = (f"lower limits.max_batch_size to {max(plan.max_concurrent_sequences, 1)} or shorten "
                "max_input_len/max_output_len, or enable kv_cache_fp8, or a larger target_gpu")
-    raise SpecError(f"GPU memory plan does not fit: {message}", file=spec_path, field=field, fix=fix)
+    raise SpecError(f"GPU memory plan does not fit: {message}", loc=("llm", "limits"), fix=fix)

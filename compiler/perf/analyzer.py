@@ -3,7 +3,9 @@
 One perf_analyzer process measures one (model, concurrency) point so that an unstable point is
 retried on its own and progress can be shown point by point. Its CSV (`-f`), its stdout (which
 alone carries the composing-model statistics of an ensemble) and, for streaming models, its
-profile export (per-request response timestamps) are all kept next to the report.
+profile export (per-request response timestamps) are all kept next to the report. Every run
+writes a profile export, the source of the per-window samples (windows.py); for models without
+token metrics it is dropped once read (it holds every request and grows to megabytes).
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import TritonizeError
+from .windows import Window, windows_from_profile
 
 
 class PerfAnalyzerMissing(TritonizeError):
@@ -86,6 +90,7 @@ class Measurement:
     attempts: int = 1
     window_requests: int = 0
     raw_files: list[str] = field(default_factory=list)
+    windows: list[Window] = field(default_factory=list)  # the stable windows, for the verdict's test
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ class PointRequest:
     input_data: Path | None = None  # perf_analyzer JSON; random data when None
     shapes: tuple[str, ...] = ()    # "name:d1,d2" for variable dims when input data is random
     streaming: bool = False
-    profile_export: bool = False    # keep per-request timestamps (needed for token metrics)
+    profile_export: bool = False    # keep the profile export (per-request timestamps, for token metrics)
     batch_size: int = 1
     bls_composing: tuple[str, ...] = ()  # models a BLS model calls, for their statistics
 
@@ -131,6 +136,11 @@ class PerfAnalyzer:
                 measurement.stable = stability != _ACCEPT_ANY_STABILITY
                 measurement.attempts = attempt
                 measurement.window_requests = requests
+                profile = _file(stem, ".profile.json")
+                if profile.exists():
+                    measurement.windows = windows_from_profile(profile)
+                    if not point.profile_export:
+                        profile.unlink()
                 measurement.raw_files = sorted(p.name for p in raw_dir.glob(f"{stem.name}.*"))
                 return measurement
             if not _unstable(proc.stdout + proc.stderr):
@@ -158,8 +168,7 @@ class PerfAnalyzer:
             command += ["--bls-composing-models", ",".join(point.bls_composing)]
         if point.streaming:
             command.append("--streaming")
-        if point.profile_export:
-            command += ["--profile-export-file", str(_file(stem, ".profile.json"))]
+        command += ["--profile-export-file", str(_file(stem, ".profile.json"))]
         try:
             proc = subprocess.run(command, capture_output=True, text=True, env=self.env,
                                   timeout=settings.timeout_s)
@@ -184,7 +193,7 @@ def find_perf_analyzer() -> PerfAnalyzer:
     binary = next((c for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
     if binary is None:
         raise PerfAnalyzerMissing(
-            "perf_analyzer is not installed", field="perf",
+            "perf_analyzer is not installed",
             fix='pip install "tritonclient[grpc,http]==2.51.0" (its wheel ships bin/perf_analyzer)')
     env = dict(os.environ)
     lib_dirs = [str(d) for d in _cuda_runtime_lib_dirs()]
@@ -216,7 +225,7 @@ def _check_loads(analyzer: PerfAnalyzer) -> None:
         library = missing.group(1)
         fix = {"libb64.so.0d": "install the Debian package libb64-0d (scripts/install-system-deps)",
                "libcudart.so.12": 'pip install "tritonize[perf]" (brings nvidia-cuda-runtime-cu12)'}
-        raise PerfAnalyzerMissing(f"perf_analyzer at {analyzer.path} cannot load {library}", field="perf",
+        raise PerfAnalyzerMissing(f"perf_analyzer at {analyzer.path} cannot load {library}",
                                   fix=fix.get(library, f"install the package that provides {library}"))
 
 
@@ -259,7 +268,9 @@ def parse_composing(stdout: str) -> list[ComposingStats]:
     if "Composing models:" not in stdout:
         return []
     section = stdout.split("Composing models:", 1)[1].split("Inferences/Second vs.", 1)[0]
-    stats, current, counts = [], None, {}
+    stats: list[Any] = []
+    current: Any = None
+    counts: dict[str, int] = {}
     for line in section.splitlines():
         header = _COMPOSING_HEADER.match(line)
         if header:

@@ -27,16 +27,11 @@ def tool_versions(perf_analyzer_version: str, server_version: str | None) -> dic
 
 def server_version(url: str, protocol: str) -> str | None:
     """The server's own version from its metadata endpoint."""
+    from ..triton.client import connect
+
     try:
-        if protocol == "grpc":
-            import tritonclient.grpc as client_module
-
-            with client_module.InferenceServerClient(url) as client:
-                return client.get_server_metadata().version
-        import tritonclient.http as client_module
-
-        with client_module.InferenceServerClient(url) as client:
-            return client.get_server_metadata()["version"]
+        with connect(url, protocol) as client:
+            return client.server_version()
     except Exception:  # the version is informative only; a dead server fails loudly elsewhere
         return None
 

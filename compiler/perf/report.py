@@ -3,9 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import lazy_import
+from ..optional import loaded, optional
 from ..resources import TEMPLATES_DIR
 from .results import ModelResult, PerfResult
+
+jinja2 = optional("jinja2", purpose="perf reports")
+matplotlib = optional("matplotlib", purpose="perf report plots", extra="perf")
+pyplot = optional("matplotlib.pyplot", purpose="perf report plots", extra="perf", package="matplotlib")
 
 PERF_TEMPLATES_DIR = TEMPLATES_DIR / "perf"
 # Stacked in this order, bottom first: where a request's time goes from server entry to client.
@@ -30,8 +34,6 @@ def write_report(result: PerfResult, report_dir: Path) -> dict[str, Path]:
 
 
 def render(template: str, context: dict) -> str:
-    import jinja2
-
     # Own environment (not resources.render_template): the HTML report needs autoescaping and
     # both reports share number filters.
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(PERF_TEMPLATES_DIR),
@@ -48,9 +50,8 @@ def _number(value, digits: int = 2) -> str:
 
 def write_plots(result: PerfResult, plot_dir: Path) -> dict[str, dict[str, Path]]:
     """Per model: throughput vs p99, latency breakdown, composing models (ensembles), tokens (streaming)."""
-    matplotlib = lazy_import("matplotlib", purpose="perf report plots", extra="perf")
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")  # files only: no display on servers and CI (before pyplot loads)
+    plt = loaded(pyplot)
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     plots: dict[str, dict[str, Path]] = {}
@@ -128,17 +129,18 @@ def _composing(plt, model: ModelResult, path: Path) -> Path:
 
 def _tokens(plt, model: ModelResult, path: Path) -> Path:
     points = [p for p in model.points if p.tokens]
+    tokens = [p.tokens for p in points if p.tokens]
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
     levels = [p.concurrency for p in points]
-    left.plot(levels, [p.tokens["ttft_p50_ms"] for p in points], marker="o", label="TTFT p50")
-    left.plot(levels, [p.tokens["ttft_p99_ms"] for p in points], marker="o", label="TTFT p99")
-    itl = [p.tokens["itl_mean_ms"] for p in points]
+    left.plot(levels, [t["ttft_p50_ms"] for t in tokens], marker="o", label="TTFT p50")
+    left.plot(levels, [t["ttft_p99_ms"] for t in tokens], marker="o", label="TTFT p99")
+    itl = [t["itl_mean_ms"] for t in tokens]
     if any(v is not None for v in itl):
         left.plot(levels, [v if v is not None else float("nan") for v in itl], marker="o", label="inter-token (mean)")
     left.set_xlabel("concurrency")
     left.set_ylabel("ms")
     left.legend(fontsize=8)
-    right.plot(levels, [p.tokens["output_tokens_per_s"] for p in points], marker="o")
+    right.plot(levels, [t["output_tokens_per_s"] for t in tokens], marker="o")
     right.set_xlabel("concurrency")
     right.set_ylabel("output tokens/s")
     figure.suptitle(f"{model.name}: streaming")

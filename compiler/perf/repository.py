@@ -9,16 +9,17 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from ..emit import read_manifest
+from .. import manifest as manifest_file
 from ..errors import TritonizeError
-from ..model_config import CONFIG_NAME, data_type, parse_pbtxt
+from ..manifest import TensorSample
+from ..triton.config import CONFIG_NAME, data_type, parse_pbtxt
 
 
 @dataclass
 class ServedModel:
     name: str
     config: model_config_pb2.ModelConfig
-    samples: dict | None = None      # the manifest's samples.inputs, when the build recorded them
+    samples: dict[str, TensorSample] | None = None  # the manifest's samples.inputs, when the build recorded them
     composing: list[str] = field(default_factory=list)       # ensemble steps
     bls_composing: list[str] = field(default_factory=list)   # models a BLS model calls
 
@@ -70,12 +71,14 @@ def load_repository(repository: Path) -> dict[str, ServedModel]:
     if not repository.is_dir():
         raise TritonizeError("model repository not found", file=repository,
                              fix="build one with `tritonize build model.yaml` or pass its path")
-    manifest_models = (read_manifest(repository) or {}).get("models", {})
+    manifest = manifest_file.read(repository)
+    entries = manifest.models if manifest is not None else {}
     models: dict[str, ServedModel] = {}
     for config_path in sorted(repository.glob(f"*/{CONFIG_NAME}")):
         config = read_config(config_path)
         name = config.name or config_path.parent.name
-        samples = (manifest_models.get(name) or {}).get("samples", {}).get("inputs")
+        entry = entries.get(name)
+        samples = entry.samples.inputs if entry is not None and entry.samples is not None else None
         composing = [step.model_name for step in config.ensemble_scheduling.step]
         models[name] = ServedModel(name, config, samples, composing)
     for model in models.values():
@@ -99,7 +102,7 @@ def select_models(models: dict[str, ServedModel], names: list[str] | None) -> li
         return [model for model in models.values() if model.name not in steps or model.samples]
     unknown = [n for n in names if n not in models]
     if unknown:
-        raise TritonizeError(f"unknown model(s): {', '.join(unknown)}", field="--model",
+        raise TritonizeError(f"unknown model(s): {', '.join(unknown)}", loc=("--model",),
                              fix=f"use one of: {', '.join(models)}")
     return [models[n] for n in names]
 
@@ -128,14 +131,14 @@ def write_input_data(model: ServedModel, path: Path, *, streaming: bool = False)
     return None, shapes
 
 
-def _sample_rows(samples: dict, batched: bool) -> list[dict]:
+def _sample_rows(samples: dict[str, TensorSample], batched: bool) -> list[dict]:
     import numpy as np
 
     from ..samples import NUMPY_DTYPES
 
     # Typed arrays, so FP tensors are written as floats ("1.0", not "1"): perf_analyzer's JSON
     # reader wants that.
-    tensors = {name: np.asarray(sample["data"], dtype=NUMPY_DTYPES[sample["datatype"]])
+    tensors = {name: np.asarray(sample.data, dtype=NUMPY_DTYPES[sample.datatype])
                for name, sample in samples.items()}
     if not batched:
         return [{name: _content(array) for name, array in tensors.items()}]

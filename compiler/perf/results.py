@@ -1,7 +1,10 @@
 """Measured results: one point per (model, concurrency), the median of its repeats.
 
 `results.json` is both the machine-readable report and the baseline format (`--save-baseline`
-writes the same document), so a baseline is simply an earlier run's results.
+writes the same document), so a baseline is simply an earlier run's results. Each repeat keeps its
+stable windows' throughput and p99 (windows.py): the samples the verdict's rank test compares, in
+a fresh run and in a stored baseline alike. Files written before windows were recorded have none;
+their repeats' own numbers stand in.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ class RepeatResult:
     attempts: int
     window_requests: int
     raw_files: list[str]
+    windows: list[dict[str, float]] = field(default_factory=list)  # {"throughput", "p99_ms", "requests"}
 
 
 @dataclass
@@ -49,10 +53,18 @@ class PointResult:
         return all(r.stable for r in self.repeats)
 
     def spread(self, metric: str) -> float:
-        """Relative spread (max - min) / median of one metric over the repeats: the noise band."""
+        """Relative spread (max - min) / median of one metric over the repeats (the report's noise column)."""
         values = [getattr(r, metric) for r in self.repeats]
         middle = statistics.median(values)
         return (max(values) - min(values)) / middle if middle else 0.0
+
+    def samples(self, metric: str) -> list[float]:
+        """One value per measured window over all repeats ("throughput" or "p99_ms"); a repeat
+        without recorded windows contributes its own number."""
+        values: list[float] = []
+        for repeat in self.repeats:
+            values.extend([w[metric] for w in repeat.windows] if repeat.windows else [getattr(repeat, metric)])
+        return values
 
 
 @dataclass
@@ -133,7 +145,7 @@ def aggregate(concurrency: int, measurements: list[Measurement],
         response_throughput=med(m.response_throughput for m in measurements),
         composing=composing, tokens=token_summary,
         repeats=[RepeatResult(m.throughput, m.p99_us / 1000, m.stable, m.attempts, m.window_requests,
-                              m.raw_files) for m in measurements])
+                              m.raw_files, [asdict(w) for w in m.windows]) for m in measurements])
 
 
 def load_results(path: Path) -> PerfResult:

@@ -4,17 +4,25 @@ from __future__ import annotations
 import contextlib
 import datetime
 import shutil
-from dataclasses import asdict, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
-from ..emit import read_manifest
+from .. import manifest as manifest_file
 from ..errors import TritonizeError
 from ..terminal import Terminal, default_terminal
-from .analyzer import MeasurementSettings, PerfAnalyzer, PerfAnalyzerFailed, PointRequest, find_perf_analyzer
+from .analyzer import (
+    Measurement,
+    MeasurementSettings,
+    PerfAnalyzer,
+    PerfAnalyzerFailed,
+    PointRequest,
+    find_perf_analyzer,
+)
 from .repository import ServedModel, load_repository, select_models, write_input_data
 from .results import ModelResult, PerfResult, aggregate, load_results
-from .verdict import DEFAULT_LATENCY_TOLERANCE, DEFAULT_TOLERANCE, TABLE_COLUMNS, compare
+from .streaming import TokenMetrics
+from .verdict import DEFAULT_ALPHA, DEFAULT_LATENCY_TOLERANCE, DEFAULT_TOLERANCE, TABLE_COLUMNS, compare
 
 PROTOCOLS = ("grpc", "http")
 
@@ -28,7 +36,7 @@ def parse_concurrency(text: str) -> list[int]:
     except ValueError:
         numbers = []
     if not 1 <= len(numbers) <= 3 or any(n < 1 for n in numbers) or (len(numbers) > 1 and numbers[1] < numbers[0]):
-        raise TritonizeError(f"'{text}' is not a concurrency range", field="--concurrency",
+        raise TritonizeError(f"'{text}' is not a concurrency range", loc=("--concurrency",),
                              fix="write N, START:END (doubling) or START:END:STEP with 1 <= START <= END")
     if len(numbers) == 1:
         return numbers
@@ -47,6 +55,7 @@ def run_perf(repository: Path, *, models: list[str] | None = None, url: str | No
              protocol: str = "grpc", concurrency: str = "1:8", baseline: Path | None = None,
              save_baseline: Path | None = None, report_dir: Path = Path("perf_report"), repeats: int = 3,
              tolerance: float | None = None, latency_tolerance: float | None = None,
+             alpha: float = DEFAULT_ALPHA, summary_md: Path | None = None, junit: Path | None = None,
              settings: MeasurementSettings = MeasurementSettings(),
              terminal: Terminal = default_terminal) -> PerfResult:
     """Profile `models` of `repository` (all by default) with perf_analyzer and write the report.
@@ -56,53 +65,88 @@ def run_perf(repository: Path, *, models: list[str] | None = None, url: str | No
     `baseline` was given and some point got slower (the verdict table has then been printed).
     Tolerances not given come from the spec's `perf:` settings recorded in the manifest.
     """
-    if protocol not in PROTOCOLS:
-        raise TritonizeError(f"unknown protocol '{protocol}'", field="--protocol", fix="use grpc or http")
+    check_protocol(protocol)
     if repeats < 1:
-        raise TritonizeError("repeats must be at least 1", field="--repeats", fix="pass --repeats 3")
+        raise TritonizeError("repeats must be at least 1", loc=("--repeats",), fix="pass --repeats 3")
     levels = parse_concurrency(concurrency)
     repository = Path(repository)
     served = load_repository(repository)
     chosen = select_models(served, models)
     baseline_result = load_results(Path(baseline)) if baseline is not None else None  # fail early
     analyzer = find_perf_analyzer()
+    raw_dir = fresh_raw_dir(Path(report_dir))
 
-    report_dir = Path(report_dir)
+    with _server(repository, url, protocol, Path(report_dir), terminal) as endpoints:
+        from .machine import server_version, tool_versions
+
+        endpoint = endpoints[protocol]
+        assert endpoint is not None  # the chosen protocol's endpoint is always known
+        tools = tool_versions(analyzer.version(), server_version(endpoint, protocol))
+        plan = measurement_plan(served, chosen, endpoints, protocol, levels, settings, raw_dir, terminal)
+        results = _measure_all(analyzer, plan, levels, repeats, raw_dir, terminal)
+
+    result = new_result(results, repository, url or "embedded server", protocol, repeats, settings, tools,
+                        report_dir, baseline=str(baseline) if baseline is not None else None)
+    if baseline_result is not None:
+        throughput_tolerance, p99_tolerance = tolerances(repository, tolerance, latency_tolerance)
+        result.verdict = compare(result, baseline_result, tolerance=throughput_tolerance,
+                                 latency_tolerance=p99_tolerance, alpha=alpha)
+    finish(result, report_dir, save_baseline=save_baseline, summary_md=summary_md, junit=junit, terminal=terminal)
+    return result
+
+
+def check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise TritonizeError(f"unknown protocol '{protocol}'", loc=("--protocol",), fix="use grpc or http")
+
+
+def fresh_raw_dir(report_dir: Path) -> Path:
     raw_dir = report_dir / "raw"
     if raw_dir.exists():
         shutil.rmtree(raw_dir)  # raw files of an earlier run would mix with this one's
     raw_dir.mkdir(parents=True)
+    return raw_dir
 
-    with _server(repository, url, protocol, report_dir, terminal) as endpoints:
-        from .machine import machine_info, server_version, tool_versions
 
-        tools = tool_versions(analyzer.version(), server_version(endpoints[protocol], protocol))
-        results = _measure_all(analyzer, served, chosen, levels, endpoints, protocol, repeats, settings,
-                               raw_dir, terminal)
+def tolerances(repository: Path, tolerance: float | None, latency_tolerance: float | None) -> tuple[float, float]:
+    """(throughput, p99) tolerances: the given ones, else the spec's `perf:` settings recorded in
+    the repository's manifest."""
+    manifest = manifest_file.read(repository)
+    recorded = manifest.perf if manifest is not None else None
+    return (tolerance if tolerance is not None else recorded.tolerance if recorded is not None else DEFAULT_TOLERANCE,
+            latency_tolerance if latency_tolerance is not None
+            else recorded.latency_tolerance if recorded is not None else DEFAULT_LATENCY_TOLERANCE)
 
-    result = PerfResult(
-        models=results, repository=str(repository.resolve()), url=url or "embedded server",
-        protocol=protocol, repeats=repeats, measurement=asdict(settings), machine=machine_info(),
-        tools=tools, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        report_dir=report_dir, baseline=str(baseline) if baseline is not None else None)
-    if baseline_result is not None:
-        recorded = (read_manifest(repository) or {}).get("perf", {})
-        result.verdict = compare(
-            result, baseline_result,
-            tolerance=tolerance if tolerance is not None else recorded.get("tolerance", DEFAULT_TOLERANCE),
-            latency_tolerance=latency_tolerance if latency_tolerance is not None
-            else recorded.get("latency_tolerance", DEFAULT_LATENCY_TOLERANCE))
 
+def new_result(models: list[ModelResult], repository: Path, url: str, protocol: str, repeats: int,
+               settings: MeasurementSettings, tools: dict[str, str], report_dir: Path,
+               baseline: str | None = None) -> PerfResult:
+    from .machine import machine_info
+
+    return PerfResult(
+        models=models, repository=str(Path(repository).resolve()), url=url, protocol=protocol, repeats=repeats,
+        measurement=asdict(settings), machine=machine_info(), tools=tools,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        report_dir=Path(report_dir), baseline=baseline)
+
+
+def finish(result: PerfResult, report_dir: Path, *, save_baseline: Path | None, summary_md: Path | None,
+           junit: Path | None, terminal: Terminal) -> None:
+    """Write the report (and the CI files asked for), print the summary, save the baseline."""
+    from .ci_output import junit_xml, summary_markdown
     from .report import write_report
 
     with terminal.status(f"writing the report to {report_dir}"):
-        write_report(result, report_dir)
+        write_report(result, Path(report_dir))
+    for path, text in ((summary_md, summary_markdown), (junit, junit_xml)):
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text(result))
     _print_summary(result, terminal)
     if save_baseline is not None:
         Path(save_baseline).parent.mkdir(parents=True, exist_ok=True)
         result.write(Path(save_baseline))
         terminal.success(f"baseline saved to {save_baseline}")
-    return result
 
 
 @contextlib.contextmanager
@@ -112,7 +156,7 @@ def _server(repository: Path, url: str | None, protocol: str, report_dir: Path,
     if url is not None:
         yield {protocol: url, "grpc" if protocol == "http" else "http": None}
         return
-    from ..server import TritonServer
+    from ..triton.server import TritonServer
 
     with contextlib.ExitStack() as stack:
         with terminal.status(f"starting tritonserver on {repository}"):
@@ -127,9 +171,28 @@ def _streams(model: ServedModel, served: dict[str, ServedModel]) -> bool:
     return any(step in served and _streams(served[step], served) for step in model.composing)
 
 
-def _measure_all(analyzer: PerfAnalyzer, served: dict[str, ServedModel], chosen: list[ServedModel],
-                 levels: list[int], endpoints: dict[str, str | None], protocol: str, repeats: int,
-                 settings: MeasurementSettings, raw_dir: Path, terminal: Terminal) -> list[ModelResult]:
+@dataclass
+class PlannedModel:
+    """One model to measure: its request (the concurrency is set per point) and window settings."""
+
+    model: ServedModel
+    request: PointRequest
+    settings: MeasurementSettings
+
+    @property
+    def kind(self) -> str:
+        return "streaming" if self.request.streaming else ("ensemble" if self.model.is_ensemble else "model")
+
+    def result(self) -> ModelResult:
+        return ModelResult(self.model.name, self.kind, self.model.settings(),
+                           "manifest samples" if self.request.input_data else "random")
+
+
+def measurement_plan(served: dict[str, ServedModel], chosen: list[ServedModel], endpoints: dict[str, str | None],
+                     protocol: str, levels: list[int], settings: MeasurementSettings, raw_dir: Path,
+                     terminal: Terminal) -> list[PlannedModel]:
+    """What to measure and how; models that cannot be measured are skipped with a warning.
+    Each model's perf_analyzer input file is written to raw_dir/MODEL/."""
     plan = []
     for model in chosen:
         streaming = _streams(model, served)
@@ -142,57 +205,62 @@ def _measure_all(analyzer: PerfAnalyzer, served: dict[str, ServedModel], chosen:
                              "random inputs could ask a generator for billions of tokens (build it with "
                              "`tritonize build`, which records samples)")
             continue
-        plan.append((model, streaming))
+        model_dir = raw_dir / model.name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        input_data, shapes = write_input_data(model, model_dir / "input_data.json", streaming=streaming)
+        url = endpoints["grpc"] if streaming else endpoints[protocol]
+        assert url is not None  # streaming models without a gRPC endpoint were skipped above
+        request = PointRequest(model.name, levels[0], url, "grpc" if streaming else protocol, input_data, shapes, streaming=streaming,
+                               profile_export=streaming, bls_composing=tuple(model.bls_composing))
+        point_settings = settings
+        if streaming:
+            # A generation takes far longer than a classifier call: smaller windows, same stability rule.
+            point_settings = replace(settings, window_requests=max(8, settings.window_requests // 20))
+        plan.append(PlannedModel(model, request, point_settings))
+    return plan
 
+
+def measure_point(analyzer: PerfAnalyzer, planned: PlannedModel, level: int, model_dir: Path,
+                  tag: str) -> tuple[Measurement, TokenMetrics | None]:
+    """One perf_analyzer run of one model at one concurrency, with its token metrics when streaming."""
+    from .streaming import token_metrics
+
+    point = replace(planned.request, concurrency=level)
+    measurement = analyzer.measure(point, planned.settings, model_dir, tag)
+    profile = model_dir / f"{tag}.attempt{measurement.attempts}.profile.json"
+    tokens = token_metrics(profile) if point.streaming and profile.exists() else None
+    return measurement, tokens
+
+
+def _measure_all(analyzer: PerfAnalyzer, plan: list[PlannedModel], levels: list[int], repeats: int,
+                 raw_dir: Path, terminal: Terminal) -> list[ModelResult]:
     results = []
     with terminal.progress(f"measuring {len(plan)} models x {len(levels)} concurrency levels x {repeats} repeats",
                            total=len(plan) * len(levels) * repeats) as advance:
-        for model, streaming in plan:
-            model_dir = raw_dir / model.name
-            model_dir.mkdir(parents=True)
-            input_data, shapes = write_input_data(model, model_dir / "input_data.json", streaming=streaming)
-            kind = "streaming" if streaming else ("ensemble" if model.is_ensemble else "model")
-            result = ModelResult(model.name, kind, model.settings(),
-                                 "manifest samples" if input_data else "random")
-            # One request description per model; each level gets its own concurrency.
-            request = PointRequest(model.name, levels[0], endpoints["grpc"] if streaming else endpoints[protocol],
-                                   "grpc" if streaming else protocol, input_data, shapes, streaming=streaming,
-                                   profile_export=streaming, bls_composing=tuple(model.bls_composing))
-            point_settings = settings
-            if streaming:
-                # A generation takes far longer than a classifier call: smaller windows, same stability rule.
-                point_settings = replace(settings, window_requests=max(8, settings.window_requests // 20))
+        for planned in plan:
+            result = planned.result()
             try:
-                _measure_model(analyzer, request, result, levels, repeats, point_settings, model_dir, advance)
+                for level in levels:
+                    measurements, tokens = [], []
+                    for repeat in range(1, repeats + 1):
+                        measurement, token = measure_point(analyzer, planned, level, raw_dir / result.name,
+                                                           f"c{level}.r{repeat}")
+                        measurements.append(measurement)
+                        tokens.append(token)
+                        advance(f"{result.name} c={level} repeat {repeat}: {measurement.throughput:.1f} infer/s, "
+                                f"p99 {measurement.p99_us / 1000:.2f} ms")
+                    result.points.append(aggregate(level, measurements, tokens))
             except PerfAnalyzerFailed as exc:
                 # One model that cannot be measured must not lose the others' numbers; the report
                 # and the verdict show it as failed.
                 result.error = exc.one_line()
-                terminal.error(f"{model.name}: {result.error}")
+                terminal.error(f"{result.name}: {result.error}")
             results.append(result)
     return results
 
 
-def _measure_model(analyzer: PerfAnalyzer, request: PointRequest, result: ModelResult, levels: list[int],
-                   repeats: int, settings: MeasurementSettings, model_dir: Path, advance) -> None:
-    from .streaming import token_metrics
-
-    for level in levels:
-        point = replace(request, concurrency=level)
-        measurements, tokens = [], []
-        for repeat in range(1, repeats + 1):
-            tag = f"c{level}.r{repeat}"
-            measurement = analyzer.measure(point, settings, model_dir, tag)
-            measurements.append(measurement)
-            profile = model_dir / f"{tag}.attempt{measurement.attempts}.profile.json"
-            tokens.append(token_metrics(profile) if point.streaming and profile.exists() else None)
-            advance(f"{point.model} c={level} repeat {repeat}: {measurement.throughput:.1f} infer/s, "
-                    f"p99 {measurement.p99_us / 1000:.2f} ms")
-        result.points.append(aggregate(level, measurements, tokens))
-
-
 def _print_summary(result: PerfResult, terminal: Terminal) -> None:
-    rows = []
+    rows: list[list[object]] = []
     for model in result.models:
         if model.error:
             rows.append([model.name, "–", "–", "–", "–", "–", f"FAILED: {model.error}"])
@@ -207,12 +275,17 @@ def _print_summary(result: PerfResult, terminal: Terminal) -> None:
                    ["model", "concurrency", "infer/s", "p50 ms", "p99 ms", "stable", "notes"], rows)
     if result.verdict is not None:
         verdict = result.verdict
-        terminal.table(f"verdict against {result.baseline}", TABLE_COLUMNS, verdict.table_rows())
+        terminal.table(f"verdict against {result.baseline} (rank test over windows, alpha {verdict.alpha:g})",
+                       TABLE_COLUMNS, verdict.table_rows())
         if verdict.missing:
             models = dict.fromkeys(point.split("@")[0] for point in verdict.missing)
             terminal.warning(f"in the baseline but not measured this time (not judged): {', '.join(models)}")
+        if verdict.inconclusive:
+            terminal.warning("inconclusive (not failed): " + ", ".join(
+                f"{p.model}@{p.concurrency}" for p in verdict.inconclusive)
+                + "; the windows spread more than the tolerance: measure more rounds or on a quieter machine")
         if verdict.regressed:
             terminal.error(verdict.summary)
         else:
             terminal.success(verdict.summary)
-    terminal.success(f"report: {result.report_dir / 'report.html'}")
+    terminal.success(f"report: {Path(result.report_dir or '.') / 'report.html'}")

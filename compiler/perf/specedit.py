@@ -75,7 +75,7 @@ def _model_node(root, model: str, spec_path: Path):
                     if isinstance(entry, yaml.MappingNode) and any(
                             k.value == "name" and v.value == model for k, v in entry.value):
                         return entry
-    raise SpecError(f"no model named '{model}' under `models:`", file=spec_path, field="--model",
+    raise SpecError(f"no model named '{model}' under `models:`", file=spec_path, loc=("--model",),
                     fix="name a model declared in the spec")
 
 

@@ -53,7 +53,7 @@ def token_metrics(profile_export: Path) -> TokenMetrics | None:
         tokens += len(token_stamps)
         first_sent = sent if first_sent is None else min(first_sent, sent)
         last_response = stamps[-1] if last_response is None else max(last_response, stamps[-1])
-    if not ttfts:
+    if not ttfts or first_sent is None or last_response is None:
         return None
     elapsed_s = max((last_response - first_sent) / 1e9, 1e-9)
     return TokenMetrics(

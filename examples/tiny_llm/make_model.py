@@ -14,6 +14,10 @@ from pathlib import Path
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "model"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
+# A plain role-prefixed chat format, so /v1/chat/completions works on the demo (the model was not
+# trained on chats: it continues the text it is given).
+CHAT_TEMPLATE = ("{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
 def create(out_dir: str | Path = DEFAULT_DIR, *, seed: int = 0, vocab_size: int = 512,
@@ -38,7 +42,8 @@ def create(out_dir: str | Path = DEFAULT_DIR, *, seed: int = 0, vocab_size: int 
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>",
-                                        eos_token="</s>", clean_up_tokenization_spaces=False)
+                                        eos_token="</s>", clean_up_tokenization_spaces=False,
+                                        chat_template=CHAT_TEMPLATE)
 
     config = LlamaConfig(vocab_size=bpe.get_vocab_size(), hidden_size=64, intermediate_size=192,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -46,7 +51,12 @@ def create(out_dir: str | Path = DEFAULT_DIR, *, seed: int = 0, vocab_size: int 
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id)
     model = LlamaForCausalLM(config)
-    _train(model, bpe.encode(CORPUS).ids, tokenizer.eos_token_id, steps=train_steps, seed=seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small trains faster on one thread than on contended ones
+    try:
+        _train(model, bpe.encode(CORPUS).ids, tokenizer.eos_token_id, steps=train_steps, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()

@@ -4,7 +4,8 @@ model with transformers.
 
 Inputs:  input_ids INT32[-1], input_lengths INT32[1], request_output_len INT32[1]; optional
          end_id, pad_id, runtime_top_k INT32[1], runtime_top_p, temperature FP32[1],
-         random_seed UINT64[1], streaming BOOL[1], stop_words_list / bad_words_list INT32[2,-1].
+         random_seed (TRT-LLM < 1.0) or seed (1.x) UINT64[1], streaming BOOL[1],
+         stop_words_list / bad_words_list INT32[2,-1].
 Outputs: output_ids INT32[-1,-1] (beam x tokens), sequence_length INT32[-1] (per beam).
 
 Decoupled (model_transaction_policy.decoupled) the model streams: execute() hands requests to a
@@ -14,12 +15,35 @@ sends one response per token to requests that asked for streaming, one response 
 to the others, each closed with a final flag. Not decoupled, execute() decodes the batch Triton's
 dynamic batcher gathered and returns.
 
-Parameters (strings): hf_model_dir, checkpoint_dir (optional TRT-LLM checkpoint, see
-trtllm_checkpoint.py; both relative to this version directory), max_input_len, max_output_len,
-exclude_input_in_output, default_temperature, default_top_k, default_top_p, default_seed,
+The rest of upstream's engine inputs (repository.contract_inputs): repetition_penalty,
+presence_penalty, frequency_penalty (over the prompt and the generated tokens), min_length /
+min_tokens (end_id is banned until then), exclude_input_in_output, return_log_probs
+(cum_log_probs, output_log_probs: log-softmax of the logits the token was chosen from),
+return_num_input_tokens / return_num_output_tokens and len_penalty (beam search only: no effect
+at beam width 1) are honoured; a request that sets another (beam_width or num_return_sequences
+above 1, logits, perf metrics, p-tuning, LoRA, guided decoding) is rejected with INVALID_ARG
+naming the input.
+
+Parameters (strings): checkpoint_dir (TRT-LLM checkpoint, quantized or not, see
+trtllm_checkpoint.py: the model is built from it alone), relative to this version directory;
+max_input_len, max_output_len, exclude_input_in_output,
+default_temperature, default_top_k, default_top_p, default_seed, default_end_id, default_pad_id,
 cpu_threads (0: torch's default).
+Besides the tensorrt_llm outputs: stream_offset INT32[1], -1 for a whole answer; in a stream, the
+responses carry every token generated so far (TensorRT-LLM's returnAllGeneratedTokens) and
+stream_offset says how many of them earlier responses carried, so the stateless postprocessing
+model can detokenize incrementally; cancel_key STRING[1] (decoupled; empty otherwise), the key
+the postprocessing or BLS model sends back when the client went away (cancellation.py).
+
+A cancelled request (its key sent back, or, called directly, Triton's cancellation) leaves the
+batch before the next decoding step, answers CANCELLED and logs how many tokens it got.
+
+Each request is checked on its own (prompt and output lengths, sampling values: temperature finite
+and >= 0, top_k >= 0, top_p in [0, 1]): a bad one answers 400 / INVALID_ARGUMENT naming the input,
+and a request whose generation fails anyway leaves the batch alone; the others go on.
 """
 import json
+import math
 import os
 import queue
 import sys
@@ -30,7 +54,10 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import cancellation  # noqa: E402  (ships next to this file)
 import trtllm_checkpoint  # noqa: E402  (ships next to this file)
+
+CANCELLED_LOG = "generation cancelled by the client"
 
 
 class Request:
@@ -54,18 +81,55 @@ class Request:
         self.top_k = scalar("runtime_top_k", defaults["top_k"], int)
         self.top_p = scalar("runtime_top_p", defaults["top_p"], float)
         self.temperature = scalar("temperature", defaults["temperature"], float)
-        self.seed = scalar("random_seed", defaults["seed"], int)
+        self.seed = scalar("seed", scalar("random_seed", defaults["seed"], int), int)
         self.streaming = scalar("streaming", False, bool)
+        self.seed = scalar("seed", self.seed, int)  # the name after tensorrtllm_backend v0.19.0
+        self.repetition_penalty = scalar("repetition_penalty", 1.0, float)
+        self.presence_penalty = scalar("presence_penalty", 0.0, float)
+        self.frequency_penalty = scalar("frequency_penalty", 0.0, float)
+        self.min_tokens = scalar("min_tokens", scalar("min_length", 0, int), int)
+        self.exclude_input = scalar("exclude_input_in_output", defaults["exclude_input"], bool)
+        self.return_log_probs = scalar("return_log_probs", False, bool)
+        self.return_num_input_tokens = scalar("return_num_input_tokens", False, bool)
+        self.return_num_output_tokens = scalar("return_num_output_tokens", False, bool)
+        _reject_unsupported(request, scalar)
+        self.log_probs = []
         self.stop_words = _word_list(pb_utils.get_input_tensor_by_name(request, "stop_words_list"))
         self.bad_words = _word_list(pb_utils.get_input_tensor_by_name(request, "bad_words_list"))
         self.generated = []
         self.done = False
+        self.failure = None  # why this request's generation failed; its batch goes on without it
+        self.cancelled = False
+        self.cancel_key = ""  # decoupled: given by the engine's cancellation.Listener
         self.triton = request
 
     @property
     def greedy(self):
         # TRT-LLM semantics: top_k 1, or neither top_k nor top_p set, is greedy.
         return self.temperature == 0 or self.top_k == 1 or (self.top_k == 0 and self.top_p == 0)
+
+
+class ClientError(ValueError):
+    """A request the engine cannot honour: answered with INVALID_ARG (HTTP 400)."""
+
+
+# Inputs with a value only the default of which this engine implements.
+_AT_MOST_ONE = ("beam_width", "num_return_sequences")
+_MUST_BE_FALSE = ("return_context_logits", "return_generation_logits", "return_perf_metrics")
+_MUST_BE_ABSENT = ("prompt_embedding_table", "prompt_vocab_size", "lora_task_id", "lora_weights", "lora_config",
+                   "guided_decoding_guide_type", "guided_decoding_guide")
+
+
+def _reject_unsupported(request, scalar):
+    for name in _AT_MOST_ONE:
+        if scalar(name, 1, int) > 1:
+            raise ClientError(f"{name} {scalar(name, 1, int)} is not supported by the CPU engine (only 1)")
+    for name in _MUST_BE_FALSE:
+        if scalar(name, False, bool):
+            raise ClientError(f"{name} is not supported by the CPU engine (send false or leave it out)")
+    for name in _MUST_BE_ABSENT:
+        if pb_utils.get_input_tensor_by_name(request, name) is not None:
+            raise ClientError(f"{name} is not supported by the CPU engine (leave it out)")
 
 
 def _word_list(tensor):
@@ -93,30 +157,35 @@ class TritonPythonModel:
         threads = int(params.get("cpu_threads", "0"))
         if threads > 0:
             torch.set_num_threads(threads)
-        checkpoint = params.get("checkpoint_dir") or None
-        self.model = trtllm_checkpoint.load_model(
-            os.path.join(version_dir, params["hf_model_dir"]),
-            os.path.join(version_dir, checkpoint) if checkpoint else None)
-        generation = self.model.generation_config
-        eos = generation.eos_token_id if generation.eos_token_id is not None else self.model.config.eos_token_id
-        eos = eos[0] if isinstance(eos, list) else eos
-        pad = self.model.config.pad_token_id
+        self.model = trtllm_checkpoint.load_model(os.path.join(version_dir, params["checkpoint_dir"]))
         self.defaults = {
-            "end_id": int(eos), "pad_id": int(pad if pad is not None else eos),
+            "end_id": int(params["default_end_id"]), "pad_id": int(params["default_pad_id"]),
             "temperature": float(params.get("default_temperature", "1.0")),
             "top_k": int(params.get("default_top_k", "1")),
             "top_p": float(params.get("default_top_p", "0.0")),
             "seed": int(params.get("default_seed", "0")),
+            "exclude_input": params.get("exclude_input_in_output", "true").lower() == "true",
         }
         self.max_input_len = int(params["max_input_len"])
         self.max_output_len = int(params["max_output_len"])
-        self.exclude_input = params.get("exclude_input_in_output", "true").lower() == "true"
         self.max_batch_size = max(1, int(config.get("max_batch_size", 1)))
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         if self.decoupled:
-            self.pending = queue.Queue()
-            self.worker = threading.Thread(target=self._serve, daemon=True)
-            self.worker.start()
+            self._start_serving()
+
+    def _start_serving(self):
+        """Decoupled: the serving loop, its cancellation listener and its sender thread (also
+        started by the llmapi CPU engine, which builds on this one)."""
+        self.cancel_listener = cancellation.Listener()
+        self.pending = queue.Queue()
+        # Responses leave from their own thread: a send waits for the server to take the
+        # response (a round trip to the parent process), and the next decoding step need not
+        # wait for it. One thread, so each stream's responses stay in order.
+        self.outbox = queue.Queue()
+        self.sender = threading.Thread(target=self._send_loop, daemon=True)
+        self.sender.start()
+        self.worker = threading.Thread(target=self._serve, daemon=True)
+        self.worker.start()
 
     def execute(self, requests):
         if self.decoupled:
@@ -127,7 +196,7 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             parsed, error = self._parse(request)
             if error is not None:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(error))
+                responses[i] = pb_utils.InferenceResponse(error=_client_error(error))
             else:
                 batch.append((i, parsed))
         running = RunningBatch(self)
@@ -135,13 +204,22 @@ class TritonPythonModel:
         while running.rows:
             running.step()
         for i, r in batch:
-            responses[i] = self._response(r, r.generated)
+            if r.cancelled:
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    "the request was cancelled", pb_utils.TritonError.CANCELLED))
+            elif r.failure:
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(r.failure))
+            else:
+                responses[i] = self._response(r, r.generated)
         return [responses[i] for i in range(len(requests))]
 
     def finalize(self):
         if self.decoupled:
             self.pending.put(None)
             self.worker.join(timeout=10)
+            self.outbox.put(None)
+            self.sender.join(timeout=10)
+            self.cancel_listener.close()
 
     # -- decoupled serving loop: in-flight batching ---------------------------------------------
 
@@ -157,21 +235,39 @@ class TritonPythonModel:
             for request in arrived:
                 parsed, error = self._parse(request)
                 if error is not None:
-                    request.get_response_sender().send(
-                        pb_utils.InferenceResponse(error=pb_utils.TritonError(error)),
-                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    self._send(request.get_response_sender(), pb_utils.InferenceResponse(error=_client_error(error)),
+                               pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 else:
                     parsed.sender = request.get_response_sender()
+                    parsed.cancel_key = self.cancel_listener.new_key()
                     batch.append(parsed)
             try:
                 running.admit(batch)
+                running.cancel(self.cancel_listener.received())
                 if running.rows:
                     running.step()
             except Exception as exc:  # report to every client instead of hanging them
                 for r in running.rows + [r for r in batch if r not in running.rows and not r.done]:
-                    r.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {exc}")),
-                                  flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    self._send(r.sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {exc}")),
+                               pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 running = RunningBatch(self, on_token=self._stream_token, on_done=self._finish)
+
+    def _send(self, sender, response, flags=0):
+        self.outbox.put((sender, response, flags))
+
+    def _send_loop(self):
+        while True:
+            item = self.outbox.get()
+            if item is None:
+                return
+            sender, response, flags = item
+            try:
+                if response is None:
+                    sender.send(flags=flags)
+                else:
+                    sender.send(response, flags=flags)
+            except Exception as exc:  # e.g. a stream the client closed: the others go on
+                pb_utils.Logger.log_warn(f"could not send a response: {exc}")
 
     def _take_pending(self, block, limit):
         """Up to limit requests queued now (waiting for the first one when block); None at shutdown."""
@@ -194,19 +290,30 @@ class TritonPythonModel:
 
     def _stream_token(self, r, token):
         if r.streaming:
-            r.sender.send(self._response(r, [token], streamed=True))
+            self._send(r.sender, self._response(r, r.generated, streamed=True))
 
     def _finish(self, r):
-        if r.streaming:
-            r.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        if r.cancelled:
+            # Read by tests/test_openai.py: how far a generation went after its client left.
+            pb_utils.Logger.log_info(f"{CANCELLED_LOG} after {len(r.generated)} of {r.max_new} tokens")
+            self._send(r.sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                "the request was cancelled", pb_utils.TritonError.CANCELLED)),
+                pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        elif r.failure:
+            self._send(r.sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(r.failure)),
+                       pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        elif r.streaming:
+            self._send(r.sender, None, pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         else:
-            r.sender.send(self._response(r, r.generated), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            self._send(r.sender, self._response(r, r.generated), pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     # -- generation -------------------------------------------------------------------------
 
     def _parse(self, request):
         try:
             r = Request(request, self.defaults)
+        except ClientError as exc:
+            return None, str(exc)
         except Exception as exc:
             return None, f"bad request: {exc}"
         if not r.prompt:
@@ -215,16 +322,25 @@ class TritonPythonModel:
             return None, f"prompt has {len(r.prompt)} tokens, above max_input_len {self.max_input_len}"
         if not 1 <= r.max_new <= self.max_output_len:
             return None, f"request_output_len {r.max_new} is outside 1..max_output_len {self.max_output_len}"
+        if not (math.isfinite(r.temperature) and r.temperature >= 0):
+            return None, f"temperature {r.temperature} must be a finite number >= 0"
+        if r.top_k < 0:
+            return None, f"runtime_top_k {r.top_k} must be >= 0 (0: no top-k filter)"
+        if not (math.isfinite(r.top_p) and 0 <= r.top_p <= 1):
+            return None, f"runtime_top_p {r.top_p} must be within 0..1"
+        if r.seed < 0:
+            return None, f"random_seed {r.seed} must be >= 0"
         return r, None
 
     def _choose(self, r, logits):
         torch = self.torch
+        logits = self._penalize(r, logits)
         for word in r.bad_words:
             # Ban the token that would complete a bad word.
             if len(word) == 1 or tuple(r.generated[-(len(word) - 1):]) == word[:-1]:
                 logits[word[-1]] = float("-inf")
         if r.greedy:
-            return int(torch.argmax(logits))
+            return self._chosen(r, logits, int(torch.argmax(logits)))
         logits = logits / max(r.temperature, 1e-5)
         if r.top_k > 0:
             kth = torch.topk(logits, min(r.top_k, logits.numel())).values[-1]
@@ -235,28 +351,71 @@ class TritonPythonModel:
             keep = sorted_probs.cumsum(-1) - sorted_probs < r.top_p  # smallest set reaching top_p
             filtered = torch.zeros_like(probs).scatter(0, order, sorted_probs * keep)
             probs = filtered / filtered.sum()
-        return int(torch.multinomial(probs, 1, generator=r.generator))
+        return self._chosen(r, logits, int(torch.multinomial(probs, 1, generator=r.generator)))
+
+    def _chosen(self, r, logits, token):
+        if r.return_log_probs:
+            r.log_probs.append(float(self.torch.log_softmax(logits, dim=-1)[token]))
+        return token
+
+    def _penalize(self, r, logits):
+        """Repetition (divide positive logits, multiply negative ones), presence and frequency
+        penalties over the tokens seen so far, and end_id banned before min_length tokens."""
+        torch = self.torch
+        if r.repetition_penalty == 1.0 and not (r.presence_penalty or r.frequency_penalty or r.bad_words) \
+                and len(r.generated) >= r.min_tokens:
+            return logits
+        logits = logits.clone()  # the forward pass's logits are inference tensors: edit a copy
+        if r.repetition_penalty != 1.0 or r.presence_penalty or r.frequency_penalty:
+            seen = torch.tensor(r.prompt + r.generated)
+            counts = torch.bincount(seen, minlength=logits.numel()).to(logits.dtype)[:logits.numel()]
+            present = counts > 0
+            if r.repetition_penalty != 1.0:
+                penalized = torch.where(logits > 0, logits / r.repetition_penalty, logits * r.repetition_penalty)
+                logits[present] = penalized[present]
+            logits -= r.presence_penalty * present.to(logits.dtype) + r.frequency_penalty * counts
+        if len(r.generated) < r.min_tokens:
+            logits[r.end_id] = float("-inf")
+        return logits
 
     def _advance(self, r, token, on_token):
         if token == r.end_id:  # end_id ends the sequence and is not part of the output
+            if r.return_log_probs:
+                r.log_probs.pop()
             r.done = True
+            return
+        if _cancelled(r):  # the client went away: no more work, nothing more sent
+            r.cancelled = r.done = True
             return
         r.generated.append(token)
         if on_token is not None:
             on_token(r, token)
         # A stop word is kept in the output, as TensorRT-LLM does.
         hit_stop = any(tuple(r.generated[-len(w):]) == w for w in r.stop_words)
-        cancelled = getattr(r.triton, "is_cancelled", None) is not None and r.triton.is_cancelled()
-        if hit_stop or cancelled or len(r.generated) >= r.max_new:
+        if hit_stop or len(r.generated) >= r.max_new:
             r.done = True
 
     def _response(self, r, tokens, streamed=False):
-        tokens = list(tokens) if (streamed or self.exclude_input) else r.prompt + list(tokens)
+        generated = len(tokens)
+        tokens = list(tokens) if (streamed or r.exclude_input) else r.prompt + list(tokens)
         output_ids = np.array([[tokens]], dtype=np.int32).reshape(1, 1, len(tokens))
-        return pb_utils.InferenceResponse(output_tensors=[
+        offset = len(tokens) - 1 if streamed else -1
+        outputs = [
             pb_utils.Tensor("output_ids", output_ids),
             pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32)),
-        ])
+            pb_utils.Tensor("stream_offset", np.array([[offset]], dtype=np.int32)),
+            pb_utils.Tensor("cancel_key", np.array([[r.cancel_key.encode()]], dtype=np.object_)),
+        ]
+        if r.return_log_probs:
+            # Streamed: the log prob of this response's token; otherwise all generated tokens'.
+            log_probs = r.log_probs[-generated:] if generated else []
+            outputs += [pb_utils.Tensor("output_log_probs", np.array(log_probs, dtype=np.float32).reshape(1, 1, -1)),
+                        pb_utils.Tensor("cum_log_probs", np.array([[sum(r.log_probs)]], dtype=np.float32))]
+        if r.return_num_input_tokens:
+            outputs.append(pb_utils.Tensor("num_input_tokens", np.array([[len(r.prompt)]], dtype=np.int32)))
+        if r.return_num_output_tokens:
+            outputs.append(pb_utils.Tensor("num_output_tokens", np.array([[len(r.generated)]], dtype=np.int32)))
+        return pb_utils.InferenceResponse(output_tensors=outputs)
 
 
 class RunningBatch:
@@ -309,7 +468,11 @@ class RunningBatch:
     def _choose_all(self, rows, logits):
         next_ids = self.torch.full((len(rows), 1), self.engine.defaults["pad_id"], dtype=self.torch.long)
         for row, r in enumerate(rows):
-            token = self.engine._choose(r, logits[row])
+            try:
+                token = self.engine._choose(r, logits[row])
+            except Exception as exc:  # e.g. sampling on logits of a degenerate row: only this request fails
+                r.failure, r.done = f"generation failed: {exc}", True
+                continue
             next_ids[row, 0] = token
             self.engine._advance(r, token, self.on_token)
         return next_ids
@@ -333,6 +496,15 @@ class RunningBatch:
         self.positions = torch.cat([self.positions, positions], dim=0)
         self.next_ids = torch.cat([self.next_ids, next_ids], dim=0)
 
+    def cancel(self, keys):
+        """Drop the rows whose cancellation.Listener key was sent back (their client left)."""
+        if not keys:
+            return
+        for r in self.rows:
+            if r.cancel_key in keys:
+                r.cancelled = r.done = True
+        self._drop_done()
+
     def _drop_done(self):
         keep = [i for i, r in enumerate(self.rows) if not r.done]
         if len(keep) == len(self.rows):
@@ -354,3 +526,18 @@ class RunningBatch:
         self.mask = mask[:, first:]
         self.positions = self.positions.index_select(0, index)
         self.next_ids = self.next_ids.index_select(0, index)
+
+
+def _cancelled(r):
+    """Whether Triton cancelled the request: its own client (a direct call of this model) closed
+    the gRPC stream or went away. Inside an ensemble this stays false (see cancellation.py).
+
+    A decoupled request asks its response sender (python backend >= 23.10, the request object may
+    be released once execute() returned); a request of execute() asks itself. Each check is one
+    round trip to the server, once per token and request."""
+    sender = getattr(r, "sender", None)
+    return sender.is_cancelled() if sender is not None else r.triton.is_cancelled()
+
+
+def _client_error(message):
+    return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)

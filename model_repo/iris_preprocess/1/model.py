@@ -2,8 +2,9 @@
 ("5.1,3.5,1.4,0.2": sepal length, sepal width, petal length, petal width in cm) -> FEATURES FP32.
 
 Input CSV STRING [1], output FEATURES FP32 [n] with n from the model config; batched
-(max_batch_size > 0). A request whose line does not hold n numbers gets an error response naming
-the row; the other requests of the batch are answered.
+(max_batch_size > 0). A request whose line does not hold n finite numbers (or is not UTF-8) gets a
+400 / INVALID_ARGUMENT response naming the input and row; the other requests of the batch are
+answered.
 """
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ def parse_rows(lines: np.ndarray, width: int) -> np.ndarray:
     """[batch, 1] CSV lines (bytes or str) -> [batch, width] float32; ValueError names the bad row."""
     features = np.empty((len(lines), width), dtype=np.float32)
     for row, cell in enumerate(lines.reshape(len(lines), -1)[:, 0]):
-        text = cell.decode("utf-8") if isinstance(cell, bytes) else str(cell)
+        try:
+            text = cell.decode("utf-8") if isinstance(cell, bytes) else str(cell)
+        except UnicodeDecodeError:
+            raise ValueError(f"row {row}: {cell[:40]!r} is not UTF-8 text") from None
         values = [v.strip() for v in text.split(",")]
         if len(values) != width:
             raise ValueError(f"row {row}: expected {width} comma-separated numbers, got {len(values)} in {text!r}")
@@ -43,7 +47,8 @@ class TritonPythonModel:
             try:
                 features = parse_rows(lines, self.width)
             except ValueError as exc:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
+                error = pb_utils.TritonError(f"input CSV: {exc}", pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("FEATURES", features)]))
         return responses

@@ -7,15 +7,25 @@ Outputs: INPUT_ID INT32[-1], REQUEST_INPUT_LEN INT32[1], BAD_WORDS_IDS / STOP_WO
          INT32[2,-1], REQUEST_OUTPUT_LEN INT32[1], OUT_END_ID / OUT_PAD_ID / OUT_TOP_K INT32[1],
          OUT_TOP_P / OUT_TEMPERATURE FP32[1], OUT_RANDOM_SEED UINT64[1] (the sampling values carry
          the spec's defaults where the request gives none; upstream has no such outputs).
-Parameters: tokenizer_dir (relative to this version directory, or absolute), add_special_tokens,
-default_top_k, default_top_p, default_temperature, default_seed.
+Optional DECODER_QUERY, EMBEDDING_BIAS_WORDS / EMBEDDING_BIAS_WEIGHTS and PROMPT_TABLE_EXTRA_ID
+are declared as upstream's are (the ensemble routes them here) and rejected with INVALID_ARG when
+a request sets them: tritonize builds decoder-only models without p-tuning or embedding bias.
+Parameters: tokenizer_dir (relative to this version directory, or absolute), add_bos_token (prepend
+the tokenizer's bos_token; the build decides it from the tokenizer's own config, as transformers
+does), default_top_k, default_top_p, default_temperature, default_seed.
 The tokenizer is the `tokenizers` library reading tokenizer.json shipped inside the repository.
+A request the client got wrong (text that is not UTF-8, a query that tokenizes to nothing, tensors of
+the wrong shape) answers 400 / INVALID_ARGUMENT naming the input; the batch's others are answered.
 """
 import json
 import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+# Preprocessing input -> the ensemble input that feeds it (named in the error a client sees).
+UNSUPPORTED = (("DECODER_QUERY", "decoder_text_input"), ("EMBEDDING_BIAS_WORDS", "embedding_bias_words"),
+               ("EMBEDDING_BIAS_WEIGHTS", "embedding_bias_weights"), ("PROMPT_TABLE_EXTRA_ID", "prompt_table_extra_id"))
 
 
 class TritonPythonModel:
@@ -27,8 +37,10 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         tokenizer_dir = os.path.join(version_dir, params["tokenizer_dir"])
         self.tokenizer = Tokenizer.from_file(os.path.join(tokenizer_dir, "tokenizer.json"))
-        self.add_special_tokens = params.get("add_special_tokens", "false").lower() == "true"
         special = _special_tokens(tokenizer_dir)
+        self.bos = []
+        if params.get("add_bos_token", "false").lower() == "true":
+            self.bos = [self.tokenizer.token_to_id(special["bos_token"])]
         self.end_id = self.tokenizer.token_to_id(special["eos_token"])
         pad = special.get("pad_token")
         # Pad falls back to end-of-sequence, as in the upstream preprocessing.
@@ -42,14 +54,24 @@ class TritonPythonModel:
         return [self._one(request) for request in requests]
 
     def _one(self, request):
+        for name, client_name in UNSUPPORTED:
+            if pb_utils.get_input_tensor_by_name(request, name) is not None:
+                return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    f"{client_name} is not supported by this repository's preprocessing (leave it out)",
+                    pb_utils.TritonError.INVALID_ARG))
         try:
             queries = pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy()
             output_len = pb_utils.get_input_tensor_by_name(request, "REQUEST_OUTPUT_LEN").as_numpy()
             batch = queries.shape[0]
-            ids = [self.tokenizer.encode(_text(q.reshape(-1)[0]), add_special_tokens=self.add_special_tokens).ids
-                   for q in queries]
+            # BOS is added here, not by the tokenizer.json post-processor, so the prompt is what
+            # the build decided (and measured) whatever that post-processor does.
+            try:
+                texts = [_text(q.reshape(-1)[0]) for q in queries]
+            except UnicodeDecodeError:
+                raise ClientError("input QUERY is not UTF-8 text") from None
+            ids = [self.bos + self.tokenizer.encode(text, add_special_tokens=False).ids for text in texts]
             if any(len(i) == 0 for i in ids):
-                raise ValueError("QUERY is empty after tokenization")
+                raise ClientError("input QUERY is empty after tokenization")
             width = max(len(i) for i in ids)
             input_id = np.full((batch, width), self.pad_id, dtype=np.int32)
             for row, tokens in enumerate(ids):
@@ -67,14 +89,20 @@ class TritonPythonModel:
             outputs += [pb_utils.Tensor(out, self._scalar(request, name, default, batch, dtype))
                         for name, out, dtype, default in self.sampling]
             return pb_utils.InferenceResponse(output_tensors=outputs)
-        except Exception as exc:  # one bad request must not fail the batch
+        except ClientError as exc:  # one bad request must not fail the batch
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"preprocessing: {exc}",
+                                                                         pb_utils.TritonError.INVALID_ARG))
+        except Exception as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"preprocessing: {exc}"))
 
     def _scalar(self, request, name, default, batch, dtype=np.int32):
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         if tensor is None:
             return np.full((batch, 1), default, dtype=dtype)
-        return tensor.as_numpy().reshape(batch, 1).astype(dtype)
+        value = tensor.as_numpy()
+        if value.size != batch:
+            raise ClientError(f"input {name} holds {value.size} values for {batch} queries; send one per query")
+        return value.reshape(batch, 1).astype(dtype)
 
     def _word_lists(self, request, name, batch):
         """TRT-LLM word-list format per request: [2, L], row 0 the token ids of all words
@@ -82,7 +110,10 @@ class TritonPythonModel:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         rows = []
         for b in range(batch):
-            words = [] if tensor is None else [_text(w) for w in tensor.as_numpy()[b].reshape(-1)]
+            try:
+                words = [] if tensor is None else [_text(w) for w in tensor.as_numpy()[b].reshape(-1)]
+            except (UnicodeDecodeError, IndexError):
+                raise ClientError(f"input {name} must hold UTF-8 words for each of the {batch} queries") from None
             ids, offsets = [], []
             for word in words:
                 if not word:
@@ -97,6 +128,10 @@ class TritonPythonModel:
             out[b, 0, :len(ids)] = ids
             out[b, 1, :len(offsets)] = offsets
         return out
+
+
+class ClientError(ValueError):
+    """The request is malformed: answered 400 / INVALID_ARGUMENT."""
 
 
 def _text(value):

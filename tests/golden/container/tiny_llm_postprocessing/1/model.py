@@ -1,16 +1,35 @@
 """Triton python backend: token ids -> text, the `postprocessing` model of the TensorRT-LLM
 ensemble (same tensor names as tensorrtllm_backend's inflight_batcher_llm/postprocessing).
 
-Inputs:  TOKENS_BATCH INT32[-1,-1] (beams x tokens), SEQUENCE_LENGTH INT32[-1] (per beam).
-Outputs: OUTPUT STRING[-1] (one text per beam).
-Streaming responses carry only the new tokens, so each piece is decoded on its own; the tokenizer
-is byte-level BPE, whose pieces concatenate to the decoded whole.
+Inputs:  TOKENS_BATCH INT32[-1,-1] (beams x tokens), SEQUENCE_LENGTH INT32[-1] (per beam),
+         optional STREAM_OFFSET INT32[1] (from the CPU engine: -1 for a whole answer, else how
+         many of the tokens earlier responses of the stream carried).
+Outputs: OUTPUT STRING[-1] (one text per beam, flat over the batch).
+         optional CANCEL_KEY STRING[1] (from the CPU engine: sent back to it, see cancellation.py,
+         when this request is cancelled, i.e. the ensemble's client went away).
+Parameters: tokenizer_dir, skip_special_tokens.
+
+Streaming: decoding each token on its own loses SentencePiece's leading spaces (its decoder drops
+the space of a text's first piece) and garbles a character whose UTF-8 bytes span tokens. The CPU
+engine's streamed responses carry every token generated so far, and the piece sent is the new
+stable text (detokenize.py): the decode of the tokens minus that of the ones sent before, with an
+unfinished character held back until a later token completes it. The pieces then join to exactly
+the one-shot decode (up to a character the generation cut mid-way). Without STREAM_OFFSET (the
+tensorrtllm backend sends only the new tokens) each piece is decoded alone.
+Token tensors that do not fit (lengths beyond the tokens, ids outside the vocabulary) answer
+400 / INVALID_ARGUMENT for that request.
 """
 import json
 import os
+import sys
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import cancellation  # noqa: E402  (ships next to this file, from the CPU engine)
+from detokenize import new_text  # noqa: E402  (ships next to this file)
 
 
 class TritonPythonModel:
@@ -25,13 +44,42 @@ class TritonPythonModel:
         self.skip_special_tokens = params.get("skip_special_tokens", "true").lower() == "true"
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()
-            lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()
-            texts = np.empty(lengths.shape, dtype=object)
-            for index in np.ndindex(*lengths.shape):
+        return [self._one(request) for request in requests]
+
+    def _one(self, request):
+        key = pb_utils.get_input_tensor_by_name(request, "CANCEL_KEY")
+        key = key.as_numpy().reshape(-1)[0] if key is not None else b""
+        key = key.decode() if isinstance(key, bytes) else str(key)
+        # is_cancelled() is a round trip to the server: asked only in a stream of the CPU engine.
+        if key and request.is_cancelled():
+            # The ensemble's client went away after the engine sent this response: stop the engine.
+            cancellation.request_cancel(key)
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError("the request was cancelled",
+                                                                         pb_utils.TritonError.CANCELLED))
+        tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()
+        lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()
+        offset = pb_utils.get_input_tensor_by_name(request, "STREAM_OFFSET")
+        offset = -1 if offset is None else int(offset.as_numpy().reshape(-1)[0])
+        vocabulary = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        texts = np.empty(lengths.shape, dtype=object)
+        for index in np.ndindex(*lengths.shape):
+            try:
                 ids = tokens[index][: int(lengths[index])].tolist()
-                texts[index] = self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens).encode("utf-8")
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", texts)]))
-        return responses
+            except IndexError:
+                return _client_error(f"inputs TOKENS_BATCH {list(tokens.shape)} and SEQUENCE_LENGTH "
+                                     f"{list(lengths.shape)} do not match")
+            if int(lengths[index]) < 0 or any(not 0 <= t < vocabulary for t in ids):
+                return _client_error(f"input TOKENS_BATCH holds ids outside 0..{vocabulary - 1} or "
+                                     "SEQUENCE_LENGTH is negative")
+            text = self._decode(ids) if offset < 0 else new_text(self._decode, ids, offset)
+            texts[index] = text.encode("utf-8")
+        # Flat [batch * beams], as upstream's postprocessing answers (clients index text_output[0]).
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", texts.reshape(-1))])
+
+    def _decode(self, ids):
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+
+def _client_error(message):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"postprocessing: {message}",
+                                                                 pb_utils.TritonError.INVALID_ARG))

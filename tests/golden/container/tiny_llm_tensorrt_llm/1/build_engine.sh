@@ -8,7 +8,7 @@
 #       bash /models/tiny_llm_tensorrt_llm/1/build_engine.sh
 #
 # or run `tritonize build --stage engines` where TensorRT-LLM is installed.
-# Cache key (checkpoint hash + TensorRT-LLM version + flags + GPU): sha256:a34c0493aed0d5bea147ebc6ede36911ef63c9fc082ee98561064ab1bab8aacf
+# Cache key (checkpoint hash + TensorRT-LLM version + flags + GPU): sha256:575b0d5823d88c38157da87ca336903f8cac7d8897b33c252c6458df9e69a468
 set -euo pipefail
 cd "$(dirname "$0")"
 trtllm-build \
@@ -25,6 +25,5 @@ trtllm-build \
     --gemm_plugin fp8 \
     --use_fused_mlp enable \
     --use_paged_context_fmha enable \
-    --multiple_profiles enable \
-    --use_fp8_context_fmha enable
-echo "sha256:a34c0493aed0d5bea147ebc6ede36911ef63c9fc082ee98561064ab1bab8aacf" > engine/tritonize-engine-key
+    --multiple_profiles enable
+echo "sha256:575b0d5823d88c38157da87ca336903f8cac7d8897b33c252c6458df9e69a468" > engine/tritonize-engine-key

@@ -1,0 +1,126 @@
+"""`tritonize build SPEC --check`: is the committed repository what SPEC builds?
+
+The spec is built into a temporary directory and compared with the repository, which is never
+written. Text files (configs, model.py, the manifest) are compared byte for byte. Binaries
+(ONNX models, weights) are usually not committed (.gitignore), so they are compared by the
+content hashes the manifests record: the freshly built manifest against the committed one, and a
+committed binary that is present against its own manifest's hash.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import manifest as manifest_file
+from .terminal import Terminal
+
+# The files a build emits as text (and that are committed); the rest are binaries.
+TEXT_SUFFIXES = {".pbtxt", ".py", ".json", ".txt", ".sh", ".md", ".jinja", ".model", ".yaml", ".yml"}
+
+
+@dataclass(frozen=True)
+class Difference:
+    path: str          # relative to the repository
+    kind: str          # "differs" | "missing" (built, not committed) | "extra" (committed, not built)
+    detail: str = ""   # a short unified diff for text files, the reason for binaries
+
+    def one_line(self) -> str:
+        return f"{self.kind:8} {self.path}" + (f" ({self.detail})" if self.detail and "\n" not in self.detail else "")
+
+
+def check_build(spec_path: Path, output: Path | None = None, *, runtime: str | None = None,
+                terminal: Terminal) -> tuple[Path, list[Difference]]:
+    """Build SPEC into a temp dir; the committed repository and how it differs (empty: current)."""
+    from .pipeline import build
+    from .spec import load_spec
+
+    spec = load_spec(spec_path, runtime=runtime)
+    committed = Path(output) if output is not None else spec.resolve(spec.repository)
+    with tempfile.TemporaryDirectory(prefix="tritonize-check-") as work:
+        built = Path(work) / "repository"
+        with terminal.status(f"building {spec_path} into a temporary directory to compare with {committed}"):
+            build(spec_path, built, force=True, runtime=runtime, terminal=Terminal(quiet=True))
+        return committed, differences(built, committed)
+
+
+def differences(built: Path, committed: Path) -> list[Difference]:
+    built_files, committed_files = _files(built), _files(committed) if committed.is_dir() else {}
+    built_hashes = _manifest_hashes(built)
+    committed_hashes = _manifest_hashes(committed)
+    found = []
+    for relative in sorted(built_files.keys() | committed_files.keys()):
+        text = Path(relative).suffix in TEXT_SUFFIXES
+        if relative not in committed_files:
+            if text:
+                found.append(Difference(relative, "missing"))
+            continue  # an uncommitted binary is judged by the manifests' hashes below
+        if relative not in built_files:
+            found.append(Difference(relative, "extra"))
+            continue
+        if text:
+            new, old = built_files[relative].read_bytes(), committed_files[relative].read_bytes()
+            if new != old:
+                found.append(Difference(relative, "differs", _short_diff(old, new, relative)))
+        elif relative not in built_hashes and \
+                built_files[relative].read_bytes() != committed_files[relative].read_bytes():
+            found.append(Difference(relative, "differs", "binary content"))
+    for relative, digest in sorted(built_hashes.items()):
+        if relative not in committed_hashes:
+            continue  # the manifest itself differs and is listed; so is the file when committed
+        if committed_hashes[relative] != digest:
+            found.append(Difference(relative, "differs", "content hash in the manifest"))
+        elif relative in committed_files and not committed_files[relative].is_dir() and \
+                _sha256(committed_files[relative]) != digest:
+            found.append(Difference(relative, "differs", "committed file does not match its manifest hash"))
+    return _unique(found)
+
+
+def _files(root: Path) -> dict[str, Path]:
+    return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") or part == "__pycache__"
+                                       for part in p.relative_to(root).parts)}
+
+
+def _manifest_hashes(repository: Path) -> dict[str, str]:
+    """'model/relative/path' -> 'sha256:...' for every file the manifest hashes."""
+    manifest = manifest_file.read(repository)
+    if manifest is None:
+        return {}
+    return {f"{model}/{relative}": digest for model, entry in manifest.models.items()
+            for relative, digest in (entry.files or {}).items()}
+
+
+def _sha256(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _short_diff(old: bytes, new: bytes, name: str, limit: int = 12) -> str:
+    lines = list(difflib.unified_diff(old.decode(errors="replace").splitlines(),
+                                      new.decode(errors="replace").splitlines(),
+                                      f"committed/{name}", f"built/{name}", lineterm="", n=1))
+    return "\n".join(lines[:limit] + (["..."] if len(lines) > limit else []))
+
+
+def _unique(found: list[Difference]) -> list[Difference]:
+    seen, unique = set(), []
+    for difference in found:
+        if difference.path not in seen:
+            seen.add(difference.path)
+            unique.append(difference)
+    return unique
+
+
+def report(committed: Path, spec_path: Path, found: list[Difference], terminal: Terminal) -> None:
+    if not found:
+        terminal.success(f"{committed} is what {spec_path} builds")
+        return
+    terminal.error(f"{committed} is not what {spec_path} builds: {len(found)} files differ "
+                   f"(rebuild with `tritonize build {spec_path}` and commit the result)")
+    for difference in found:
+        terminal.info("  " + difference.one_line())
+        if "\n" in difference.detail:
+            terminal.info("\n".join("      " + line for line in difference.detail.splitlines()))
+

@@ -1,0 +1,125 @@
+"""The repository's LLM ensembles as the frontend serves them: limits, tokenizer, chat template.
+
+Everything is read from the built repository (the manifest names the ensembles and their steps;
+the configs carry the limits and the tokenizer directory), so the frontend serves what was built.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import manifest
+from ..errors import TritonizeError
+from ..optional import optional
+from ..triton.config import parse_pbtxt
+
+tokenizers = optional("tokenizers", purpose="counting tokens in the OpenAI frontend", extra="llm")
+jinja2_sandbox = optional("jinja2.sandbox", purpose="rendering chat templates", package="jinja2")
+
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers >= 4.50 saves the template here
+
+
+class ChatTemplateMissing(Exception):
+    """The model's tokenizer has no chat template (the frontend answers 400 with the fix)."""
+
+
+@dataclass
+class LlmModel:
+    name: str
+    decoupled: bool
+    max_input_len: int
+    max_output_len: int
+    inputs: frozenset[str]            # the ensemble's input names (the seed's name differs by release)
+    tokenizer_dir: Path
+    add_bos_token: bool               # the preprocessing prepends the tokenizer's bos_token
+    special_tokens: dict[str, str] = field(default_factory=dict)
+    chat_template: str | None = None
+    _tokenizer: Any = None
+    _template: Any = None             # chat_template compiled once (jinja compiles in ms, per request on the event loop)
+
+    @property
+    def seed_input(self) -> str:
+        return "seed" if "seed" in self.inputs else "random_seed"
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = tokenizers.Tokenizer.from_file(str(self.tokenizer_dir / "tokenizer.json"))
+        return self._tokenizer
+
+    def count_prompt_tokens(self, text: str) -> int:
+        """Tokens the preprocessing will feed the engine for this prompt (same tokenizer, same BOS rule)."""
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids) + int(self.add_bos_token)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        if not self.chat_template:
+            raise ChatTemplateMissing(
+                f"model '{self.name}' has no chat template: its tokenizer "
+                f"({self.tokenizer_dir / 'tokenizer_config.json'}) defines no `chat_template`; add one to the "
+                f"source model's tokenizer_config.json (or {CHAT_TEMPLATE_FILE}) and rebuild, or use /v1/completions")
+        if self._template is None:
+            # transformers' apply_chat_template environment: sandboxed, trim_blocks, lstrip_blocks.
+            env = jinja2_sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+            def raise_exception(message: str) -> None:
+                raise ValueError(message)
+
+            env.globals["raise_exception"] = raise_exception
+            self._template = env.from_string(self.chat_template)
+        return self._template.render(
+            messages=messages, add_generation_prompt=True, bos_token=self.special_tokens.get("bos_token", ""),
+            eos_token=self.special_tokens.get("eos_token", ""))
+
+    def card(self, created: int) -> dict[str, Any]:
+        return {"id": self.name, "object": "model", "created": created, "owned_by": "tritonize",
+                "max_model_len": self.max_input_len + self.max_output_len,
+                "max_input_len": self.max_input_len, "max_output_len": self.max_output_len}
+
+
+def discover_models(repository: str | Path) -> dict[str, LlmModel]:
+    """Every LLM ensemble of the repository (the manifest's `llm-ensemble` entries)."""
+    repository = Path(repository)
+    built = manifest.load(repository)
+    models: dict[str, LlmModel] = {}
+    for name, entry in built.models.items():
+        if entry.kind != "llm-ensemble" or not entry.steps:
+            continue
+        ensemble = parse_pbtxt((repository / name / "config.pbtxt").read_text())
+        limits = {k: v.string_value for k, v in ensemble.parameters.items()}
+        preprocessing = entry.steps[0]
+        pre_config = parse_pbtxt((repository / preprocessing / "config.pbtxt").read_text())
+        params = {k: v.string_value for k, v in pre_config.parameters.items()}
+        tokenizer_dir = _latest_version(repository / preprocessing) / params["tokenizer_dir"]
+        if "max_input_len" not in limits:
+            raise TritonizeError(f"ensemble {name} does not record max_input_len (built by an older tritonize)",
+                                 file=repository / name / "config.pbtxt", fix="rebuild the repository")
+        special, template = _tokenizer_config(tokenizer_dir)
+        models[name] = LlmModel(
+            name=name, decoupled=bool(entry.decoupled), max_input_len=int(limits["max_input_len"]),
+            max_output_len=int(limits["max_output_len"]), inputs=frozenset(t.name for t in ensemble.input),
+            tokenizer_dir=tokenizer_dir, add_bos_token=params.get("add_bos_token", "false") == "true",
+            special_tokens=special, chat_template=template)
+    return models
+
+
+def _latest_version(model_dir: Path) -> Path:
+    versions = sorted((int(p.name), p) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return versions[-1][1]
+
+
+def _tokenizer_config(tokenizer_dir: Path) -> tuple[dict[str, str], str | None]:
+    path = tokenizer_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    special = {k: (v["content"] if isinstance(v, dict) else v) for k, v in config.items()
+               if k in ("bos_token", "eos_token") and v}
+    template = config.get("chat_template")
+    if isinstance(template, list):  # several named templates: the default one
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    if template is None and (tokenizer_dir / CHAT_TEMPLATE_FILE).is_file():
+        template = (tokenizer_dir / CHAT_TEMPLATE_FILE).read_text()
+    return special, template

@@ -1,0 +1,163 @@
+"""What the OpenAI frontend costs: tokens/s and time to first token at concurrency 1 and 8,
+streaming through the frontend (SSE, /v1/completions) vs gRPC streaming straight to the ensemble.
+
+Both paths send the same prompt, max_tokens and greedy sampling to the same server in the same
+run; each level is measured path after path, alternating, `--rounds` times (medians reported).
+
+    .venv/bin/python perf/bench_openai.py [--repository DIR] [--model tiny_llm] [--requests 24]
+
+Without --repository it builds the root model.yaml (the demo's tiny_llm).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from _bench import built_repository, save
+from tritonize.terminal import Terminal
+from tritonize.triton.server import free_port
+
+PROMPT = "The river runs"
+
+
+async def direct(client, model: str, max_tokens: int) -> tuple[float, int]:
+    """One generation over the shared gRPC channel (as the frontend has one)."""
+    import tritonclient.grpc.aio as grpc
+
+    inputs = []
+    for name, array, datatype in (("text_input", np.array([[PROMPT.encode()]], dtype=object), "BYTES"),
+                                  ("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
+                                  ("top_k", np.array([[1]], dtype=np.int32), "INT32"),
+                                  ("stream", np.array([[True]]), "BOOL")):
+        tensor = grpc.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+
+    async def requests():
+        yield {"model_name": model, "inputs": inputs,
+               "parameters": {"triton_enable_empty_final_response": True}}
+
+    start, first, tokens = time.perf_counter(), None, 0
+    async for result, error in client.stream_infer(requests()):
+        assert error is None, error
+        if result.as_numpy("text_output") is not None:
+            tokens += 1
+            first = first or time.perf_counter() - start
+        if result.get_response().parameters["triton_final_response"].bool_param:
+            break
+    return first or 0.0, tokens
+
+
+async def frontend(session, url: str, model: str, max_tokens: int) -> tuple[float, int]:
+    body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    start, first, tokens = time.perf_counter(), None, 0
+    async with session.post(f"{url}/completions", json=body) as response:
+        assert response.status == 200, await response.text()
+        async for line in response.content:
+            if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk["choices"] and chunk["choices"][0]["text"]:
+                tokens += 1
+                first = first or time.perf_counter() - start
+    return first or 0.0, tokens
+
+
+async def level(path: str, concurrency: int, count: int, grpc_url: str, url: str, model: str,
+                max_tokens: int) -> dict:
+    import aiohttp
+    import tritonclient.grpc.aio as grpc
+
+    client = grpc.InferenceServerClient(grpc_url)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        queue = list(range(count))
+        results: list[tuple[float, int]] = []
+
+        async def worker() -> None:
+            while queue:
+                queue.pop()
+                if path == "frontend":
+                    results.append(await frontend(session, url, model, max_tokens))
+                else:
+                    results.append(await direct(client, model, max_tokens))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    await client.close()
+    return {"tokens_per_s": sum(t for _, t in results) / wall,
+            "ttft_p50_ms": 1000 * statistics.median(f for f, _ in results)}
+
+
+async def measure(args: argparse.Namespace, grpc_url: str, url: str) -> dict:
+    """Everything on one event loop (grpc.aio binds its poller to the first loop it runs on)."""
+    levels: dict = {}
+    for path in ("direct", "frontend"):  # warm up both
+        await level(path, 2, 4, grpc_url, url, args.model, args.max_tokens)
+    for concurrency in (1, 8):
+        rounds: dict[str, list[dict]] = {"direct": [], "frontend": []}
+        for _ in range(args.rounds):
+            for path in rounds:
+                rounds[path].append(await level(path, concurrency, args.requests, grpc_url, url, args.model,
+                                                args.max_tokens))
+        medians = {path: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+                   for path, runs in rounds.items()}
+        medians["frontend_cost"] = {
+            "tokens_per_s_pct": 100 * (1 - medians["frontend"]["tokens_per_s"] / medians["direct"]["tokens_per_s"]),
+            "ttft_p50_ms": medians["frontend"]["ttft_p50_ms"] - medians["direct"]["ttft_p50_ms"]}
+        levels[f"c{concurrency}"] = medians
+        print(f"c={concurrency}: {json.dumps(medians)}", flush=True)
+    return levels
+
+
+def serve(repository: Path) -> tuple[subprocess.Popen, str, str]:
+    """`tritonize serve REPO --openai` in its own process, as a user runs it; ready when both answer."""
+    http, grpc, metrics, api = (free_port() for _ in range(4))
+    process = subprocess.Popen([sys.executable, "-m", "tritonize", "serve", str(repository), "--http-port", str(http),
+                                "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--openai",
+                                "--openai-port", str(api)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://localhost:{api}/health", timeout=2)
+            return process, f"localhost:{grpc}", f"http://localhost:{api}/v1"
+        except OSError:
+            if process.poll() is not None:
+                raise SystemExit(f"tritonize serve exited with {process.returncode}") from None
+            time.sleep(1)
+    process.terminate()
+    raise SystemExit("tritonize serve did not become ready in 600 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repository", type=Path)
+    parser.add_argument("--model", default="tiny_llm")
+    parser.add_argument("--requests", type=int, default=24, help="requests per level and path")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    terminal = Terminal()
+    repository = args.repository or built_repository(terminal)
+    process, grpc_url, url = serve(repository)
+    try:
+        levels = asyncio.run(measure(args, grpc_url, url))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    summary = {"model": args.model, "max_tokens": args.max_tokens, "requests": args.requests, "levels": levels}
+    terminal.success(f"wrote {save('openai_frontend', summary)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Triton python backend: text -> token ids, the first step of a HuggingFace encoder ensemble.
+
+Input:  text STRING[1] (UTF-8).
+Output: input_ids, attention_mask INT64[-1]: every text truncated or padded to max_length, so the
+        encoder's dynamic batcher can join requests (Triton batches requests of equal shapes).
+Parameters: tokenizer_dir (tokenizer.json inside, relative to this version directory), max_length,
+pad_id, pad_token. The tokenizer is the `tokenizers` library reading the fast tokenizer that
+transformers' AutoTokenizer wraps: the same special tokens, truncation and padding.
+"""
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from tokenizers import Tokenizer
+
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        self.tokenizer = Tokenizer.from_file(os.path.join(version_dir, params["tokenizer_dir"], "tokenizer.json"))
+        max_length = int(params["max_length"])
+        self.tokenizer.enable_truncation(max_length)
+        self.tokenizer.enable_padding(length=max_length, pad_id=int(params["pad_id"]), pad_token=params["pad_token"])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                texts = [_text(value) for value in pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)]
+            except UnicodeDecodeError as exc:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    f"text is not UTF-8: {exc}", pb_utils.TritonError.INVALID_ARG)))
+                continue
+            encodings = self.tokenizer.encode_batch(texts)
+            ids = np.array([e.ids for e in encodings], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("input_ids", ids),
+                                                         pb_utils.Tensor("attention_mask", mask)]))
+        return responses
+
+
+def _text(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

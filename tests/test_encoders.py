@@ -1,0 +1,217 @@
+"""HuggingFace encoders (framework: huggingface, no `llm` block): tiny random-init BERT, RoBERTa and
+DistilBERT with tokenizers trained here (WordPiece, byte-level BPE; nothing downloaded), built for
+feature-extraction and text-classification, served as text-in ensembles by a real tritonserver and
+compared with transformers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tritonize.errors import SpecError
+from tritonize.pipeline import build
+from tritonize.spec import load_spec
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+CORPUS = ["the quick brown fox jumps over the lazy dog", "triton serves models fast", "hello world of tiny encoders",
+          "a sentence about nothing much", "embeddings and labels for every text"] * 20
+LABELS = {0: "negative", 1: "neutral", 2: "positive"}
+SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+MAX_LENGTH = 16
+# (name, architecture, task settings); the -cls models classify.
+MODELS = [
+    ("bert", "bert", {"task": "feature-extraction", "pooling": "mean", "normalize": True}),
+    ("roberta", "roberta", {"task": "feature-extraction", "pooling": "cls"}),
+    ("distilbert", "distilbert", {"task": "feature-extraction", "pooling": "mean"}),
+    ("bert_cls", "bert", {"task": "text-classification"}),
+    ("roberta_cls", "roberta", {"task": "text-classification"}),
+    ("distilbert_cls", "distilbert", {"task": "text-classification"}),
+]
+TEXTS = ["hello world", "the quick brown fox jumps over the lazy dog and the dog jumps over the fox again",
+         "triton", "embeddings for tiny encoders", "a b c"]
+
+
+def _wordpiece():
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.train_from_iterator(CORPUS, trainers.WordPieceTrainer(
+        vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tokenizer.token_to_id("[CLS]")), ("[SEP]", tokenizer.token_to_id("[SEP]"))])
+    tokenizer.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
+def _bpe():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", tokenizer.token_to_id("</s>")),
+                                                            ("<s>", tokenizer.token_to_id("<s>")))
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", cls_token="<s>", sep_token="</s>", mask_token="<mask>")
+
+
+def _model(architecture: str, classify: bool):
+    import transformers as t
+
+    labels = {"id2label": LABELS, "label2id": {v: k for k, v in LABELS.items()}} if classify else {}
+    if architecture == "bert":
+        config = t.BertConfig(vocab_size=200, max_position_embeddings=64, **SMALL, **labels)
+        return config, t.BertForSequenceClassification if classify else t.BertModel
+    if architecture == "roberta":
+        # RoBERTa positions start after pad_token_id (1): 64 usable positions need 66.
+        config = t.RobertaConfig(vocab_size=300, max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
+                                 eos_token_id=2, **SMALL, **labels)
+        return config, t.RobertaForSequenceClassification if classify else t.RobertaModel
+    config = t.DistilBertConfig(vocab_size=200, max_position_embeddings=64, dim=32, n_layers=2, n_heads=2,
+                                hidden_dim=37, **labels)
+    return config, t.DistilBertForSequenceClassification if classify else t.DistilBertModel
+
+
+@pytest.fixture(scope="module")
+def encoder_repo(tmp_path_factory) -> tuple[Path, Path]:
+    import torch
+
+    root = tmp_path_factory.mktemp("encoders")
+    tokenizers = {"bert": _wordpiece(), "distilbert": _wordpiece(), "roberta": _bpe()}
+    models = []
+    for name, architecture, encoder in MODELS:
+        torch.manual_seed(len(models))
+        config, cls = _model(architecture, encoder["task"] == "text-classification")
+        cls(config).eval().save_pretrained(root / name)
+        tokenizers[architecture].save_pretrained(root / name)
+        models.append({"name": name, "source": {"framework": "huggingface", "path": name},
+                       "encoder": {**encoder, "max_length": MAX_LENGTH}, "max_batch_size": 8,
+                       "dynamic_batching": {"max_queue_delay_microseconds": 200_000, "preferred_batch_size": [4]},
+                       "verify": {"samples": 16}})
+    (root / "model.yaml").write_text(yaml.safe_dump({"repository": "repo", "models": models}, sort_keys=False))
+    result = build(root / "model.yaml")
+    return root, result.repository
+
+
+@pytest.fixture(scope="module")
+def served(encoder_repo, triton_server):
+    return triton_server(encoder_repo[1])
+
+
+def _transformers_answer(model_dir: Path, texts: list[str], encoder: dict) -> dict[str, np.ndarray]:
+    """The encoder's answer computed with transformers alone (numpy pooling, not tritonize's)."""
+    import torch
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = tokenizer(texts, padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+    with torch.no_grad():
+        if encoder["task"] == "text-classification":
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+            logits = model(**batch).logits.numpy().astype(np.float64)
+            scores = np.exp(logits - logits.max(axis=1, keepdims=True))
+            scores /= scores.sum(axis=1, keepdims=True)
+            return {"label": np.array([model.config.id2label[i] for i in logits.argmax(axis=1)]), "scores": scores}
+        hidden = AutoModel.from_pretrained(model_dir).eval()(**batch).last_hidden_state.numpy().astype(np.float64)
+    mask = batch["attention_mask"].numpy()[:, :, None]
+    pooled = hidden[:, 0] if encoder.get("pooling") == "cls" else (hidden * mask).sum(1) / mask.sum(1)
+    if encoder.get("normalize"):
+        pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    return {"embeddings": pooled}
+
+
+@pytest.mark.parametrize("name,architecture,encoder", MODELS, ids=[m[0] for m in MODELS])
+def test_served_answer_matches_transformers(encoder_repo, served, name, architecture, encoder):
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(served.http_url)
+    text = httpclient.InferInput("text", [len(TEXTS), 1], "BYTES")
+    text.set_data_from_numpy(np.array([[t.encode()] for t in TEXTS], dtype=object))
+    answer = client.infer(name, [text])
+    expected = _transformers_answer(encoder_repo[0] / name, TEXTS, encoder)
+    # Tolerance: float32 onnxruntime vs float32 torch on 2-layer, 32-wide encoders differ by ~1e-6
+    # (summation order); 1e-4 absolute is 100x that and far below the ~0.1 spread of random-init
+    # outputs, so a wrong pooling, mask or token id shows.
+    if encoder["task"] == "feature-extraction":
+        embeddings = answer.as_numpy("embeddings")
+        assert embeddings.shape == (len(TEXTS), 32)
+        np.testing.assert_allclose(embeddings, expected["embeddings"], atol=1e-4)
+    else:
+        labels = answer.as_numpy("label").reshape(-1)
+        assert [v.decode() for v in labels] == expected["label"].tolist()
+        assert set(expected["label"]) <= set(LABELS.values())
+        np.testing.assert_allclose(answer.as_numpy("scores"), expected["scores"], atol=1e-4)
+
+
+def test_encoder_batches_concurrent_requests(served):
+    """Texts padded to max_length have one shape, so the encoder's dynamic batcher joins requests."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(served.http_url, concurrency=4)
+    before = client.get_inference_statistics("bert_encoder")["model_stats"][0]
+    pending = []
+    for text in TEXTS[:4]:
+        tensor = httpclient.InferInput("text", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
+        pending.append(client.async_infer("bert", [tensor]))
+    single = [p.get_result().as_numpy("embeddings")[0] for p in pending]
+    after = client.get_inference_statistics("bert_encoder")["model_stats"][0]
+    assert after["inference_count"] - before["inference_count"] == 4
+    assert after["execution_count"] - before["execution_count"] < 4
+    text = httpclient.InferInput("text", [4, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[t.encode()] for t in TEXTS[:4]], dtype=object))
+    # Batched or not, a text's embedding is the same (padding to one length, masked).
+    np.testing.assert_allclose(np.stack(single), client.infer("bert", [text]).as_numpy("embeddings"), atol=1e-5)
+
+
+def test_repository_layout_and_manifest(encoder_repo):
+    from tritonize import manifest
+
+    repo = encoder_repo[1]
+    assert (repo / "bert_tokenizer" / "1" / "tokenizer" / "tokenizer.json").is_file()
+    assert (repo / "bert_encoder" / "1" / "model.onnx").is_file()
+    built = manifest.load(repo)
+    assert built.models["bert"].steps == ["bert_tokenizer", "bert_encoder"]
+    verification = built.models["roberta_cls_encoder"].verification
+    assert verification["passed"] and verification["outputs"]["label"]["compare"] == "exact"
+
+
+def test_encoder_spec_errors(tmp_path):
+    (tmp_path / "model.yaml").write_text(
+        "models:\n  - name: m\n    source: {framework: sklearn, path: m.joblib}\n    encoder: {max_length: 8}\n")
+    with pytest.raises(SpecError, match="'encoder' applies only to source.framework: huggingface"):
+        load_spec(tmp_path / "model.yaml")
+
+
+def test_max_length_beyond_positions_is_a_located_error(encoder_repo, tmp_path):
+    spec = {"models": [{"name": "m", "source": {"framework": "huggingface", "path": str(encoder_repo[0] / "bert")},
+                        "encoder": {"max_length": 100}}]}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(SpecError) as error:
+        build(tmp_path / "model.yaml", tmp_path / "out")
+    assert "models[0].encoder.max_length: encoder.max_length 100 exceeds the model's max_position_embeddings 64" \
+        in str(error.value)
+
+
+def test_check_replays_the_recorded_texts(encoder_repo, served):
+    """`tritonize check` sends the manifest's sample texts to every ensemble and encoder and compares
+    with transformers' recorded answers (labels exact, floats within the verification tolerance)."""
+    from tritonize.check import check_deployment
+    from tritonize.terminal import Terminal
+
+    result = check_deployment(encoder_repo[1], served.http_url, "http", terminal=Terminal(quiet=True))
+    assert result.passed, [c.detail for c in result.checks]
+    checked = {c.model for c in result.checks if c.status == "passed"}
+    assert {"bert", "roberta_cls", "distilbert_cls_encoder"} <= checked

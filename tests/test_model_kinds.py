@@ -1,0 +1,323 @@
+"""The models users bring beyond one-tensor classifiers: ColumnTransformer pipelines over numeric
+and string columns (fitted on a DataFrame and on arrays), multi-output regressors, outlier
+detectors, clusterers, transformers, rankers (XGBoost from a factory and from .json, LightGBM).
+One repository is built from them, served by a real tritonserver, and every answer compared
+with the source framework's own method. Plus the errors users meet on the way."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tritonize.errors import ConversionError
+from tritonize.pipeline import build
+
+FACTORIES = '''
+import numpy as np
+
+
+def frame():
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    n = 120
+    return pd.DataFrame({"age": rng.uniform(18, 80, n), "income": rng.normal(50, 10, n),
+                         "city": rng.choice(["paris", "lyon", "nice"], n), "plan": rng.choice(["basic", "pro"], n)})
+
+
+def _column_transformer(numeric, categorical):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    return ColumnTransformer([("num", StandardScaler(), numeric),
+                              ("cat", OneHotEncoder(handle_unknown="ignore"), categorical)])
+
+
+def mixed_frame():
+    """Fitted on a DataFrame: columns by name."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    X = frame()
+    y = (X["age"] > 40).astype(int) + (X["city"] == "nice")
+    return Pipeline([("pre", _column_transformer(["age", "income"], ["city", "plan"])),
+                     ("clf", LogisticRegression(max_iter=500))]).fit(X, y)
+
+
+def mixed_array():
+    """Fitted on an object array: columns by position."""
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+    X = frame()
+    y = X["age"].to_numpy() * 2 + (X["city"] == "nice")
+    return Pipeline([("pre", _column_transformer([0, 1], [2, 3])), ("reg", Ridge())]).fit(X.to_numpy(dtype=object), y)
+
+
+def forest3():
+    from sklearn.ensemble import RandomForestRegressor
+    X = np.random.default_rng(0).random((80, 4))
+    return RandomForestRegressor(n_estimators=5, max_depth=4, random_state=0, n_jobs=1).fit(X, X[:, :3] * [1, 2, 3])
+
+
+def iforest():
+    from sklearn.ensemble import IsolationForest
+    return IsolationForest(n_estimators=10, random_state=0).fit(np.random.default_rng(0).random((80, 4)))
+
+
+def kmeans():
+    from sklearn.cluster import KMeans
+    return KMeans(3, n_init=1, random_state=0).fit(np.random.default_rng(0).random((80, 4)))
+
+
+def pca():
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    return make_pipeline(StandardScaler(), PCA(2)).fit(np.random.default_rng(0).random((80, 4)))
+
+
+def ranking():
+    rng = np.random.default_rng(0)
+    return rng.random((60, 4)).astype(np.float32), rng.integers(0, 3, 60), np.repeat(np.arange(6), 10)
+
+
+def xgb_ranker():
+    from xgboost import XGBRanker
+    X, y, qid = ranking()
+    return XGBRanker(n_estimators=5, max_depth=2, n_jobs=1, random_state=0).fit(X, y, qid=qid)
+
+
+def lgbm_ranker():
+    from lightgbm import LGBMRanker
+    X, y, qid = ranking()
+    return LGBMRanker(n_estimators=5, num_leaves=4, min_child_samples=2, verbose=-1, n_jobs=1, deterministic=True,
+                      force_row_wise=True).fit(X, y, group=[10] * 6)
+
+
+def cox_booster(path):
+    import xgboost
+    X, _, _ = ranking()
+    xgboost.train({"objective": "survival:cox", "max_depth": 2, "nthread": 1},
+                  xgboost.DMatrix(X, label=X[:, 0] + 0.1), 5).save_model(path)
+
+
+def unconvertible():
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.semi_supervised import LabelSpreading
+    X = np.random.default_rng(0).random((40, 4))
+    return make_pipeline(StandardScaler(), LabelSpreading()).fit(X, (X[:, 0] > 0.5).astype(int))
+
+
+def cnn():
+    import torch
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(2 * 6 * 6, 3)).eval()
+'''
+
+MODELS = [
+    {"name": "mixed_frame", "source": {"framework": "sklearn", "factory": "kinds:mixed_frame"}},
+    {"name": "mixed_array", "source": {"framework": "sklearn", "factory": "kinds:mixed_array"}},
+    {"name": "forest3", "source": {"framework": "sklearn", "factory": "kinds:forest3"},
+     "outputs": [{"name": "prediction", "dtype": "FP32", "dims": [3]}]},
+    {"name": "iforest", "source": {"framework": "sklearn", "factory": "kinds:iforest"}},
+    {"name": "kmeans", "source": {"framework": "sklearn", "factory": "kinds:kmeans"}},
+    {"name": "pca", "source": {"framework": "sklearn", "factory": "kinds:pca"}},
+    {"name": "xgb_ranker", "source": {"framework": "xgboost", "factory": "kinds:xgb_ranker"}},
+    {"name": "xgb_ranker_json", "source": {"framework": "xgboost", "path": "ranker.json"}},
+    {"name": "xgb_cox_json", "source": {"framework": "xgboost", "path": "cox.json"}},
+    {"name": "lgbm_ranker", "source": {"framework": "lightgbm", "factory": "kinds:lgbm_ranker"}},
+]
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kinds")
+    (root / "kinds.py").write_text(FACTORIES)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(root))
+        import kinds as module
+    module.xgb_ranker().save_model(str(root / "ranker.json"))
+    module.cox_booster(str(root / "cox.json"))
+    return root, module
+
+
+def write_spec(root: Path, models: list[dict], name: str = "model.yaml") -> Path:
+    path = root / name
+    path.write_text(yaml.safe_dump({"repository": "repo", "models": models}, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def repository(kinds):
+    return build(write_spec(kinds[0], MODELS))
+
+
+@pytest.fixture(scope="module")
+def served(repository, triton_server):
+    return triton_server(repository.repository)
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    import tritonclient.http as httpclient
+
+    return httpclient.InferenceServerClient(served.http_url)
+
+
+def infer(client, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import tritonclient.http as httpclient
+
+    tensors = []
+    for name, array in inputs.items():
+        tensor = httpclient.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else "FP32")
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    answer = client.infer(model, tensors)
+    return {output["name"]: answer.as_numpy(output["name"]) for output in answer.get_response()["outputs"]}
+
+
+def columns(frame) -> dict[str, np.ndarray]:
+    """A DataFrame as one Triton input per column, dims [1]."""
+    return {name: (frame[name].to_numpy(dtype=object).astype(bytes).astype(object) if frame[name].dtype == object
+                   else frame[name].to_numpy(dtype=np.float32)).reshape(-1, 1) for name in frame.columns}
+
+
+# Tolerances below: float32 ONNX kernels against sklearn/xgboost's float64 (or float32 tree
+# thresholds): errors seen are ~1e-6 relative; rtol 1e-4 / atol 1e-4 leaves a 100x margin and still
+# catches a wrong column order, a missing scaler or a wrong output.
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
+
+
+@pytest.mark.server
+def test_column_transformer_fitted_on_a_dataframe(kinds, repository, client):
+    model = kinds[1].mixed_frame()
+    frame = kinds[1].frame().iloc[:16]
+    entry = repository.manifest.models["mixed_frame"]
+    assert "age FP32[1], income FP32[1], city STRING[1], plan STRING[1] -> label INT64, probabilities FP32[3]" \
+        in entry.source
+    served = infer(client, "mixed_frame", columns(frame))
+    # The inputs are float32 on the wire; sklearn gets those same values (in float64, as fitted).
+    frame = frame.assign(age=frame["age"].astype(np.float32).astype(np.float64),
+                         income=frame["income"].astype(np.float32).astype(np.float64))
+    assert served["label"].reshape(-1).tolist() == model.predict(frame).tolist()
+    np.testing.assert_allclose(served["probabilities"], model.predict_proba(frame), **TOLERANCE)
+
+
+@pytest.mark.server
+def test_column_transformer_fitted_on_arrays(kinds, repository, client):
+    model = kinds[1].mixed_array()
+    frame = kinds[1].frame().iloc[:16]
+    frame = frame.assign(age=frame["age"].astype(np.float32), income=frame["income"].astype(np.float32))
+    inputs = {f"x{i}": array for i, array in enumerate(columns(frame).values())}
+    served = infer(client, "mixed_array", inputs)
+    expected = model.predict(frame.to_numpy(dtype=object))
+    np.testing.assert_allclose(served["prediction"].reshape(-1), expected, **TOLERANCE)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name,outputs", [
+    ("forest3", {"prediction": "predict"}),
+    ("iforest", {"label": "predict", "scores": "decision_function"}),
+    ("kmeans", {"label": "predict", "scores": "transform"}),
+    ("pca", {"features": "transform"}),
+])
+def test_estimator_kinds_answer_their_sklearn_methods(kinds, repository, client, name, outputs):
+    model = getattr(kinds[1], name)()
+    features = np.random.default_rng(5).random((12, 4)).astype(np.float32)
+    served = infer(client, name, {"input": features})
+    assert sorted(served) == sorted(outputs)
+    for output, method in outputs.items():
+        expected = np.asarray(getattr(model, method)(features.astype(np.float64)))
+        got = served[output]
+        if got.dtype.kind in "iu":
+            assert got.reshape(-1).tolist() == expected.reshape(-1).tolist()
+        else:
+            np.testing.assert_allclose(got.reshape(expected.shape[0], -1), expected.reshape(expected.shape[0], -1),
+                                       **TOLERANCE)
+
+
+def test_forest_with_three_targets_is_declared_three_wide(repository):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse((repository.repository / "forest3" / "config.pbtxt").read_text(),
+                               model_config_pb2.ModelConfig())
+    assert [(o.name, list(o.dims)) for o in config.output] == [("prediction", [3])]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", ["xgb_ranker", "xgb_ranker_json", "xgb_cox_json", "lgbm_ranker"])
+def test_rankers_and_boosters_answer_their_scores(kinds, repository, client, name):
+    import xgboost
+
+    features = np.random.default_rng(6).random((10, 4)).astype(np.float32)
+    if name == "lgbm_ranker":
+        expected = kinds[1].lgbm_ranker().predict(features)
+    elif name == "xgb_cox_json":
+        booster = xgboost.Booster(model_file=str(kinds[0] / "cox.json"))
+        expected = booster.predict(xgboost.DMatrix(features), output_margin=True)
+    else:
+        expected = kinds[1].xgb_ranker().predict(features)
+    served = infer(client, name, {"input": features})
+    assert list(served) == ["scores"]
+    np.testing.assert_allclose(served["scores"].reshape(-1), expected, **TOLERANCE)
+
+
+def test_declared_dims_that_disagree_with_the_answer_fail_naming_the_output(kinds):
+    spec = write_spec(kinds[0], [{"name": "f", "source": {"framework": "sklearn", "factory": "kinds:forest3"},
+                                  "outputs": [{"name": "prediction", "dtype": "FP32", "dims": [1]}]}], "bad_dims.yaml")
+    with pytest.raises(ConversionError) as error:
+        build(spec, kinds[0] / "bad_dims_out")
+    assert str(error.value).endswith("models[0].outputs[0].dims: dims [1] do not fit the graph's [3] for "
+                                     "'prediction' (batch dim excluded) (fix: write dims: [3])")
+
+
+def test_estimator_skl2onnx_cannot_convert_is_named(kinds):
+    spec = write_spec(kinds[0], [{"name": "u", "source": {"framework": "sklearn", "factory": "kinds:unconvertible"}}],
+                      "unconvertible.yaml")
+    with pytest.raises(ConversionError, match=r"models\[0\].source: model 'u': skl2onnx cannot convert "
+                                              r"LabelSpreading \(no converter for it"):
+        build(spec, kinds[0] / "unconvertible_out")
+
+
+def test_column_count_mismatch_is_a_located_error(kinds):
+    spec = write_spec(kinds[0], [{"name": "m", "source": {"framework": "sklearn", "factory": "kinds:mixed_frame"},
+                                  "inputs": [{"name": "a", "dtype": "FP32", "dims": [1]},
+                                             {"name": "b", "dtype": "FP32", "dims": [1]}]}], "columns.yaml")
+    with pytest.raises(ConversionError, match=r"models\[0\].inputs: model 'm' declares 2 inputs but its "
+                                              r"ColumnTransformer takes 4 columns \(age, income, city, plan\)"):
+        build(spec, kinds[0] / "columns_out")
+
+
+def test_string_column_declared_numeric_is_a_located_error(kinds):
+    inputs = [{"name": n, "dtype": "FP32", "dims": [1]} for n in ("age", "income", "city", "plan")]
+    spec = write_spec(kinds[0], [{"name": "m", "source": {"framework": "sklearn", "factory": "kinds:mixed_frame"},
+                                  "inputs": inputs}], "string_column.yaml")
+    with pytest.raises(ConversionError, match=r"models\[0\].inputs\[2\].dtype: model 'm': column 'city' takes "
+                                              r"STRING, not FP32 \(fix: write dtype: STRING\)"):
+        build(spec, kinds[0] / "string_column_out")
+
+
+def test_cnn_with_transposed_dims_exits_2_with_the_dims_it_wants(kinds):
+    spec = write_spec(kinds[0], [{"name": "cnn", "source": {"framework": "pytorch", "factory": "kinds:cnn"},
+                                  "inputs": [{"name": "image", "dtype": "FP32", "dims": [8, 8, 1]}]}], "cnn.yaml")
+    result = subprocess.run([sys.executable, "-m", "tritonize", "build", str(spec), "-o", str(kinds[0] / "cnn_out")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert "models[0].inputs[0].dims: model 'cnn': forward() fails on input 'image' with dims [8, 8, 1]" \
+        in result.stderr
+    assert "it runs with dims [1, 8, 8] (fix: write dims: [1, 8, 8])" in result.stderr
+
+
+@pytest.mark.server
+def test_check_replays_every_kind(repository, served):
+    """`tritonize check` sends the recorded samples (string columns included) and compares."""
+    from tritonize.check import check_deployment
+    from tritonize.terminal import Terminal
+
+    result = check_deployment(repository.repository, served.http_url, "http", terminal=Terminal(quiet=True))
+    assert result.passed, [c.detail for c in result.checks]
+    assert {c.model for c in result.checks} == {m["name"] for m in MODELS}

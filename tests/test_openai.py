@@ -1,0 +1,439 @@
+"""Unmodified clients against the demo's tiny LLM on the real tritonserver: the OpenAI frontend
+(openai sync/async, LangChain ChatOpenAI, LlamaIndex OpenAILike) and the ensemble's Triton contract
+(llama-index NvidiaTriton, tritonclient gRPC streaming, upstream's optional inputs).
+
+Greedy answers are compared exactly with the ensemble's own answer (Triton's generate endpoint,
+same prompt, same max_tokens, top_k 1): the frontend adds no computation of its own, and the tiny
+model's greedy choices are decisive (see test_llm.py), so any difference is a mapping bug.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import socket
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import requests
+
+from test_llm import shared_tiny_llm
+from tritonize.openai import Frontend
+from tritonize.terminal import Terminal
+from tritonize.triton.server import free_port
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+MAX_TOKENS = 12
+PROMPT = "The river runs"
+SPEC = """\
+repository: model_repo
+models:
+  - name: tiny_llm
+    source: {framework: huggingface, path: tiny}
+    llm:
+      streaming: true
+      bls: true
+      limits: {max_batch_size: 4, max_input_len: 64, max_output_len: 48}
+  - name: tiny_llm_2607
+    source: {framework: huggingface, path: tiny}
+    llm:
+      release: "26.07"
+      engine: tensorrt_llm
+      streaming: true
+      limits: {max_batch_size: 4, max_input_len: 64, max_output_len: 48}
+  - name: tiny_nochat
+    source: {framework: huggingface, path: tiny_nochat}
+    llm:
+      streaming: false
+      limits: {max_batch_size: 2, max_input_len: 64, max_output_len: 48}
+"""
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, repo_root):
+    from tritonize import build
+
+    tiny = shared_tiny_llm(tmp_path_factory, repo_root)
+    nochat = tiny.parent / "tiny_nochat"  # the same model with no chat template in its tokenizer
+    shutil.copytree(tiny, nochat)
+    (nochat / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((nochat / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (nochat / "tokenizer_config.json").write_text(json.dumps(config))
+    (tiny.parent / "model.yaml").write_text(SPEC)
+    return build(tiny.parent / "model.yaml", terminal=Terminal(quiet=True, stderr=True))
+
+
+@pytest.fixture(scope="module")
+def server(triton_server, built):
+    return triton_server(built.repository)
+
+
+@pytest.fixture(scope="module")
+def frontend(server, built):
+    with Frontend(built.repository, server.grpc_url, host="127.0.0.1", port=free_port()) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def guarded(server, built, tmp_path_factory):
+    """A second frontend with API keys and room for one request at a time."""
+    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+    # A bare key, and a line of the deploy gateway's api-keys.map: the frontend reads both.
+    keys.write_text('# keys\nsecret-one\n\n"Bearer secret-two" ci-client;\n')
+    with Frontend(built.repository, server.grpc_url, host="127.0.0.1", port=free_port(), api_keys_file=keys,
+                  max_in_flight=1) as running:
+        yield running
+
+
+def ensemble_answer(server, model, prompt, max_tokens=MAX_TOKENS, **extra):
+    """The ensemble's own greedy answer over Triton's generate endpoint."""
+    response = requests.post(f"http://{server.http_url}/v2/models/{model}/generate",
+                             json={"text_input": prompt, "max_tokens": max_tokens, "top_k": 1, **extra}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def chat_prompt(content):
+    """examples/tiny_llm/make_model.py CHAT_TEMPLATE rendered for one user message."""
+    return f"user: {content}\nassistant:"
+
+
+def post(frontend, path, body, headers=None):
+    return requests.post(f"{frontend.url}{path}", json=body, headers=headers, timeout=60)
+
+
+# -- the frontend with official and framework clients -----------------------------------------
+
+def test_models_lists_every_llm_ensemble_with_its_context(frontend):
+    import openai
+
+    client = openai.OpenAI(base_url=frontend.url, api_key="unused")
+    models = {m.id: m for m in client.models.list()}
+    assert set(models) == {"tiny_llm", "tiny_llm_2607", "tiny_nochat"}
+    assert models["tiny_llm"].max_input_len == 64 and models["tiny_llm"].max_model_len == 64 + 48
+
+
+@pytest.mark.parametrize("model", ["tiny_llm", "tiny_llm_2607", "tiny_nochat"])
+def test_openai_completions_equal_the_ensemble_streamed_or_not(frontend, server, model):
+    import openai
+
+    expected = ensemble_answer(server, model, PROMPT)["text_output"]
+    client = openai.OpenAI(base_url=frontend.url, api_key="unused")
+    answer = client.completions.create(model=model, prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0)
+    assert answer.choices[0].text == expected
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.usage.completion_tokens == MAX_TOKENS
+    assert answer.usage.prompt_tokens == 4  # "The river runs" is 4 tokens in the tiny BPE
+    chunks = list(client.completions.create(model=model, prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == expected
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == MAX_TOKENS
+
+
+def test_openai_async_chat_equals_the_ensemble_on_the_rendered_template(frontend, server):
+    import openai
+
+    expected = ensemble_answer(server, "tiny_llm", chat_prompt(PROMPT))["text_output"]
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url=frontend.url, api_key="unused")
+        messages = [{"role": "user", "content": PROMPT}]
+        whole = await client.chat.completions.create(model="tiny_llm", messages=messages, max_tokens=MAX_TOKENS,
+                                                     temperature=0)
+        stream = await client.chat.completions.create(model="tiny_llm", messages=messages, max_tokens=MAX_TOKENS,
+                                                      temperature=0, stream=True)
+        deltas = [c.choices[0].delta.content or "" async for c in stream]
+        await client.close()
+        return whole, deltas
+
+    whole, deltas = asyncio.run(run())
+    assert whole.choices[0].message.content == expected
+    assert whole.choices[0].message.role == "assistant"
+    assert "".join(deltas) == expected
+
+
+def test_stop_strings_cut_the_text_and_finish_with_stop(frontend, server):
+    import openai
+
+    full = ensemble_answer(server, "tiny_llm", PROMPT, max_tokens=24)["text_output"]
+    stop = full.split()[2]  # a word in the middle of the greedy answer
+    expected = full[:full.index(stop)]
+    client = openai.OpenAI(base_url=frontend.url, api_key="unused")
+    answer = client.completions.create(model="tiny_llm", prompt=PROMPT, max_tokens=24, temperature=0, stop=[stop])
+    assert (answer.choices[0].text, answer.choices[0].finish_reason) == (expected, "stop")
+    streamed = client.completions.create(model="tiny_llm", prompt=PROMPT, max_tokens=24, temperature=0, stop=stop,
+                                         stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == expected
+
+
+def test_langchain_chat_openai(frontend, server):
+    from langchain_openai import ChatOpenAI
+
+    expected = ensemble_answer(server, "tiny_llm", chat_prompt(PROMPT))["text_output"]
+    chat = ChatOpenAI(model="tiny_llm", base_url=frontend.url, api_key="unused", temperature=0, max_tokens=MAX_TOKENS)
+    assert chat.invoke(PROMPT).content == expected
+    assert "".join(chunk.content for chunk in chat.stream(PROMPT)) == expected
+
+
+def test_llamaindex_openai_like(frontend, server):
+    from llama_index.core.llms import ChatMessage
+    from llama_index.llms.openai_like import OpenAILike
+
+    common = dict(model="tiny_llm", api_base=frontend.url, api_key="unused", temperature=0.0, max_tokens=MAX_TOKENS,
+                  context_window=112)
+    completion = OpenAILike(**common, is_chat_model=False)
+    assert completion.complete(PROMPT).text == ensemble_answer(server, "tiny_llm", PROMPT)["text_output"]
+    chat = OpenAILike(**common, is_chat_model=True)
+    expected = ensemble_answer(server, "tiny_llm", chat_prompt(PROMPT))["text_output"]
+    assert chat.chat([ChatMessage(role="user", content=PROMPT)]).message.content == expected
+    assert "".join(r.delta for r in chat.stream_chat([ChatMessage(role="user", content=PROMPT)])) == expected
+
+
+# -- errors in OpenAI's shape ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("path", "body", "status", "param"), [
+    ("/completions", {"model": "nope", "prompt": "x"}, 404, "model"),
+    ("/completions", {"model": "tiny_llm", "prompt": "x", "n": 2}, 400, "n"),
+    ("/completions", {"model": "tiny_llm", "prompt": "x", "logprobs": 2}, 400, "logprobs"),
+    ("/chat/completions", {"model": "tiny_llm", "messages": [{"role": "user", "content": "x"}], "logprobs": True},
+     400, "logprobs"),
+    ("/completions", {"model": "tiny_llm", "prompt": "x", "temperature": 5}, 400, "temperature"),
+    ("/completions", {"model": "tiny_llm", "prompt": "x", "max_tokens": 49}, 400, "max_tokens"),
+    ("/completions", {"model": "tiny_llm", "prompt": "x", "top_p": "high"}, 400, "top_p"),
+    ("/completions", {"model": "tiny_llm", "prompt": [1, 2]}, 400, "prompt"),
+    ("/chat/completions", {"model": "tiny_llm", "messages": []}, 400, "messages"),
+    ("/completions", {"model": "tiny_llm", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+])
+def test_bad_requests_answer_openai_errors(frontend, path, body, status, param):
+    response = post(frontend, path, body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_prompt_longer_than_max_input_len_names_both_numbers(frontend):
+    response = post(frontend, "/completions", {"model": "tiny_llm", "prompt": "The river runs " * 30})
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    prompt_tokens = int(re.search(r"the prompt has (\d+) tokens", message).group(1))
+    assert prompt_tokens > 64 and "max_input_len of 64 tokens" in message
+
+
+def test_chat_without_a_template_says_how_to_add_one(frontend):
+    response = post(frontend, "/chat/completions", {"model": "tiny_nochat", "messages": [{"role": "user",
+                                                                                        "content": "hi"}]})
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "tiny_nochat" in message and "chat_template" in message
+
+
+def test_api_keys_and_busy(guarded):
+    body = {"model": "tiny_llm", "prompt": PROMPT, "max_tokens": 4}
+    assert post(guarded, "/completions", body).status_code == 401
+    assert post(guarded, "/completions", body, {"Authorization": "Bearer wrong"}).json()["error"]["code"] == \
+        "invalid_api_key"
+    auth = {"Authorization": "Bearer secret-two"}
+    assert post(guarded, "/completions", body, auth).status_code == 200
+    # A request whose body is still arriving holds the one slot: the next one is 503.
+    with socket.create_connection(("127.0.0.1", guarded.port)) as held:
+        held.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer secret-one\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        deadline = time.monotonic() + 10
+        busy = post(guarded, "/completions", body, auth)
+        while busy.status_code != 503 and time.monotonic() < deadline:  # until the held one is accepted
+            time.sleep(0.1)
+            busy = post(guarded, "/completions", body, auth)
+        assert busy.status_code == 503 and busy.json()["error"]["type"] == "server_error"
+        assert "limit 1" in busy.json()["error"]["message"]
+
+
+# The engine logs how far a cancelled generation went (python_backends/llm_cpu_engine/model.py).
+CANCELLED_LOG = re.compile(r"generation cancelled by the client after (\d+) of (\d+) tokens")
+# Tokens the engine may still decode between the client's disconnect and its next step: the
+# responses already on their way (socket buffers, the ensemble's postprocessing queue) plus the
+# round trip of the cancellation. 2-12 seen (5 typical); one run on a machine at load 13 saw 37
+# through the frontend, whose thread shares this process's GIL. 24 still fails a generation that
+# runs on to its 48th token.
+CANCEL_SLACK_TOKENS = 24
+
+
+def cancelled_generations(server, before: int) -> list[tuple[int, int]]:
+    """(generated, requested) of each generation the engine logged as cancelled after offset before."""
+    deadline = time.monotonic() + 15
+    while True:
+        found = [(int(a), int(b)) for a, b in CANCELLED_LOG.findall(server.log_text()[before:])]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_client_disconnect_cancels_and_metrics_count_it(frontend, server):
+    before = len(server.log_text())
+    body = json.dumps({"model": "tiny_llm", "prompt": PROMPT, "max_tokens": 48, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", frontend.port)) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        received = b""
+        while received.count(b"data: ") < 3:  # the headers and the first chunks, then hang up
+            received += sock.recv(4096)
+        assert received.startswith(b"HTTP/1.1 200")
+    # The generation stopped in the engine, not only in the frontend.
+    [(generated, requested)] = cancelled_generations(server, before)
+    assert requested == 48 and generated <= received.count(b"data: ") + CANCEL_SLACK_TOKENS
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{frontend.port}/metrics").read().decode()
+        if 'status="499"' in metrics and 'tritonize_openai_requests_in_flight{model="tiny_llm"} 0.0' in metrics:
+            break
+        time.sleep(0.2)
+    assert 'tritonize_openai_requests_total{endpoint="completions",model="tiny_llm",status="499"}' in metrics
+    assert 'tritonize_openai_requests_in_flight{model="tiny_llm"} 0.0' in metrics
+    # A cancelled stream's tokens count in the latency histograms too.
+    for histogram in ("time_to_first_token_seconds", "inter_token_latency_seconds", "tokens_per_second"):
+        assert f'tritonize_openai_{histogram}_count{{model="tiny_llm"}}' in metrics
+
+
+# -- the ensemble's Triton contract with Triton-native clients -------------------------------
+
+@pytest.mark.parametrize("model", ["tiny_llm", "tiny_llm_2607", "tiny_llm_bls"])
+def test_grpc_stream_cancel_stops_the_engine(server, model):
+    """A tritonclient gRPC stream cancelled after 3 responses: the engine behind the ensemble (or
+    the BLS model) stops."""
+    import tritonclient.grpc.aio as grpc_aio
+
+    before = len(server.log_text())
+
+    async def run():
+        client = grpc_aio.InferenceServerClient(server.grpc_url)
+        inputs = []
+        for name, array, datatype in [("text_input", np.array([[PROMPT.encode()]], dtype=object), "BYTES"),
+                                      ("max_tokens", np.array([[48]], dtype=np.int32), "INT32"),
+                                      ("stream", np.array([[True]]), "BOOL")]:
+            inputs.append(grpc_aio.InferInput(name, list(array.shape), datatype))
+            inputs[-1].set_data_from_numpy(array)
+
+        async def requests_():
+            yield {"model_name": model, "inputs": inputs}
+            await asyncio.sleep(60)  # keep the stream open until it is cancelled
+
+        responses = client.stream_infer(requests_())
+        received = 0
+        async for _result, error in responses:
+            assert error is None
+            received += 1
+            if received == 3:
+                responses.cancel()
+                break
+        await client.close()
+        return received
+
+    received = asyncio.run(run())
+    [(generated, requested)] = cancelled_generations(server, before)
+    assert requested == 48 and generated <= received + CANCEL_SLACK_TOKENS
+
+
+def test_tritonclient_streaming_gets_flat_text_output(server):
+    from tritonize.triton.client import stream
+
+    responses = stream(server.grpc_url, "tiny_llm", {
+        "text_input": np.array([[PROMPT.encode()]], dtype=object), "max_tokens": np.array([[6]], dtype=np.int32),
+        "stream": np.array([[True]])}, outputs=["text_output"])
+    texts = [r.as_numpy("text_output") for r in responses]
+    assert all(t.shape == (1,) for t in texts)  # flat [batch * beams], as upstream's postprocessing
+    assert b"".join(t[0] for t in texts).decode() == ensemble_answer(server, "tiny_llm", PROMPT, 6)["text_output"]
+
+
+def test_llamaindex_nvidia_triton(server):
+    from llama_index.llms.nvidia_triton import NvidiaTriton
+
+    llm = NvidiaTriton(server_url=server.grpc_url, model_name="tiny_llm", tokens=MAX_TOKENS)
+    # The client stops reading after tokens - 1 responses (llama-index-llms-nvidia-triton 0.6.0,
+    # utils.py StreamingResponseGenerator.__next__), so its answer is the greedy prefix of that length.
+    expected = ensemble_answer(server, "tiny_llm", PROMPT, MAX_TOKENS - 1)["text_output"]
+    assert llm.complete(PROMPT).text == expected
+    assert "".join(r.delta for r in llm.stream_complete(PROMPT)) == expected
+
+
+@pytest.mark.parametrize(("model", "seed", "min_tokens"), [("tiny_llm", "random_seed", "min_length"),
+                                                           ("tiny_llm_2607", "seed", "min_tokens")])
+def test_upstream_inputs_are_honoured_or_refused_by_name(server, model, seed, min_tokens):
+    plain = ensemble_answer(server, model, PROMPT, 24)["text_output"]
+    defaults = {"length_penalty": 1.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                "beam_width": 1, "num_return_sequences": 1, "return_context_logits": False, seed: 3, min_tokens: 1,
+                "exclude_input_in_output": True}
+    assert ensemble_answer(server, model, PROMPT, 24, **defaults)["text_output"] == plain
+    assert ensemble_answer(server, model, PROMPT, 24, exclude_input_in_output=False)["text_output"] == PROMPT + plain
+    # Penalties change a greedy answer once it would repeat a token (this prompt's repeats " a"
+    # within 40). The tiny model's top logits are several units apart, so the additive penalties
+    # need a large value to flip a choice.
+    repeating = ensemble_answer(server, model, "A doctor listens to", 40)["text_output"]
+    for penalty in ({"repetition_penalty": 3.0}, {"frequency_penalty": 20.0}, {"presence_penalty": 20.0}):
+        assert ensemble_answer(server, model, "A doctor listens to", 40, **penalty)["text_output"] != repeating
+    logged = ensemble_answer(server, model, PROMPT, 24, return_log_probs=True)
+    log_probs = np.array(logged["output_log_probs"]).reshape(-1)
+    assert len(log_probs) == 24 and (log_probs <= 0).all()
+    # cum_log_probs is their sum (float32 sums of 24 terms: 1e-4 is far above rounding).
+    assert abs(float(np.array(logged["cum_log_probs"]).reshape(-1)[0]) - log_probs.sum()) < 1e-4
+    for name, value in [("beam_width", 2), ("return_generation_logits", True), ("num_return_sequences", 2)]:
+        response = requests.post(f"http://{server.http_url}/v2/models/{model}/generate",
+                                 json={"text_input": PROMPT, "max_tokens": 4, name: value}, timeout=60)
+        assert response.status_code == 400 and name in response.json()["error"], response.text
+    response = requests.post(f"http://{server.http_url}/v2/models/{model}/generate",
+                             json={"text_input": PROMPT, "max_tokens": 4, "embedding_bias_words": ["x"],
+                                   "embedding_bias_weights": [1.0]}, timeout=60)
+    assert response.status_code == 400 and "embedding_bias_words" in response.json()["error"]
+
+
+def test_bls_model_takes_the_upstream_contract(server):
+    """The BLS model answers like the ensemble, passes the engine's log probs on under the
+    ensemble's names, and refuses what it does not build (a draft model) by name."""
+    plain = ensemble_answer(server, "tiny_llm", PROMPT, 24)
+    logged = ensemble_answer(server, "tiny_llm_bls", PROMPT, 24, return_log_probs=True, min_length=1,
+                             exclude_input_in_output=True, num_draft_tokens=0)
+    assert logged["text_output"] == plain["text_output"]
+    expected = ensemble_answer(server, "tiny_llm", PROMPT, 24, return_log_probs=True)
+    # The same engine computes both: equal up to float32 rounding of the same sums.
+    np.testing.assert_allclose(np.array(logged["output_log_probs"]).reshape(-1),
+                               np.array(expected["output_log_probs"]).reshape(-1), atol=1e-5)
+    for name, value in [("num_draft_tokens", 2), ("use_draft_logits", True), ("beam_width", 2)]:
+        response = requests.post(f"http://{server.http_url}/v2/models/tiny_llm_bls/generate",
+                                 json={"text_input": PROMPT, "max_tokens": 4, name: value}, timeout=60)
+        assert response.status_code == 400 and name in response.json()["error"], response.text
+
+
+def test_tritonize_openai_serves_the_frontend_alone(server, built, tmp_path):
+    """`tritonize openai` (the deployment's frontend container): for a server running elsewhere,
+    with the gateway's key file; SIGTERM stops it with 0."""
+    import signal
+    import subprocess
+    import sys
+
+    keys = tmp_path / "api-keys.map"
+    keys.write_text('"Bearer k1" client-one;\n')
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tritonize", "openai", str(built.repository), "--grpc-url",
+                                server.grpc_url, "--port", str(port), "--api-keys", str(keys)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+                time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}/v1"
+        body = {"model": "tiny_llm", "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0}
+        assert requests.post(f"{url}/completions", json=body, timeout=60).status_code == 401
+        answer = requests.post(f"{url}/completions", json=body, headers={"Authorization": "Bearer k1"}, timeout=60)
+        assert answer.json()["choices"][0]["text"] == ensemble_answer(server, "tiny_llm", PROMPT)["text_output"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
