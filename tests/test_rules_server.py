@@ -19,6 +19,7 @@ import pytest
 
 from tritonize.triton.rules import WARNING, check_repository
 from tritonize.triton.rules.instances import local_gpu_ids
+from tritonize.triton.server.process import ServerError
 
 MODEL_PY = '''import triton_python_backend_utils as pb_utils
 
@@ -325,12 +326,30 @@ def case_repository(root: Path, case: Case) -> Path:
     return repo
 
 
+# tritonserver 2.51 dies of SIGSEGV on about one load in four of a python model whose warmup
+# batch is over max_batch_size (5 of 20 loads of warmup_too_large alone here, 7 of 20 next to
+# ok_warmup) instead of refusing it: that case runs on a server of its own, started again while it
+# crashes, until the refusal it logs otherwise is seen (8 tries: all crash with p < 1e-4).
+CRASHES_ON_LOAD = {"warmup_too_large"}
+CRASH_TRIES = 8
+
+
 @pytest.fixture(scope="module")
 def server_verdicts(tmp_path_factory, triton_server) -> dict[str, str]:
     """model name -> "" (loaded) or its log lines, from one server on every case at once (and
-    one for the warmup cases)."""
-    return {**_verdicts([*CASES, GPU_CASE], tmp_path_factory, triton_server),
-            **_verdicts(WARMUP_CASES, tmp_path_factory, triton_server)}
+    one per case that can crash the server)."""
+    crashing = [case for case in WARMUP_CASES if case.name in CRASHES_ON_LOAD]
+    verdicts = _verdicts([*CASES, *(c for c in WARMUP_CASES if c not in crashing), GPU_CASE],
+                         tmp_path_factory, triton_server)
+    for case in crashing:
+        for attempt in range(1, CRASH_TRIES + 1):
+            try:
+                verdicts.update(_verdicts([case], tmp_path_factory, triton_server))
+                break
+            except ServerError as error:
+                if "code -11" not in error.one_line() or attempt == CRASH_TRIES:
+                    raise
+    return verdicts
 
 
 def _verdicts(cases: list[Case], tmp_path_factory, triton_server) -> dict[str, str]:
