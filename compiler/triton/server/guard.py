@@ -169,6 +169,11 @@ class HttpGuard(LoopThread):
             return await _relay_response(up_reader, writer, method, _Progress())
         failed = asyncio.Event()
         self._waiting.setdefault(model, set()).add(failed)
+        if model in self.availability.recovering:
+            # Its failure notice ran while this request was passing the checks and reaching
+            # tritonserver (open_connection and the body yield to the loop): Triton 2.51 would
+            # hold it forever behind the dead stub, so it is failed like the ones waiting.
+            failed.set()
         progress = _Progress()
         relay = asyncio.ensure_future(_relay_response(up_reader, writer, method, progress))
         watch: asyncio.Future[Any] = asyncio.ensure_future(failed.wait())
