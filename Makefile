@@ -9,6 +9,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test build clean golden lock venv-ma venv-genai check-tools
 
+# The demo's models are trained here (examples/): torch and MKL pick their kernels by the CPU
+# (AVX-512 or AVX2), which changes the trained weights' last bits and so the committed hashes.
+# AVX2 kernels on every x86-64 machine make `make build`/`golden`/`test` rebuild the same bytes
+# (tests/conftest.py sets the same for a bare pytest).
+export ATEN_CPU_CAPABILITY ?= avx2
+export MKL_CBWR ?= AVX2
+
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt scripts/install-system-deps tests/tools/package-lock.json

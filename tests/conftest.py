@@ -1,12 +1,18 @@
 """Session-wide test helpers: the repository root and a factory that runs real tritonservers."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
+# Before torch loads (tritonize imports it lazily, the tests at collection): the kernels the
+# Makefile pins, so the demo trains to the committed goldens' bytes on AVX-512 and AVX2 machines.
+os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+os.environ.setdefault("MKL_CBWR", "AVX2")
 
-from tritonize.triton.server import TritonServer
+import pytest  # noqa: E402
+
+from tritonize.triton.server import TritonServer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
