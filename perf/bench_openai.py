@@ -3,8 +3,12 @@ streaming through the frontend (SSE, /v1/completions) vs gRPC streaming straight
 
 Both paths send the same prompt, max_tokens and greedy sampling to the same server in the same
 run; each level is measured path after path, alternating, `--rounds` times (medians reported).
+Two setups (`--setup`): "serve" is `tritonize serve REPO --openai` as a user runs it (direct gRPC
+goes through serve's relay, the frontend straight to tritonserver's private port); "standalone" is
+a plain tritonserver with `tritonize openai` as a process of its own (direct gRPC goes straight
+to tritonserver), as the deployment's separate frontend container runs it.
 
-    .venv/bin/python perf/bench_openai.py [--repository DIR] [--model tiny_llm] [--requests 24]
+    .venv/bin/python perf/bench_openai.py [--setup serve|standalone] [--repository DIR] [--requests 24]
 
 Without --repository it builds the root model.yaml (the demo's tiny_llm).
 """
@@ -139,6 +143,29 @@ def serve(repository: Path) -> tuple[subprocess.Popen, str, str]:
     raise SystemExit("tritonize serve did not become ready in 600 s")
 
 
+def standalone(repository: Path) -> tuple[list, str, str]:
+    """A plain tritonserver and `tritonize openai` against its gRPC port, each its own process."""
+    from tritonize.triton.server import TritonServer
+
+    server = TritonServer(repository)
+    server.start()
+    server.wait_ready()
+    api = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tritonize", "openai", str(repository), "--grpc-url",
+                                server.grpc_url, "--port", str(api)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://localhost:{api}/health", timeout=2)
+            return [process, server], server.grpc_url, f"http://localhost:{api}/v1"
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                raise SystemExit(f"tritonize openai did not start (exit {process.poll()})") from None
+            time.sleep(0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path)
@@ -146,17 +173,28 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=24, help="requests per level and path")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--setup", choices=("serve", "standalone"), default="serve")
     args = parser.parse_args()
     terminal = Terminal()
     repository = args.repository or built_repository(terminal)
-    process, grpc_url, url = serve(repository)
+    if args.setup == "serve":
+        process, grpc_url, url = serve(repository)
+        running: list = [process]
+    else:
+        running, grpc_url, url = standalone(repository)
     try:
         levels = asyncio.run(measure(args, grpc_url, url))
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=120)
-    summary = {"model": args.model, "max_tokens": args.max_tokens, "requests": args.requests, "levels": levels}
-    terminal.success(f"wrote {save('openai_frontend', summary)}")
+        for each in running:
+            if isinstance(each, subprocess.Popen):
+                each.send_signal(signal.SIGTERM)
+                each.wait(timeout=120)
+            else:
+                each.stop()
+    summary = {"setup": args.setup, "model": args.model, "max_tokens": args.max_tokens, "requests": args.requests,
+               "levels": levels}
+    name = "openai_frontend" if args.setup == "serve" else "openai_frontend_standalone"
+    terminal.success(f"wrote {save(name, summary)}")
 
 
 if __name__ == "__main__":

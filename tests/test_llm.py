@@ -341,6 +341,74 @@ def test_bls_passes_on_a_client_error_as_400(server):
     assert response.status_code == 400 and "runtime_top_p 2.0" in response.text
 
 
+def test_openai_under_serve_ends_the_streams_of_a_killed_engine_and_serves_again(built, reference, tmp_path):
+    """`tritonize serve --openai`: the frontend talks to tritonserver's private gRPC port, so it
+    ends the streams of an engine whose stub was killed itself (503 in the stream), refuses new
+    requests while the model reloads, then answers the ensemble's greedy text again."""
+    import threading
+    import time
+
+    from test_serve_supervisor import Serve
+    from tritonize.triton.server import free_port
+    from tritonize.triton.server.supervisor import python_stubs
+
+    _, expected = reference
+    api = free_port()
+    serving = Serve(built.repository, tmp_path / "serve.out", "--openai", "--openai-port", str(api))
+    url = f"http://127.0.0.1:{api}/v1"
+    greedy = {"model": "tiny_llm", "prompt": PROMPTS[0], "max_tokens": MAX_TOKENS, "temperature": 0}
+    try:
+        serving.wait_ready(timeout_s=240)
+        answer = requests.post(url + "/completions", json=greedy, timeout=60)
+        assert answer.status_code == 200 and answer.json()["choices"][0]["text"] == expected[PROMPTS[0]][1]
+        events: list[list[dict]] = [[] for _ in range(6)]  # more than the engine's batch: some wait their turn
+        done = [threading.Event() for _ in events]
+        first = threading.Event()
+
+        def consume(index: int) -> None:
+            body = {**greedy, "prompt": PROMPTS[index % 3], "max_tokens": 48, "stream": True}
+            try:
+                with requests.post(url + "/completions", json=body, stream=True, timeout=30) as answer:
+                    if answer.status_code != 200:  # waiting in the queue when the engine died
+                        events[index].append({"status": answer.status_code, **answer.json()})
+                        return
+                    for line in answer.iter_lines(decode_unicode=True):
+                        if line.startswith("data: ") and line != "data: [DONE]":
+                            events[index].append(json.loads(line[6:]))
+                            first.set()
+            except requests.RequestException as error:
+                events[index].append({"connection": str(error)})
+            finally:
+                done[index].set()
+
+        for index in range(len(events)):
+            threading.Thread(target=consume, args=(index,), daemon=True).start()
+        assert first.wait(60)
+        engine = [s.pid for s in python_stubs(serving.server_pid(), built.repository.resolve()).values()
+                  if s.model == "tiny_llm_tensorrt_llm" and not s.zombie]
+        os.kill(engine[0], signal.SIGKILL)
+        killed = time.monotonic()
+        hanging = [index for index, event in enumerate(done) if not event.wait(15)]
+        assert not hanging, (f"OpenAI streams {hanging} of the killed engine hang: {[events[i] for i in hanging]}\n"
+                             f"serve's output:\n{serving.out.read_text()[-3000:]}")
+        cut = [stream[-1] for stream in events if stream and "error" in stream[-1]]
+        assert cut, events  # at least one was generating (or waiting) when the engine died
+        assert all(end["error"]["code"] == "server_busy" and "being reloaded" in end["error"]["message"]
+                   for end in cut), cut
+        assert all("error" in stream[-1] or stream[-1]["choices"][0]["finish_reason"] == "length"
+                   for stream in events), events
+        while True:  # 503 while the engine reloads, then its greedy answer again
+            answer = requests.post(url + "/completions", json=greedy, timeout=60)
+            if answer.status_code == 200 or time.monotonic() - killed > 60:
+                break
+            assert answer.status_code == 503 and answer.json()["error"]["code"] == "server_busy", answer.text
+            time.sleep(0.2)
+        assert answer.status_code == 200 and answer.json()["choices"][0]["text"] == expected[PROMPTS[0]][1]
+    finally:
+        serving.stop()
+    assert serving.process.returncode == 0, serving.out.read_text()[-3000:]
+
+
 def test_streams_of_a_killed_engine_end_with_an_error_and_the_engine_serves_again(built, reference, tmp_path):
     """Under `tritonize serve`: kill -9 of the streaming engine's stub mid-generation."""
     import threading

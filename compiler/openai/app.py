@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TritonizeError
 from ..optional import optional
@@ -24,6 +24,9 @@ from .backend import BackendError, TritonBackend
 from .metrics import FrontendMetrics
 from .models import ChatTemplateMissing, LlmModel, discover_models
 from .protocol import ApiError, Generation, StopScanner, messages_of_chat, parse_generation, prompt_of_completion
+
+if TYPE_CHECKING:
+    from ..triton.server.availability import Availability
 
 web = optional("aiohttp.web", purpose="the OpenAI-compatible frontend", extra="openai", package="aiohttp")
 
@@ -317,7 +320,8 @@ class Frontend:
     """The frontend served on its own thread and event loop (next to tritonserver in `serve`)."""
 
     def __init__(self, repository: str | Path, grpc_url: str, *, host: str = "0.0.0.0", port: int = 9000,
-                 api_keys_file: str | Path | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT):
+                 api_keys_file: str | Path | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 availability: Availability | None = None):
         self.models = discover_models(repository)
         if not self.models:
             raise TritonizeError("the repository has no LLM ensemble to serve over the OpenAI API",
@@ -327,6 +331,7 @@ class Frontend:
             model.tokenizer  # noqa: B018
         self.grpc_url, self.host, self.port, self.max_in_flight = grpc_url, host, port, max_in_flight
         self.metrics = FrontendMetrics()
+        self.backend = TritonBackend(grpc_url, availability)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: Any = None
@@ -356,7 +361,7 @@ class Frontend:
         self._loop = loop
         asyncio.set_event_loop(loop)
         try:
-            app = create_app(self.models, TritonBackend(self.grpc_url), api_keys=self.api_keys,
+            app = create_app(self.models, self.backend, api_keys=self.api_keys,
                              max_in_flight=self.max_in_flight, metrics=self.metrics)
             # handler_cancellation: a client that disconnects cancels its handler, and with it the
             # gRPC stream (aiohttp >= 3.9 leaves handlers running by default).

@@ -1,15 +1,25 @@
 """The frontend's one connection to Triton: a tritonclient gRPC aio client (one channel, HTTP/2
-streams multiplexed on it), one bidirectional ModelStreamInfer stream per generation."""
+streams multiplexed on it), one bidirectional ModelStreamInfer stream per generation.
+
+Under `tritonize serve --openai` it talks to tritonserver's private gRPC port (not through serve's
+relay, a second hop in the same process) and so reads serve's Availability itself, as the relay
+does: a model being reloaded, a restarting or stopping server is refused (503), and the streams
+of a model whose python stub died end with 503 when the supervisor says so (tritonserver 2.51
+never ends them itself)."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..optional import optional
 from .models import LlmModel
+
+if TYPE_CHECKING:
+    from ..triton.server.availability import Availability
 
 grpc_aio = optional("tritonclient.grpc.aio", purpose="the OpenAI frontend's Triton client", package="tritonclient")
 
@@ -23,10 +33,39 @@ class BackendError(Exception):
         self.busy = busy
 
 
+class _Generation:
+    def __init__(self, model: str):
+        self.model = model
+        self.responses: Any = None
+        self.failure: str | None = None  # set when serve's supervisor fails the model
+
+
 class TritonBackend:
-    def __init__(self, grpc_url: str):
+    def __init__(self, grpc_url: str, availability: Availability | None = None):
         self.grpc_url = grpc_url
         self._client = None
+        self.availability = availability
+        self._running: set[_Generation] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if availability is not None:
+            availability.on_fail(self._fail_soon)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def _fail_soon(self, models: list[str]) -> None:
+        """From the supervisor's thread: end the generations of these models on the frontend's loop."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._fail, set(models))
+
+    def _fail(self, models: set[str]) -> None:
+        assert self.availability is not None
+        for generation in list(self._running):
+            if generation.model in models and generation.failure is None:
+                generation.failure = self.availability.refusal(generation.model) or f"model '{generation.model}' failed"
+                if generation.responses is not None:
+                    generation.responses.cancel()
 
     @property
     def client(self):
@@ -62,6 +101,11 @@ class TritonBackend:
         """The text of the ensemble's responses in order (the new tokens, detokenized by the
         ensemble). Closing the iterator early (a client that went away,
         a stop string) cancels the gRPC call, and Triton cancels the request in the engine."""
+        if self.availability is not None and (refusal := self.availability.refusal(model.name)) is not None:
+            raise BackendError(refusal, busy=True)
+        self._loop = asyncio.get_running_loop()
+        generation = _Generation(model.name)
+        self._running.add(generation)  # no await since the check: a failure notice cannot pass between
         inputs = self._inputs(model, prompt, max_tokens, extra)
         request: dict[str, Any] = {"model_name": model.name, "inputs": inputs,
                    "outputs": [grpc_aio.InferRequestedOutput("text_output")]}
@@ -71,7 +115,7 @@ class TritonBackend:
         async def requests():
             yield request
 
-        responses = self.client.stream_infer(requests())
+        responses = generation.responses = self.client.stream_infer(requests())
         finished = False
         try:
             async for result, error in responses:
@@ -87,13 +131,21 @@ class TritonBackend:
                     finished = True
                     return
             finished = True
+        except asyncio.CancelledError:
+            if generation.failure is None:
+                raise  # the client went away
+            finished = True
+            raise BackendError(generation.failure, busy=True) from None
         except Exception as exc:
             if isinstance(exc, BackendError):
                 raise
+            if generation.failure is not None:
+                raise BackendError(generation.failure, busy=True) from None
             if type(exc).__name__ == "AioRpcError" or "grpc" in type(exc).__module__:
                 raise BackendError(f"Triton gRPC: {exc}", busy="UNAVAILABLE" in str(exc)) from exc
             raise
         finally:
+            self._running.discard(generation)
             if not finished:
                 with contextlib.suppress(Exception):
                     responses.cancel()

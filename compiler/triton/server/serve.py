@@ -15,6 +15,7 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ...errors import TritonizeError
 from ...terminal import Terminal
@@ -113,9 +114,10 @@ def serve_forever(repository: str | Path, http_port: int = 8000, grpc_port: int 
         if openai is not None:
             from ...openai import Frontend
 
-            # Through the relay, so its streams of a failed model end as every client's do.
-            frontend = Frontend(repository, f"{public}:{grpc_port}", port=openai.port,
-                                api_keys_file=openai.api_keys_file)
+            # Straight to tritonserver's private port: the relay would be a second hop on this
+            # process's GIL; the frontend reads the availability the relay would apply.
+            frontend = Frontend(repository, f"{LOOPBACK}:{private_grpc_port}", port=openai.port,
+                                api_keys_file=openai.api_keys_file, availability=availability)
             frontend.start()
             terminal.info(f"  OpenAI   {frontend.url} (models: {', '.join(frontend.models)}; "
                           f"metrics http://localhost:{openai.port}/metrics"
@@ -128,7 +130,7 @@ def serve_forever(repository: str | Path, http_port: int = 8000, grpc_port: int 
         supervisor.watch()
         return 1  # watch() only returns by an exception
     except KeyboardInterrupt:
-        return _stop(server, guard, relay, supervisor, terminal)
+        return _stop(server, guard, relay, supervisor, terminal, [frontend.backend] if frontend else [])
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         if frontend is not None:
@@ -139,7 +141,8 @@ def serve_forever(repository: str | Path, http_port: int = 8000, grpc_port: int 
         signal.signal(signal.SIGTERM, previous_sigterm)
 
 
-def _stop(server: TritonServer, guard: HttpGuard, relay: GrpcRelay, supervisor: Supervisor, terminal: Terminal) -> int:
+def _stop(server: TritonServer, guard: HttpGuard, relay: GrpcRelay, supervisor: Supervisor, terminal: Terminal,
+          other_fronts: Sequence[Any]) -> int:
     """Stop the server after its in-flight requests: 0 when it stopped cleanly, 1 when Triton reports
     that it did not within its exit timeout."""
     stuck, stuck_models = supervisor.stuck_unloading, supervisor.stuck_models
@@ -152,7 +155,8 @@ def _stop(server: TritonServer, guard: HttpGuard, relay: GrpcRelay, supervisor: 
         report = last_unload_report(log)
         complete, seen[0] = report is not None and report == seen[0], report  # no newer report since the last look
         if not complete or report is None or report.requests or not report.live or report.live > stuck \
-                or not set(report.served) <= stuck_models or guard.in_flight or relay.in_flight:
+                or not set(report.served) <= stuck_models \
+                or any(front.in_flight for front in [guard, relay, *other_fronts]):
             return False
         left.append(report.live)
         return True
