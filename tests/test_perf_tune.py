@@ -60,6 +60,10 @@ def test_tune_explores_reports_and_writes_back(spec_path, tmp_path):
     assert result.explored[0].point == TunePoint(8, "none", 0, 1)
     assert {e.point for e in result.explored[1:]} == {TunePoint(4, "none", 0, 1), TunePoint(8, "none", 100, 1)}
     assert all(e.throughput > 0 and e.levels for e in result.explored)
+    # The first level of all is measured in count windows (nothing known yet); a level measured
+    # before, in time windows of at least 300 ms (perf_analyzer's count windows last >= 1 s).
+    assert "window_ms" not in result.explored[0].levels[0]
+    assert all(level["window_ms"] >= 300 for e in result.explored[1:] for level in e.levels)
     report = json.loads((tmp_path / "tune" / "tune.json").read_text())
     assert len(report["explored"]) == 3 and (tmp_path / "tune" / "tune.md").is_file()
 

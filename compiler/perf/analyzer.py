@@ -40,6 +40,12 @@ class MeasurementSettings:
     max_trials: int = 8              # -r: windows per attempt before perf_analyzer gives up
     retries: int = 2                 # attempts after the first, each with windows twice as long
     timeout_s: float = 300.0         # per perf_analyzer process
+    # Time windows of this many ms instead of count windows. perf_analyzer's count windows last
+    # at least 1 s each (they start at 1 s and grow until window_requests completed: Perf
+    # Analyzer docs, measurements_metrics.md "Count Windows"), so a stable level costs >= 3 s
+    # however fast the model; a caller that knows the throughput can ask for windows that hold
+    # window_requests requests in less (tune does: perf/tune/evaluate.py).
+    window_ms: int | None = None
 
 
 # Last resort when every attempt was unstable: this stability bound always holds, so the point is
@@ -88,7 +94,8 @@ class Measurement:
     composing: list[ComposingStats] = field(default_factory=list)
     stable: bool = True
     attempts: int = 1
-    window_requests: int = 0
+    window_requests: int = 0       # count windows: requests per window of the attempt that held
+    window_ms: int | None = None   # time windows: their length
     raw_files: list[str] = field(default_factory=list)
     windows: list[Window] = field(default_factory=list)  # the stable windows, for the verdict's test
 
@@ -124,10 +131,10 @@ class PerfAnalyzer:
                 tag: str) -> Measurement:
         """Measure one point, retrying with longer windows while perf_analyzer reports instability."""
         raw_dir.mkdir(parents=True, exist_ok=True)
-        window = settings.window_requests
+        window = settings.window_ms or settings.window_requests
         plans = [(window * 2 ** i, settings.stability_percent) for i in range(settings.retries + 1)]
         plans.append((plans[-1][0], _ACCEPT_ANY_STABILITY))
-        for attempt, (requests, stability) in enumerate(plans, start=1):
+        for attempt, (requests, stability) in enumerate(plans, start=1):  # requests: or ms (time windows)
             stem = raw_dir / f"{tag}.attempt{attempt}"
             proc = self._run(point, settings, requests, stability, stem)
             if proc.returncode == 0 and _file(stem, ".csv").exists():
@@ -135,7 +142,10 @@ class PerfAnalyzer:
                 measurement.composing = parse_composing(proc.stdout)
                 measurement.stable = stability != _ACCEPT_ANY_STABILITY
                 measurement.attempts = attempt
-                measurement.window_requests = requests
+                if settings.window_ms is None:
+                    measurement.window_requests = requests
+                else:
+                    measurement.window_ms = requests
                 profile = _file(stem, ".profile.json")
                 if profile.exists():
                     measurement.windows = windows_from_profile(profile)
@@ -151,13 +161,14 @@ class PerfAnalyzer:
                     fix="check that the server is up and serves this model (full output in the log file)")
         raise AssertionError("the last plan accepts any stability")  # pragma: no cover
 
-    def _run(self, point: PointRequest, settings: MeasurementSettings, requests: int, stability: float,
+    def _run(self, point: PointRequest, settings: MeasurementSettings, window: int, stability: float,
              stem: Path) -> subprocess.CompletedProcess:
+        """One perf_analyzer process; `window` is requests (count windows) or ms (settings.window_ms)."""
+        mode = ["--measurement-mode", "count_windows", "--measurement-request-count", str(window)] \
+            if settings.window_ms is None else ["--measurement-mode", "time_windows", "--measurement-interval", str(window)]
         command = [str(self.path), "-m", point.model, "-u", point.url, "-i", point.protocol,
                    "-b", str(point.batch_size),
-                   "--concurrency-range", str(point.concurrency),
-                   "--measurement-mode", "count_windows",
-                   "--measurement-request-count", str(requests),
+                   "--concurrency-range", str(point.concurrency), *mode,
                    "-s", f"{stability:g}", "-r", str(settings.max_trials),
                    "-f", str(_file(stem, ".csv"))]
         if point.input_data is not None:

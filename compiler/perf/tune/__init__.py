@@ -9,7 +9,9 @@ sweep whose p99 stays within the latency budget. The start point is swept from t
 and stops once p99 passes the budget, or throughput stops growing, for two levels in a row. A
 neighbour is swept from the level where the current point did best (one notch away in one
 setting, its best level is near) and stops at the first such level, which skips the low levels
-that Model Analyzer's quick search skips too by measuring each config at one concurrency.
+that Model Analyzer's quick search skips too by measuring each config at one concurrency. A level
+whose throughput is known (measured before, for any point) is measured in time windows sized for
+it (evaluate.py `_settings_at`): perf_analyzer's count windows would take >= 1 s each.
 
 Every point is served by one tritonserver in explicit model-control mode: the model's
 config.pbtxt (a copy, edited through model_config_pb2) is rewritten and the model reloaded, so
