@@ -50,7 +50,14 @@ models:
     llm:
       streaming: false
       limits: {max_batch_size: 2, max_input_len: 64, max_output_len: 48}
+  - name: tiny_llmapi
+    source: {framework: huggingface, path: tiny}
+    llm:
+      release: "26.07"
+      streaming: true
+      limits: {max_batch_size: 4, max_input_len: 64, max_output_len: 48}
 """
+LLMAPI = "tiny_llmapi"  # engine: llmapi is 26.07's default: the LLM API model (its CPU stand-in here)
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +98,12 @@ def guarded(server, built, tmp_path_factory):
 
 
 def ensemble_answer(server, model, prompt, max_tokens=MAX_TOKENS, **extra):
-    """The ensemble's own greedy answer over Triton's generate endpoint."""
-    response = requests.post(f"http://{server.http_url}/v2/models/{model}/generate",
-                             json={"text_input": prompt, "max_tokens": max_tokens, "top_k": 1, **extra}, timeout=60)
+    """The model's own greedy answer over Triton's generate endpoint (an ensemble's, or the LLM
+    API model's with its own input names)."""
+    body = {"text_input": prompt, "sampling_param_max_tokens": max_tokens, "sampling_param_top_k": 1} \
+        if model == LLMAPI else {"text_input": prompt, "max_tokens": max_tokens, "top_k": 1}
+    response = requests.post(f"http://{server.http_url}/v2/models/{model}/generate", json={**body, **extra},
+                             timeout=60)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -114,11 +124,12 @@ def test_models_lists_every_llm_ensemble_with_its_context(frontend):
 
     client = openai.OpenAI(base_url=frontend.url, api_key="unused")
     models = {m.id: m for m in client.models.list()}
-    assert set(models) == {"tiny_llm", "tiny_llm_2607", "tiny_nochat"}
+    assert set(models) == {"tiny_llm", "tiny_llm_2607", "tiny_nochat", LLMAPI}
     assert models["tiny_llm"].max_input_len == 64 and models["tiny_llm"].max_model_len == 64 + 48
+    assert models[LLMAPI].max_input_len == 64 and models[LLMAPI].max_model_len == 64 + 48
 
 
-@pytest.mark.parametrize("model", ["tiny_llm", "tiny_llm_2607", "tiny_nochat"])
+@pytest.mark.parametrize("model", ["tiny_llm", "tiny_llm_2607", "tiny_nochat", LLMAPI])
 def test_openai_completions_equal_the_ensemble_streamed_or_not(frontend, server, model):
     import openai
 
@@ -156,6 +167,27 @@ def test_openai_async_chat_equals_the_ensemble_on_the_rendered_template(frontend
     assert whole.choices[0].message.content == expected
     assert whole.choices[0].message.role == "assistant"
     assert "".join(deltas) == expected
+
+
+def test_llmapi_model_streams_deltas_takes_its_parameters_and_refuses_what_it_lacks(frontend, server):
+    """The LLM API model streams the text so far: the frontend sends the new part; its stop
+    strings, seed and penalties go to its sampling_param_* inputs; it has no repetition_penalty."""
+    import openai
+
+    client = openai.OpenAI(base_url=frontend.url, api_key="unused")
+    expected = ensemble_answer(server, LLMAPI, chat_prompt(PROMPT))["text_output"]
+    messages = [{"role": "user", "content": PROMPT}]
+    chunks = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model=LLMAPI, messages=messages, max_tokens=MAX_TOKENS, temperature=0, stream=True)]
+    assert "".join(chunks) == expected and len([c for c in chunks if c]) > 1
+    full = ensemble_answer(server, LLMAPI, PROMPT, max_tokens=24)["text_output"]
+    stop = full.split()[2]
+    answer = client.completions.create(model=LLMAPI, prompt=PROMPT, max_tokens=24, temperature=0, stop=[stop],
+                                       seed=3, presence_penalty=0.0)
+    assert (answer.choices[0].text, answer.choices[0].finish_reason) == (full[:full.index(stop)], "stop")
+    refused = post(frontend, "/completions", {"model": LLMAPI, "prompt": PROMPT, "repetition_penalty": 1.2})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "repetition_penalty"
+    assert "tiny_llmapi" in refused.json()["error"]["message"]
 
 
 def test_stop_strings_cut_the_text_and_finish_with_stop(frontend, server):

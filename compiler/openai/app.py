@@ -168,7 +168,8 @@ class _Handlers:
         start = last = time.perf_counter()
         tokens = 0
         emitted: list[str] = []
-        stream = self.backend.generate(model, generation.prompt, generation.max_tokens, generation.inputs)
+        report: dict[str, Any] = {}
+        stream = self.backend.generate(model, generation.prompt, generation.max_tokens, generation.inputs, report)
         try:
             async with contextlib.aclosing(stream):
                 async for piece in stream:
@@ -196,10 +197,14 @@ class _Handlers:
             emitted.append(tail)
             if tail:
                 yield tail
-        if not model.decoupled:  # one response with the whole text: count it with the tokenizer
+        if "responses" in report:  # an LLM API model: one response a decoding step, empty ones too
+            tokens = report["responses"]
+        elif not model.decoupled:  # one response with the whole text: count it with the tokenizer
             tokens = model.count_tokens("".join(emitted))
         state["completion_tokens"] = tokens
         state["finish_reason"] = "length" if not scanner.stopped and tokens >= generation.max_tokens else "stop"
+        if not scanner.stopped and report.get("finish_reason") in ("stop", "length"):
+            state["finish_reason"] = report["finish_reason"]  # the model's own word
 
     def _usage(self, model: LlmModel, generation: Generation, state: dict[str, Any]) -> dict[str, int]:
         prompt = generation.prompt_tokens
@@ -324,7 +329,7 @@ class Frontend:
                  availability: Availability | None = None):
         self.models = discover_models(repository)
         if not self.models:
-            raise TritonizeError("the repository has no LLM ensemble to serve over the OpenAI API",
+            raise TritonizeError("the repository has no LLM (ensemble or LLM API model) to serve over the OpenAI API",
                                  file=repository, fix="build a model with an `llm` block, or drop --openai")
         self.api_keys = read_api_keys(api_keys_file) if api_keys_file else None
         for model in self.models.values():  # load each tokenizer now, not on the event loop of a first request

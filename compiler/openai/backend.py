@@ -84,7 +84,14 @@ class TritonBackend:
             "max_tokens": np.array([[max_tokens]], dtype=np.int32),
             **extra,
         }
-        if model.decoupled:
+        if model.llmapi:  # its own input names, shaped [n] (max_batch_size 0)
+            arrays = {("text_input" if name == "text_input" else model.input_name(name) or name): array.reshape(-1)
+                      for name, array in arrays.items()}
+            if model.decoupled:
+                arrays["streaming"] = np.array([True], dtype=np.bool_)
+            if "return_finish_reason" in model.inputs:
+                arrays["return_finish_reason"] = np.array([True], dtype=np.bool_)
+        elif model.decoupled:
             arrays["stream"] = np.array([[True]], dtype=np.bool_)
         inputs = []
         for name, array in arrays.items():
@@ -96,19 +103,22 @@ class TritonBackend:
             inputs.append(tensor)
         return inputs
 
-    async def generate(self, model: LlmModel, prompt: str, max_tokens: int,
-                       extra: dict[str, np.ndarray]) -> AsyncGenerator[str, None]:
-        """The text of the ensemble's responses in order (the new tokens, detokenized by the
+    async def generate(self, model: LlmModel, prompt: str, max_tokens: int, extra: dict[str, np.ndarray],
+                       report: dict[str, Any] | None = None) -> AsyncGenerator[str, None]:
+        """The text of the model's responses in order (the new tokens, detokenized by the
         ensemble). Closing the iterator early (a client that went away,
-        a stop string) cancels the gRPC call, and Triton cancels the request in the engine."""
+        a stop string) cancels the gRPC call, and Triton cancels the request in the engine.
+        `report` gets what the model says of the generation: an LLM API model its responses
+        (one per decoding step) and its finish_reason."""
         if self.availability is not None and (refusal := self.availability.refusal(model.name)) is not None:
             raise BackendError(refusal, busy=True)
         self._loop = asyncio.get_running_loop()
         generation = _Generation(model.name)
         self._running.add(generation)  # no await since the check: a failure notice cannot pass between
         inputs = self._inputs(model, prompt, max_tokens, extra)
+        outputs = ["text_output"] + (["finish_reason"] if "return_finish_reason" in model.inputs else [])
         request: dict[str, Any] = {"model_name": model.name, "inputs": inputs,
-                   "outputs": [grpc_aio.InferRequestedOutput("text_output")]}
+                                   "outputs": [grpc_aio.InferRequestedOutput(name) for name in outputs]}
         if model.decoupled:
             request["parameters"] = {"triton_enable_empty_final_response": True}
 
@@ -117,13 +127,14 @@ class TritonBackend:
 
         responses = generation.responses = self.client.stream_infer(requests())
         finished = False
+        pieces = _Pieces(model, {} if report is None else report)
         try:
             async for result, error in responses:
                 if error is not None:
                     message = str(error)
                     raise BackendError(message, busy=any(m in message.lower() for m in BUSY_MARKERS))
                 response = result.get_response()
-                text = _first_text(response)
+                text = pieces.new_text(response)
                 if text:
                     yield text
                 final = response.parameters.get("triton_final_response")
@@ -151,14 +162,37 @@ class TritonBackend:
                     responses.cancel()
 
 
-def _first_text(response: Any) -> str:
-    """text_output[0] of a ModelInferResponse, read from its raw bytes: a BYTES tensor is each
+class _Pieces:
+    """The new text of each response: an ensemble's text as it is; an LLM API model answers the
+    text so far (CompletionOutput.text), so its piece is what extends the previous one (and its
+    responses and finish_reason go to `report`)."""
+
+    def __init__(self, model: LlmModel, report: dict[str, Any]):
+        self.model, self.report, self.so_far = model, report, ""
+
+    def new_text(self, response: Any) -> str:
+        text = _first_text(response)
+        if not self.model.llmapi:
+            return text
+        self.report["responses"] = self.report.get("responses", 0) + 1
+        self.report["finish_reason"] = _first_text(response, "finish_reason") or self.report.get("finish_reason")
+        if not text:
+            return text
+        if not text.startswith(self.so_far):
+            raise BackendError(f"model '{self.model.name}' answered a text that does not extend the one "
+                               f"before it ({self.so_far!r} -> {text!r})")
+        piece, self.so_far = text[len(self.so_far):], text
+        return piece
+
+
+def _first_text(response: Any, name: str = "text_output") -> str:
+    """name[0] (a BYTES output) of a ModelInferResponse, read from its raw bytes: a BYTES tensor is each
     element as a 4-byte little-endian length and the bytes (the KServe gRPC protocol's
     raw_output_contents, as tritonclient.utils.deserialize_bytes_tensor reads it), and the
     ensemble answers one text per response. This skips building tritonclient's numpy object
     array for every token."""
     for index, output in enumerate(response.outputs):
-        if output.name == "text_output":
+        if output.name == name:
             if index < len(response.raw_output_contents):
                 raw = response.raw_output_contents[index]
                 if len(raw) < 4:

@@ -1,7 +1,11 @@
-"""The repository's LLM ensembles as the frontend serves them: limits, tokenizer, chat template.
+"""The repository's LLMs as the frontend serves them: limits, tokenizer, chat template.
 
-Everything is read from the built repository (the manifest names the ensembles and their steps;
-the configs carry the limits and the tokenizer directory), so the frontend serves what was built.
+Two kinds: the LLM ensembles (preprocessing -> engine -> postprocessing, upstream's tensor names,
+`[batch, 1]` inputs) and the LLM API models (TensorRT-LLM's `llmapi` model or its CPU stand-in:
+`sampling_param_*` inputs of shape `[1]`, each streamed response the text so far).
+Everything is read from the built repository (the manifest names the models and their steps;
+the configs and the llmapi model.yaml carry the limits and the tokenizer directory), so the
+frontend serves what was built.
 """
 from __future__ import annotations
 
@@ -25,23 +29,39 @@ class ChatTemplateMissing(Exception):
     """The model's tokenizer has no chat template (the frontend answers 400 with the fix)."""
 
 
+# The LLM API model's input for each ensemble input the frontend sets (NVIDIA/TensorRT-LLM
+# triton_backend/all_models/llmapi/tensorrt_llm/config.pbtxt; the CPU stand-in declares the same).
+LLMAPI_INPUTS = {"temperature": "sampling_param_temperature", "top_p": "sampling_param_top_p",
+                 "top_k": "sampling_param_top_k", "seed": "sampling_param_seed",
+                 "presence_penalty": "sampling_param_presence_penalty",
+                 "frequency_penalty": "sampling_param_frequency_penalty",
+                 "stop_words": "sampling_param_stop", "max_tokens": "sampling_param_max_tokens"}
+LLMAPI_KINDS = ("llm-llmapi", "llm-llmapi-cpu")
+
+
 @dataclass
 class LlmModel:
     name: str
     decoupled: bool
     max_input_len: int
     max_output_len: int
-    inputs: frozenset[str]            # the ensemble's input names (the seed's name differs by release)
+    inputs: frozenset[str]            # the model's input names (the seed's name differs by release)
     tokenizer_dir: Path
     add_bos_token: bool               # the preprocessing prepends the tokenizer's bos_token
     special_tokens: dict[str, str] = field(default_factory=dict)
     chat_template: str | None = None
+    llmapi: bool = False              # an LLM API model, not an ensemble
     _tokenizer: Any = None
     _template: Any = None             # chat_template compiled once (jinja compiles in ms, per request on the event loop)
 
     @property
     def seed_input(self) -> str:
-        return "seed" if "seed" in self.inputs else "random_seed"
+        return "seed" if "seed" in self.inputs or self.llmapi else "random_seed"
+
+    def input_name(self, ensemble_input: str) -> str | None:
+        """The model's input for an ensemble input name, or None when it has none."""
+        name = LLMAPI_INPUTS.get(ensemble_input) if self.llmapi else ensemble_input
+        return name if name in self.inputs else None
 
     @property
     def tokenizer(self) -> Any:
@@ -82,11 +102,13 @@ class LlmModel:
 
 
 def discover_models(repository: str | Path) -> dict[str, LlmModel]:
-    """Every LLM ensemble of the repository (the manifest's `llm-ensemble` entries)."""
+    """Every LLM of the repository: the manifest's `llm-ensemble` entries and its LLM API models."""
     repository = Path(repository)
     built = manifest.load(repository)
     models: dict[str, LlmModel] = {}
     for name, entry in built.models.items():
+        if entry.kind in LLMAPI_KINDS:
+            models[name] = _llmapi_model(repository, name, bool(entry.decoupled), entry.checkpoint)
         if entry.kind != "llm-ensemble" or not entry.steps:
             continue
         ensemble = parse_pbtxt((repository / name / "config.pbtxt").read_text())
@@ -105,6 +127,29 @@ def discover_models(repository: str | Path) -> dict[str, LlmModel]:
             tokenizer_dir=tokenizer_dir, add_bos_token=params.get("add_bos_token", "false") == "true",
             special_tokens=special, chat_template=template)
     return models
+
+
+def _llmapi_model(repository: Path, name: str, decoupled: bool, checkpoint: str | None) -> LlmModel:
+    """An LLM API model: limits from its model.yaml (the LLM(**args) file, max_seq_len counting
+    prompt and output), the tokenizer from its checkpoint (the manifest's path: model.yaml's is
+    the serving container's)."""
+    import yaml
+
+    config = parse_pbtxt((repository / name / "config.pbtxt").read_text())
+    version = _latest_version(repository / name)
+    args = yaml.safe_load((version / "model.yaml").read_text()) or {}
+    missing = [key for key in ("max_input_len", "max_seq_len") if key not in args]
+    if missing:
+        raise TritonizeError(f"the LLM API model '{name}' has no {', '.join(missing)} in its model.yaml",
+                             file=version / "model.yaml", fix="rebuild the repository with `tritonize build`")
+    tokenizer_dir = repository / name / (checkpoint or f"{version.name}/checkpoint")
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    special, template = _tokenizer_config(tokenizer_dir)
+    return LlmModel(name=name, decoupled=decoupled, max_input_len=int(args["max_input_len"]),
+                    max_output_len=int(args["max_seq_len"]) - int(args["max_input_len"]),
+                    inputs=frozenset(t.name for t in config.input), tokenizer_dir=tokenizer_dir,
+                    add_bos_token=params.get("add_bos_token", "false") == "true", special_tokens=special,
+                    chat_template=template, llmapi=True)
 
 
 def _latest_version(model_dir: Path) -> Path:

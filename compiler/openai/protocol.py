@@ -1,4 +1,5 @@
-"""OpenAI request bodies -> the ensemble's inputs, and OpenAI's error shape.
+"""OpenAI request bodies -> the ensemble's inputs (renamed for an LLM API model by the backend,
+models.LLMAPI_INPUTS), and OpenAI's error shape.
 
 A parameter the frontend cannot honour is refused with a 400 naming it, never ignored silently
 (OpenAI API reference: https://platform.openai.com/docs/api-reference, completions and chat).
@@ -117,18 +118,22 @@ def parse_generation(body: dict[str, Any], model: LlmModel, prompt: str, prompt_
         raise bad("stream_options", "stream_options must be an object")
 
     generation = Generation(prompt, max_tokens, stream, bool(options.get("include_usage")), stops, prompt_tokens)
-    values = {
-        "temperature": (_number(body, "temperature", 0, 2), np.float32),
-        "top_p": (_number(body, "top_p", 0, 1), np.float32),
-        "top_k": (_integer(body, "top_k", 0), np.int32),            # extension (vLLM, TGI)
-        model.seed_input: (_integer(body, "seed", 0, 2**63 - 1), np.uint64),
-        "presence_penalty": (_number(body, "presence_penalty", -2, 2), np.float32),
-        "frequency_penalty": (_number(body, "frequency_penalty", -2, 2), np.float32),
-        "repetition_penalty": (_number(body, "repetition_penalty", 0.01, 100), np.float32),  # extension
+    values = {  # ensemble input -> (OpenAI parameter, value, dtype)
+        "temperature": ("temperature", _number(body, "temperature", 0, 2), np.float32),
+        "top_p": ("top_p", _number(body, "top_p", 0, 1), np.float32),
+        "top_k": ("top_k", _integer(body, "top_k", 0), np.int32),            # extension (vLLM, TGI)
+        model.seed_input: ("seed", _integer(body, "seed", 0, 2**63 - 1), np.uint64),
+        "presence_penalty": ("presence_penalty", _number(body, "presence_penalty", -2, 2), np.float32),
+        "frequency_penalty": ("frequency_penalty", _number(body, "frequency_penalty", -2, 2), np.float32),
+        "repetition_penalty": ("repetition_penalty", _number(body, "repetition_penalty", 0.01, 100),  # extension
+                               np.float32),
     }
-    for tensor, (value, dtype) in values.items():
-        if value is not None:
-            generation.inputs[tensor] = np.array([[value]], dtype=dtype)
+    for tensor, (param, value, dtype) in values.items():
+        if value is None:
+            continue
+        if model.input_name(tensor) is None:
+            raise bad(param, f"model '{model.name}' takes no {param} (its Triton model has no input for it)")
+        generation.inputs[tensor] = np.array([[value]], dtype=dtype)
     if generation.inputs.get("temperature") is not None and float(generation.inputs["temperature"][0, 0]) == 0.0:
         # OpenAI's temperature 0 is greedy; TRT-LLM reads greedy from top_k 1.
         generation.inputs["top_k"] = np.array([[1]], dtype=np.int32)
