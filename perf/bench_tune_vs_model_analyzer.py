@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _bench import REPORTS_DIR, ROOT, SETTINGS, built_repository, evaluator, save, serving
+from _bench import REPORTS_DIR, RESULTS_DIR, ROOT, SETTINGS, built_repository, evaluator, save, serving
 from tritonize.perf import tune
 from tritonize.perf.analyzer import find_perf_analyzer
 from tritonize.perf.repository import load_repository, write_input_data
@@ -224,17 +224,20 @@ def main() -> None:
     terminal = Terminal()
     binary = model_analyzer_binary(args.model_analyzer)
     version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False)
-    results = {}
-    load_before = os.getloadavg()
+    # A run on some of the models keeps the others' earlier entries; each entry says when it ran.
+    previous = RESULTS_DIR / "tune_vs_model_analyzer.json"
+    results = json.loads(previous.read_text()).get("models", {}) if previous.is_file() else {}
     for name in args.models.split(","):
         if name == FOREST:
             spec, repository = forest_spec(terminal)
         else:
             spec, repository = ROOT / "model.yaml", built_repository(terminal)
-        results[name] = compare(name, spec, repository, args.budget_ms, binary, args.rounds, terminal)
-    summary = {"p99_budget_ms": args.budget_ms, "concurrency": LEVELS,
-               "model_analyzer_version": (version.stdout + version.stderr).strip()[-40:],
-               "load_average_before": load_before, "load_average_after": os.getloadavg(), "models": results}
+        started, load_before = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()
+        entry = compare(name, spec, repository, args.budget_ms, binary, args.rounds, terminal)
+        results[name] = {"measured_at": started, "p99_budget_ms": args.budget_ms, "rounds": args.rounds,
+                         "load_average_before": load_before, "load_average_after": os.getloadavg(), **entry}
+    summary = {"concurrency": LEVELS, "model_analyzer_version": (version.stdout + version.stderr).strip()[-40:],
+               "models": results}
     path = save("tune_vs_model_analyzer", summary)
     terminal.success(f"-> {path}")
 

@@ -103,6 +103,21 @@ def test_hill_climb_moves_uphill_and_stops_early():
     assert len(explored) < len(space.grid())
 
 
+def test_hill_climb_does_not_move_on_a_gain_inside_the_measurements_noise():
+    space = SearchSpace(max_batch_size=[4, 8, 16], preferred=["none"], max_queue_delay_us=[0], instances=[1])
+
+    def climb(noise: float) -> list[Evaluation]:
+        def score(point: TunePoint, step: int, around: int | None) -> Evaluation:
+            evaluation = _evaluation(point, {4: 1000.0, 8: 1040.0, 16: 1080.0}[point.max_batch_size])
+            evaluation.noise = noise
+            return evaluation
+        return hill_climb(space, TunePoint(4, "none", 0, 1), score)
+
+    # +4 % a step: past the 3 % min_gain, but not past 2 standard errors of 3 % each (8.5 %).
+    assert [e.point.max_batch_size for e in climb(0.0)] == [4, 8, 16]
+    assert [e.point.max_batch_size for e in climb(0.03)] == [4, 8]
+
+
 def test_infeasible_points_lose_to_any_point_within_budget():
     fast_but_slow_tail = _evaluation(TunePoint(8, "none", 0, 1), 0.0, p99=50.0, feasible=False)
     modest = _evaluation(TunePoint(4, "none", 0, 1), 10.0)

@@ -3,7 +3,8 @@
 The search space has four ordered dimensions: max_batch_size, preferred batch sizes (none, the
 max, or half and max), max queue delay and instance count. Starting from the spec's own
 settings, each step measures every unexplored neighbour (one dimension one notch up or down) and
-moves to the best one if it beats the current point by more than `min_gain`; it stops when none
+moves to the best one if it beats the current point by more than `min_gain` and by more than
+two standard errors of their window throughputs (search.py `Evaluation.beats`); it stops when none
 does (or after `max_points`). A point is scored by the highest throughput over a concurrency
 sweep whose p99 stays within the latency budget. The start point is swept from the lowest level
 and stops once p99 passes the budget, or throughput stops growing, for two levels in a row. A

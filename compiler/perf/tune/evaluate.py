@@ -7,6 +7,7 @@ import contextlib
 import math
 import secrets
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -86,7 +87,8 @@ class ConfigEvaluator:
             measurement = self.analyzer.measure(request, self._settings_at(level), self.work_dir / "raw",
                                                 f"p{self.count}.c{level}")
             self._throughput[level] = measurement.throughput
-            entry = {"concurrency": level, "throughput": measurement.throughput, "p99_ms": measurement.p99_us / 1000}
+            entry = {"concurrency": level, "throughput": measurement.throughput, "p99_ms": measurement.p99_us / 1000,
+                     "noise": relative_standard_error([w.throughput for w in measurement.windows])}
             if measurement.window_ms is not None:
                 entry["window_ms"] = measurement.window_ms
             return entry
@@ -94,7 +96,7 @@ class ConfigEvaluator:
         levels, best = sweep(self.levels, measure, self.budget, around)
         chosen = best or min(levels, key=lambda e: e["p99_ms"])
         return Evaluation(point, chosen["throughput"] if best else 0.0, chosen["p99_ms"], int(chosen["concurrency"]),
-                          best is not None, levels, time.perf_counter() - started, step)
+                          best is not None, levels, time.perf_counter() - started, step, chosen["noise"])
 
     def _settings_at(self, level: int) -> MeasurementSettings:
         """Time windows long enough for window_requests at the throughput last measured at this
@@ -147,6 +149,13 @@ def served_model(spec_path: Path, model: str, repository: Path | None, terminal:
         raise TritonizeError(f"model '{model}' is not in the repository", file=repository,
                              fix="rebuild it with `tritonize build`")
     return Path(repository), served[model]
+
+
+def relative_standard_error(values: list[float]) -> float:
+    """Standard error of the mean over its value (0 with fewer than two values)."""
+    if len(values) < 2 or not (mean := statistics.fmean(values)):
+        return 0.0
+    return statistics.stdev(values) / mean / math.sqrt(len(values))
 
 
 def sweep(levels: list[int], measure: Callable[[int], dict[str, float]], budget_ms: float | None,

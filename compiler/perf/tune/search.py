@@ -2,10 +2,14 @@
 early stop."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .space import SearchSpace, TunePoint
+
+# Two standard errors: a gain the windows cannot tell from noise 95 % of the time does not move.
+NOISE_SIGMAS = 2.0
 
 
 @dataclass
@@ -18,6 +22,14 @@ class Evaluation:
     levels: list[dict[str, float]]
     seconds: float
     step: int                     # climb step that explored it (0 = the starting point)
+    noise: float = 0.0            # relative standard error of `throughput` over its stable windows
+
+    def beats(self, current: Evaluation, min_gain: float) -> bool:
+        """Better than `current` by more than min_gain and than the two measurements' noise
+        (NOISE_SIGMAS standard errors of their difference): a climb that moves on a gain inside
+        the noise explores a whole step more for nothing."""
+        noise = NOISE_SIGMAS * math.hypot(self.noise, current.noise) if self.feasible and current.feasible else 0.0
+        return self.better_than(current, max(min_gain, noise))
 
     def better_than(self, other: Evaluation, min_gain: float = 0.0) -> bool:
         if self.feasible != other.feasible:
@@ -48,7 +60,7 @@ def hill_climb(space: SearchSpace, start: TunePoint, evaluate: Callable[[TunePoi
                 best_neighbour = evaluation
             if on_point:
                 on_point(evaluation, current)
-        if best_neighbour is None or not best_neighbour.better_than(current, min_gain):
+        if best_neighbour is None or not best_neighbour.beats(current, min_gain):
             break
         current = best_neighbour
     return list(explored.values())
