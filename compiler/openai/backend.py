@@ -114,7 +114,6 @@ class TritonBackend:
             raise BackendError(refusal, busy=True)
         self._loop = asyncio.get_running_loop()
         generation = _Generation(model.name)
-        self._running.add(generation)  # no await since the check: a failure notice cannot pass between
         inputs = self._inputs(model, prompt, max_tokens, extra)
         outputs = ["text_output"] + (["finish_reason"] if "return_finish_reason" in model.inputs else [])
         request: dict[str, Any] = {"model_name": model.name, "inputs": inputs,
@@ -125,10 +124,11 @@ class TritonBackend:
         async def requests():
             yield request
 
-        responses = generation.responses = self.client.stream_infer(requests())
         finished = False
         pieces = _Pieces(model, {} if report is None else report)
+        self._running.add(generation)  # no await since the check: a failure notice cannot pass between
         try:
+            responses = generation.responses = self.client.stream_infer(requests())
             async for result, error in responses:
                 if error is not None:
                     message = str(error)
@@ -157,9 +157,9 @@ class TritonBackend:
             raise
         finally:
             self._running.discard(generation)
-            if not finished:
+            if not finished and generation.responses is not None:
                 with contextlib.suppress(Exception):
-                    responses.cancel()
+                    generation.responses.cancel()
 
 
 class _Pieces:
