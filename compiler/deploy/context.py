@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from .. import manifest as manifest_io
 from ..errors import TritonizeError
 from ..manifest import Manifest
+from ..openai.models import SERVED_KINDS
 from ..triton.server.access import KEY_HEADER
 from .spec import DeploySpec
 
@@ -178,8 +179,8 @@ def context_from(deploy: DeploySpec, repository: Path, manifest: Manifest, *, re
         image = deploy.repository.image
     if deploy.image is not None:
         image = deploy.image
-    if deploy.openai is not None and not any(m.kind == "llm-ensemble" for m in models):
-        raise TritonizeError("the OpenAI frontend serves LLM ensembles, and this repository has none",
+    if deploy.openai is not None and not any(m.kind in SERVED_KINDS for m in models):
+        raise TritonizeError("the OpenAI frontend serves LLM ensembles and LLM API models, and this repository has none",
                              loc=("deploy", "openai"), fix="add a model with an `llm` block, or drop deploy.openai")
     unknown = sorted(set(deploy.gateway.rate_limits.per_model_rps) - set(manifest.models))
     if unknown:

@@ -37,6 +37,7 @@ LLMAPI_INPUTS = {"temperature": "sampling_param_temperature", "top_p": "sampling
                  "frequency_penalty": "sampling_param_frequency_penalty",
                  "stop_words": "sampling_param_stop", "max_tokens": "sampling_param_max_tokens"}
 LLMAPI_KINDS = ("llm-llmapi", "llm-llmapi-cpu")
+SERVED_KINDS = ("llm-ensemble", *LLMAPI_KINDS)  # the manifest kinds the frontend serves
 
 
 @dataclass
