@@ -361,7 +361,12 @@ def test_openai_under_serve_ends_the_streams_of_a_killed_engine_and_serves_again
         serving.wait_ready(timeout_s=240)
         answer = requests.post(url + "/completions", json=greedy, timeout=60)
         assert answer.status_code == 200 and answer.json()["choices"][0]["text"] == expected[PROMPTS[0]][1]
-        events: list[list[dict]] = [[] for _ in range(6)]  # more than the engine's batch: some wait their turn
+        engine = [s.pid for s in python_stubs(serving.server_pid(), built.repository.resolve()).values()
+                  if s.model == "tiny_llm_tensorrt_llm" and not s.zombie]
+        assert len(engine) == 1  # looked up first: the kill follows the first token at once
+        # Four times the engine's batch: on a fast machine a batch of 48 tokens is done in ~0.1 s, and
+        # the test needs streams still running or queued when the engine dies.
+        events: list[list[dict]] = [[] for _ in range(16)]
         done = [threading.Event() for _ in events]
         first = threading.Event()
 
@@ -384,8 +389,6 @@ def test_openai_under_serve_ends_the_streams_of_a_killed_engine_and_serves_again
         for index in range(len(events)):
             threading.Thread(target=consume, args=(index,), daemon=True).start()
         assert first.wait(60)
-        engine = [s.pid for s in python_stubs(serving.server_pid(), built.repository.resolve()).values()
-                  if s.model == "tiny_llm_tensorrt_llm" and not s.zombie]
         os.kill(engine[0], signal.SIGKILL)
         killed = time.monotonic()
         hanging = [index for index, event in enumerate(done) if not event.wait(15)]
@@ -393,8 +396,11 @@ def test_openai_under_serve_ends_the_streams_of_a_killed_engine_and_serves_again
                              f"serve's output:\n{serving.out.read_text()[-3000:]}")
         cut = [stream[-1] for stream in events if stream and "error" in stream[-1]]
         assert cut, events  # at least one was generating (or waiting) when the engine died
-        assert all(end["error"]["code"] == "server_busy" and "being reloaded" in end["error"]["message"]
-                   for end in cut), cut
+        # 503 server_busy for each: "being reloaded" from serve's supervisor, or a closed connection
+        # if tritonserver itself went down meanwhile (it is restarted; serve's output says so).
+        assert all(end["error"]["code"] == "server_busy" for end in cut), (cut, serving.out.read_text()[-3000:])
+        assert any("being reloaded" in end["error"]["message"] for end in cut) or \
+            "tritonserver exited unexpectedly" in serving.out.read_text(), (cut, serving.out.read_text()[-3000:])
         assert all("error" in stream[-1] or stream[-1]["choices"][0]["finish_reason"] == "length"
                    for stream in events), events
         while True:  # 503 while the engine reloads, then its greedy answer again
@@ -421,7 +427,13 @@ def test_streams_of_a_killed_engine_end_with_an_error_and_the_engine_serves_agai
     serving = Serve(built.repository, tmp_path / "serve.out")
     try:
         serving.wait_ready(timeout_s=240)
-        results: list[list[dict]] = [[] for _ in range(8)]  # twice the engine's batch: some wait their turn
+        engine = [s.pid for s in python_stubs(serving.server_pid(), built.repository.resolve()).values()
+                  if s.model == "tiny_llm_tensorrt_llm" and not s.zombie]
+        assert len(engine) == 1  # looked up first: the kill follows the first token at once
+        # Four times the engine's batch (and 4 gRPC streams): on a fast machine a batch of 48 tokens
+        # is done in ~0.1 s (seen: all of 8 streams finished before the kill), and the test needs
+        # streams still running or queued when the engine dies.
+        results: list[list[dict]] = [[] for _ in range(16)]
         done = [threading.Event() for _ in results]
         first = threading.Event()
 
@@ -464,9 +476,6 @@ def test_streams_of_a_killed_engine_end_with_an_error_and_the_engine_serves_agai
         for index in range(len(grpc_results)):
             threading.Thread(target=consume_grpc, args=(index,), daemon=True).start()
         assert first.wait(60)
-        engine = [s.pid for s in python_stubs(serving.server_pid(), built.repository.resolve()).values()
-                  if s.model == "tiny_llm_tensorrt_llm" and not s.zombie]
-        assert len(engine) == 1
         os.kill(engine[0], signal.SIGKILL)
         killed = time.monotonic()
         hanging = [index for index, event in enumerate(done) if not event.wait(15)]

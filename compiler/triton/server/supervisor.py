@@ -196,15 +196,20 @@ class Supervisor:
     def _recover(self, dead: list[Stub]) -> None:
         """Fail and reload every model (and the ensembles using it) whose stub died, together: the
         fronts refuse their requests from the first moment, then they are unloaded and loaded."""
-        models = [m for m in dict.fromkeys(stub.model for stub in dead) if self._state(m) == "READY"]
-        if not models:
-            return  # their models were unloaded on purpose (through the API, with the key)
         started = time.monotonic()
-        ensembles = [e for m in models for e in self.users.get(m, []) if e not in models]
-        affected = list(dict.fromkeys([*models, *ensembles]))
-        self.availability.recovering.update({name: f"model '{name}' is being reloaded: a python-backend stub it runs "
-                                                   "on died; try again in a few seconds" for name in affected})
-        self.availability.fail_waiting(affected)
+        # The fronts fail the requests first, before asking tritonserver anything: the streams held
+        # by the dead stub (tritonserver 2.51 never ends them) then end at once even when its API is
+        # slow to answer (suspected from a run with 16 streams held, where no recovery began within
+        # 15 s: the index below is the first call to the server).
+        suspects = list(dict.fromkeys(stub.model for stub in dead))
+        self._fail_requests(suspects)
+        models = [m for m in suspects if self._state(m) == "READY"]
+        affected = self._affected(models)
+        for name in set(self._affected(suspects)) - set(affected):  # unloaded on purpose (API, with the key)
+            self.availability.recovering.pop(name, None)
+        if not models:
+            return
+        ensembles = [e for e in affected if e not in models]
         touched = set(affected).union(*(self.ensemble_models[e] for e in ensembles))
         self.stuck_unloading += len(touched)
         self.stuck_models |= touched
@@ -230,6 +235,16 @@ class Supervisor:
                 self.recoveries[model] += 1
                 self.terminal.success(f"model '{model}' serves again ({time.monotonic() - started:.1f} s after "
                                       "its stub was found dead)")
+
+    def _affected(self, models: list[str]) -> list[str]:
+        """The models and the ensembles using them."""
+        return list(dict.fromkeys([*models, *(e for m in models for e in self.users.get(m, []))]))
+
+    def _fail_requests(self, models: list[str]) -> None:
+        affected = self._affected(models)
+        self.availability.recovering.update({name: f"model '{name}' is being reloaded: a python-backend stub it runs "
+                                                   "on died; try again in a few seconds" for name in affected})
+        self.availability.fail_waiting(affected)
 
     def _load(self, names: list[str]) -> set[str]:
         """Load each model (retrying); the names that would not load (logged)."""
