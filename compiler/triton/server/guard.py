@@ -72,7 +72,8 @@ class HttpGuard(LoopThread):
 
     def fail_waiting(self, models: list[str]) -> None:
         """Answer 503 now to the requests of these models still waiting for Triton's answer (a
-        dead stub answers them only after 1 s each); streams already answering are ended by Triton."""
+        dead stub answers them only after 1 s each), and end their streams already answering with
+        an error event (tritonserver 2.51 never ends those, _relay_unless_failed)."""
         def fail() -> None:
             for model in models:
                 for event in self._waiting.get(model, ()):
