@@ -341,6 +341,36 @@ def test_bls_passes_on_a_client_error_as_400(server):
     assert response.status_code == 400 and "runtime_top_p 2.0" in response.text
 
 
+# Four times the engine's batch: on a fast machine a batch of 48 tokens is done in ~0.1 s (seen:
+# all of 8 streams finished before the kill), and the killed-engine tests need streams still
+# running or queued when the engine dies.
+KILL_STREAMS = 16
+
+
+def engine_stub(serving, built) -> int:
+    """The pid of the streaming engine's python stub under `tritonize serve`."""
+    from tritonize.triton.server.supervisor import python_stubs
+
+    engine = [s.pid for s in python_stubs(serving.server_pid(), built.repository.resolve()).values()
+              if s.model == "tiny_llm_tensorrt_llm" and not s.zombie]
+    assert len(engine) == 1
+    return engine[0]
+
+
+def kill_after_the_first_token(engine: int, first, done: list, streams: list, serving) -> float:
+    """kill -9 the engine's stub once a stream has its first token; every stream must end within
+    15 s (none hangs). Returns when it was killed."""
+    import time
+
+    assert first.wait(60)
+    os.kill(engine, signal.SIGKILL)
+    killed = time.monotonic()
+    hanging = [index for index, event in enumerate(done) if not event.wait(15)]
+    assert not hanging, (f"streams {hanging} of the killed engine hang: {[streams[i] for i in hanging]}\n"
+                         f"serve's output:\n{serving.out.read_text()[-3000:]}")
+    return killed
+
+
 def test_openai_under_serve_ends_the_streams_of_a_killed_engine_and_serves_again(built, reference, tmp_path):
     """`tritonize serve --openai`: the frontend talks to tritonserver's private gRPC port, so it
     ends the streams of an engine whose stub was killed itself (503 in the stream), refuses new
@@ -350,7 +380,6 @@ def test_openai_under_serve_ends_the_streams_of_a_killed_engine_and_serves_again
 
     from test_serve_supervisor import Serve
     from tritonize.triton.server import free_port
-    from tritonize.triton.server.supervisor import python_stubs
 
     _, expected = reference
     api = free_port()
@@ -361,12 +390,8 @@ def test_openai_under_serve_ends_the_streams_of_a_killed_engine_and_serves_again
         serving.wait_ready(timeout_s=240)
         answer = requests.post(url + "/completions", json=greedy, timeout=60)
         assert answer.status_code == 200 and answer.json()["choices"][0]["text"] == expected[PROMPTS[0]][1]
-        engine = [s.pid for s in python_stubs(serving.server_pid(), built.repository.resolve()).values()
-                  if s.model == "tiny_llm_tensorrt_llm" and not s.zombie]
-        assert len(engine) == 1  # looked up first: the kill follows the first token at once
-        # Four times the engine's batch: on a fast machine a batch of 48 tokens is done in ~0.1 s, and
-        # the test needs streams still running or queued when the engine dies.
-        events: list[list[dict]] = [[] for _ in range(16)]
+        engine = engine_stub(serving, built)  # looked up first: the kill follows the first token at once
+        events: list[list[dict]] = [[] for _ in range(KILL_STREAMS)]
         done = [threading.Event() for _ in events]
         first = threading.Event()
 
@@ -388,12 +413,7 @@ def test_openai_under_serve_ends_the_streams_of_a_killed_engine_and_serves_again
 
         for index in range(len(events)):
             threading.Thread(target=consume, args=(index,), daemon=True).start()
-        assert first.wait(60)
-        os.kill(engine[0], signal.SIGKILL)
-        killed = time.monotonic()
-        hanging = [index for index, event in enumerate(done) if not event.wait(15)]
-        assert not hanging, (f"OpenAI streams {hanging} of the killed engine hang: {[events[i] for i in hanging]}\n"
-                             f"serve's output:\n{serving.out.read_text()[-3000:]}")
+        killed = kill_after_the_first_token(engine, first, done, events, serving)
         cut = [stream[-1] for stream in events if stream and "error" in stream[-1]]
         assert cut, events  # at least one was generating (or waiting) when the engine died
         # 503 server_busy for each: "being reloaded" from serve's supervisor, or a closed connection
@@ -421,19 +441,13 @@ def test_streams_of_a_killed_engine_end_with_an_error_and_the_engine_serves_agai
     import time
 
     from test_serve_supervisor import Serve
-    from tritonize.triton.server.supervisor import python_stubs
 
     _, expected = reference
     serving = Serve(built.repository, tmp_path / "serve.out")
     try:
         serving.wait_ready(timeout_s=240)
-        engine = [s.pid for s in python_stubs(serving.server_pid(), built.repository.resolve()).values()
-                  if s.model == "tiny_llm_tensorrt_llm" and not s.zombie]
-        assert len(engine) == 1  # looked up first: the kill follows the first token at once
-        # Four times the engine's batch (and 4 gRPC streams): on a fast machine a batch of 48 tokens
-        # is done in ~0.1 s (seen: all of 8 streams finished before the kill), and the test needs
-        # streams still running or queued when the engine dies.
-        results: list[list[dict]] = [[] for _ in range(16)]
+        engine = engine_stub(serving, built)  # looked up first: the kill follows the first token at once
+        results: list[list[dict]] = [[] for _ in range(KILL_STREAMS)]  # and 4 gRPC streams
         done = [threading.Event() for _ in results]
         first = threading.Event()
 
@@ -475,12 +489,7 @@ def test_streams_of_a_killed_engine_end_with_an_error_and_the_engine_serves_agai
             threading.Thread(target=consume, args=(index,), daemon=True).start()
         for index in range(len(grpc_results)):
             threading.Thread(target=consume_grpc, args=(index,), daemon=True).start()
-        assert first.wait(60)
-        os.kill(engine[0], signal.SIGKILL)
-        killed = time.monotonic()
-        hanging = [index for index, event in enumerate(done) if not event.wait(15)]
-        assert not hanging, (f"streams {hanging} of the killed engine hang: {[results[i] for i in hanging]}\n"
-                             f"serve's output:\n{serving.out.read_text()[-3000:]}")
+        killed = kill_after_the_first_token(engine, first, done, results, serving)
         cut = [events for events in results if events and "error" in events[-1]]
         assert cut, results  # at least one stream was still running when its engine died
         assert all("error" in events[-1] or "text_output" in events[-1] for events in results)
