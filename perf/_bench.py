@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from tritonize.perf.machine import machine_info
 from tritonize.perf.repository import load_repository, write_input_data
 from tritonize.perf.tune.evaluate import ConfigEvaluator
 from tritonize.terminal import Terminal
+from tritonize.triton.server import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "perf" / "results"      # committed summaries the README/note quote
@@ -55,22 +55,11 @@ def save(name: str, summary: dict) -> Path:
     return path
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 @contextlib.contextmanager
 def serving(repository: Path, models: list[str], log: Path) -> Iterator[tuple[int, int, int]]:
     """`tritonize serve REPOSITORY --model-control-mode explicit --load-model M...` on free ports
     (http, grpc, metrics), ready to answer the first model; stopped (SIGTERM) on exit."""
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     command = [sys.executable, "-m", "tritonize", "serve", str(repository), "--http-port", str(http),
                "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--model-control-mode", "explicit",
                *(arg for model in models for arg in ("--load-model", model))]

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import requests
 
+from tritonize.triton.server import free_ports
 from tritonize.triton.server.access import KEY_ENV, KEY_HEADER, RestrictedApis
 from tritonize.triton.server.supervisor import python_stubs
 
@@ -98,22 +99,11 @@ KEY = "test-key-0123456789"
 DOUBLE_BODY = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
 
 
-def _ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 class Serve:
     """One `tritonize serve` subprocess on free ports; its output in `out`."""
 
     def __init__(self, repository: Path, out: Path, *extra: str):
-        self.http_port, self.grpc_port, self.metrics_port = _ports(3)
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.out = out
         command = [sys.executable, "-m", "tritonize", "serve", str(repository), "--http-port", str(self.http_port),
                    "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port), *extra]

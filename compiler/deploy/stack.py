@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TritonizeError
-from ..triton.server import ServerError, TritonServer, free_port
+from ..triton.server import ServerError, TritonServer, free_port, free_ports
 from ..triton.server.access import RestrictedApis
 from ..triton.server.process import _exit_with_parent_hook
 from .context import ADMIN_HEADER, RESTRICTED_APIS, DeployContext, load_context
@@ -152,7 +152,7 @@ class Stack:
         keys.write_text(api_keys_map(self.api_keys))
         keys.chmod(0o600)
         for attempt in range(3):  # a free port can be taken between picking and binding
-            self.gateway_http_port, self.gateway_grpc_port = _two_free_ports()
+            self.gateway_http_port, self.gateway_grpc_port = free_ports(2)
             conf = base / "conf" / "nginx.conf"
             conf.write_text(self.nginx_conf())
             self.nginx_process = _spawn([binary, "-e", str(base / "error.log"), "-c", str(conf), "-g", "daemon off;"],
@@ -209,14 +209,6 @@ def _spawn(command: list[str], log_path: Path) -> subprocess.Popen:
     with open(log_path, "ab") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, preexec_fn=_exit_with_parent_hook())
-
-
-def _two_free_ports() -> tuple[int, int]:
-    first = free_port()
-    second = free_port()
-    while second == first:
-        second = free_port()
-    return first, second
 
 
 def _wait_port(port: int, process: subprocess.Popen, timeout_s: float) -> bool:

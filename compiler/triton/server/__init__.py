@@ -6,8 +6,8 @@ server as a child process in its own process group, waits until it is ready and 
 `serve_forever` is what `tritonize serve` runs.
 """
 from .install import ServerInstall, find_tritonserver
-from .process import MODEL_CONTROL_MODES, ServerError, TritonServer, free_port
+from .process import MODEL_CONTROL_MODES, ServerError, TritonServer, free_port, free_ports
 from .serve import serve_forever
 
 __all__ = ["MODEL_CONTROL_MODES", "ServerError", "ServerInstall", "TritonServer", "find_tritonserver",
-           "free_port", "serve_forever"]
+           "free_port", "free_ports", "serve_forever"]

@@ -35,6 +35,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(count: int, exclude: Iterable[int] = ()) -> list[int]:
+    """`count` distinct free ports, none of `exclude`."""
+    excluded = set(exclude)
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = free_port()
+        if port not in excluded and port not in chosen:
+            chosen.append(port)
+    return chosen
+
+
 class TritonServer:
     """One tritonserver process on a model repository.
 

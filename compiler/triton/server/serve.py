@@ -24,7 +24,7 @@ from .availability import Availability
 from .grpc_relay import GrpcRelay
 from .guard import HttpGuard
 from .logs import UnloadReport, last_line_hint, last_unload_report
-from .process import EXIT_TIMEOUT_S, LOOPBACK, MODEL_CONTROL_MODES, ServerError, TritonServer, connect_host, free_port
+from .process import EXIT_TIMEOUT_S, LOOPBACK, MODEL_CONTROL_MODES, ServerError, TritonServer, connect_host, free_ports
 from .supervisor import Supervisor
 
 DEFAULT_MAX_REQUEST_MB = 64
@@ -66,8 +66,10 @@ def serve_forever(repository: str | Path, http_port: int = 8000, grpc_port: int 
         mode, loads = "explicit", ["--load-model=*"]
     else:
         mode, loads = model_control, [f"--load-model={name}" for name in load_models]
-    private_http_port, private_grpc_port, private_metrics_port = _private_ports(
-        exclude={http_port, grpc_port, metrics_port})
+    # Other than the public ones: the fronts bind those only after this, and a private port equal
+    # to its own would relay to itself.
+    private_http_port, private_grpc_port, private_metrics_port = free_ports(
+        3, exclude={http_port, grpc_port, metrics_port})
     server = TritonServer(repository, private_http_port, private_grpc_port, private_metrics_port, host=LOOPBACK,
                           model_control=mode, extra_args=loads, log_path=log_path, exit_timeout_s=exit_timeout_s)
     key, key_source = resolve_key(api_key_file, server.log_path.parent / "api-key")
@@ -177,17 +179,6 @@ def _stop(server: TritonServer, guard: HttpGuard, relay: GrpcRelay, supervisor: 
         return 1
     terminal.success("tritonserver stopped")
     return 0
-
-
-def _private_ports(exclude: set[int]) -> tuple[int, int, int]:
-    """Three free ports for tritonserver's HTTP, gRPC and metrics, other than the public ones: the
-    fronts bind those only after this, and a private port equal to its own would relay to itself."""
-    chosen: list[int] = []
-    while len(chosen) < 3:
-        port = free_port()
-        if port not in exclude and port not in chosen:
-            chosen.append(port)
-    return chosen[0], chosen[1], chosen[2]
 
 
 def _raise_keyboard_interrupt(signum, frame) -> None:
