@@ -29,7 +29,7 @@ import numpy as np
 
 from _bench import built_repository, save
 from tritonize.terminal import Terminal
-from tritonize.triton.server import free_port
+from tritonize.triton.server import free_port, free_ports
 
 PROMPT = "The river runs"
 
@@ -124,23 +124,28 @@ async def measure(args: argparse.Namespace, grpc_url: str, url: str) -> dict:
     return levels
 
 
+def _wait_healthy(api: int, process: subprocess.Popen, timeout_s: float, what: str) -> None:
+    """Until the frontend on port `api` answers /health; SystemExit if `process` exits or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(f"http://localhost:{api}/health", timeout=2)
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.terminate()
+                raise SystemExit(f"{what} did not become ready in {timeout_s:g} s (exit {process.poll()})") from None
+            time.sleep(0.5)
+
+
 def serve(repository: Path) -> tuple[subprocess.Popen, str, str]:
     """`tritonize serve REPO --openai` in its own process, as a user runs it; ready when both answer."""
-    http, grpc, metrics, api = (free_port() for _ in range(4))
+    http, grpc, metrics, api = free_ports(4)
     process = subprocess.Popen([sys.executable, "-m", "tritonize", "serve", str(repository), "--http-port", str(http),
                                 "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--openai",
                                 "--openai-port", str(api)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://localhost:{api}/health", timeout=2)
-            return process, f"localhost:{grpc}", f"http://localhost:{api}/v1"
-        except OSError:
-            if process.poll() is not None:
-                raise SystemExit(f"tritonize serve exited with {process.returncode}") from None
-            time.sleep(1)
-    process.terminate()
-    raise SystemExit("tritonize serve did not become ready in 600 s")
+    _wait_healthy(api, process, 600, "tritonize serve")
+    return process, f"localhost:{grpc}", f"http://localhost:{api}/v1"
 
 
 def standalone(repository: Path) -> tuple[list, str, str]:
@@ -154,16 +159,12 @@ def standalone(repository: Path) -> tuple[list, str, str]:
     process = subprocess.Popen([sys.executable, "-m", "tritonize", "openai", str(repository), "--grpc-url",
                                 server.grpc_url, "--port", str(api)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"http://localhost:{api}/health", timeout=2)
-            return [process, server], server.grpc_url, f"http://localhost:{api}/v1"
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                server.stop()
-                raise SystemExit(f"tritonize openai did not start (exit {process.poll()})") from None
-            time.sleep(0.5)
+    try:
+        _wait_healthy(api, process, 120, "tritonize openai")
+    except SystemExit:
+        server.stop()
+        raise
+    return [process, server], server.grpc_url, f"http://localhost:{api}/v1"
 
 
 def main() -> None:
