@@ -105,11 +105,11 @@ class ConfigEvaluator:
         are neighbours at a level measured before, so they take ~1 s instead of >= 3 s."""
         if self.settings.window_ms is not None:
             return self.settings
-        known = [self._throughput[lv] for lv in sorted(self._throughput) if lv <= level] or \
-            [self._throughput[lv] for lv in sorted(self._throughput)][:1]
-        if not known or known[-1] <= 0:
+        below = [known for known in self._throughput if known <= level]
+        nearest = max(below) if below else min(self._throughput, default=None)
+        if nearest is None or self._throughput[nearest] <= 0:
             return self.settings
-        window_ms = max(MIN_WINDOW_MS, math.ceil(1000 * self.settings.window_requests / known[-1]))
+        window_ms = max(MIN_WINDOW_MS, math.ceil(1000 * self.settings.window_requests / self._throughput[nearest]))
         return self.settings if window_ms >= COUNT_WINDOW_MS else replace(self.settings, window_ms=window_ms)
 
     def _apply(self, point: TunePoint) -> None:
