@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..optional import optional
+from ..triton.server.availability import FrontCall, end_calls_of
 from .models import LlmModel
 
 if TYPE_CHECKING:
@@ -33,19 +34,12 @@ class BackendError(Exception):
         self.busy = busy
 
 
-class _Generation:
-    def __init__(self, model: str):
-        self.model = model
-        self.responses: Any = None
-        self.failure: str | None = None  # set when serve's supervisor fails the model
-
-
 class TritonBackend:
     def __init__(self, grpc_url: str, availability: Availability | None = None):
         self.grpc_url = grpc_url
         self._client = None
         self.availability = availability
-        self._running: set[_Generation] = set()
+        self._running: set[FrontCall] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         if availability is not None:
             availability.on_fail(self._fail_soon)
@@ -61,11 +55,7 @@ class TritonBackend:
 
     def _fail(self, models: set[str]) -> None:
         assert self.availability is not None
-        for generation in list(self._running):
-            if generation.model in models and generation.failure is None:
-                generation.failure = self.availability.refusal(generation.model) or f"model '{generation.model}' failed"
-                if generation.responses is not None:
-                    generation.responses.cancel()
+        end_calls_of(self._running, models, self.availability)
 
     @property
     def client(self):
@@ -113,7 +103,8 @@ class TritonBackend:
         if self.availability is not None and (refusal := self.availability.refusal(model.name)) is not None:
             raise BackendError(refusal, busy=True)
         self._loop = asyncio.get_running_loop()
-        generation = _Generation(model.name)
+        generation = FrontCall()
+        generation.models.add(model.name)
         inputs = self._inputs(model, prompt, max_tokens, extra)
         outputs = ["text_output"] + (["finish_reason"] if "return_finish_reason" in model.inputs else [])
         request: dict[str, Any] = {"model_name": model.name, "inputs": inputs,
@@ -128,7 +119,7 @@ class TritonBackend:
         pieces = _Pieces(model, {} if report is None else report)
         self._running.add(generation)  # no await since the check: a failure notice cannot pass between
         try:
-            responses = generation.responses = self.client.stream_infer(requests())
+            responses = generation.upstream = self.client.stream_infer(requests())
             async for result, error in responses:
                 if error is not None:
                     message = str(error)
@@ -157,9 +148,9 @@ class TritonBackend:
             raise
         finally:
             self._running.discard(generation)
-            if not finished and generation.responses is not None:
+            if not finished and generation.upstream is not None:
                 with contextlib.suppress(Exception):
-                    generation.responses.cancel()
+                    generation.upstream.cancel()
 
 
 class _Pieces:

@@ -3,6 +3,7 @@ is not fully serving: the one state both read, set by the supervisor and by serv
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 
 class Availability:
@@ -26,3 +27,28 @@ class Availability:
         if self.draining:
             return "tritonserver is stopping"
         return self.restarting or self.recovering.get(model)
+
+
+class FrontCall:
+    """One call a front passes on to tritonserver: the models it names, and why the front ended it
+    (if it did)."""
+
+    def __init__(self) -> None:
+        self.models: set[str] = set()
+        self.failure: str | None = None
+        self.upstream: Any = None  # the call to Triton (cancel() ends it)
+
+    def end(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+            if self.upstream is not None:
+                self.upstream.cancel()  # the front's read of it raises CancelledError
+
+
+def end_calls_of(calls: set[FrontCall], models: set[str], availability: Availability) -> None:
+    """End the calls naming any of these models, each with the refusal its model gets now (run on
+    the front's own loop: Triton would answer them after 1 s each, or never)."""
+    for call in list(calls):
+        if hit := call.models & models:
+            model = next(iter(hit))
+            call.end(availability.refusal(model) or f"model '{model}' failed")

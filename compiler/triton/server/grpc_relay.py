@@ -25,7 +25,7 @@ import grpc  # noqa: E402
 from grpc import aio  # noqa: E402
 
 from .access import KeyExchange
-from .availability import Availability
+from .availability import Availability, FrontCall, end_calls_of
 from .loop_thread import LoopThread
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -49,7 +49,7 @@ class GrpcRelay(LoopThread):
         self.host, self.port, self.upstream_port = host, port, upstream_port
         self.availability, self.keys, self.max_message_bytes = availability, keys, max_message_bytes
         self.in_flight = 0  # calls being relayed (read by serve at a stop)
-        self._calls: set[_Call] = set()
+        self._calls: set[FrontCall] = set()
         availability.on_fail(self._fail_soon)
 
     # -- lifecycle: LoopThread.start/stop (called from the supervisor's thread) --------------------
@@ -57,10 +57,7 @@ class GrpcRelay(LoopThread):
         self.call_soon(self._fail, set(models))
 
     def _fail(self, models: set[str]) -> None:
-        """End the calls of these models now: Triton would answer them after 1 s each, or never."""
-        for call in list(self._calls):
-            if call.models & models:
-                call.end(self.availability.refusal(next(iter(call.models & models))) or "model failed")
+        end_calls_of(self._calls, models, self.availability)
 
     async def _bind(self) -> aio.Server:
         options = [("grpc.max_receive_message_length", self.max_message_bytes), ("grpc.max_send_message_length", -1),
@@ -142,19 +139,19 @@ class GrpcRelay(LoopThread):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "tritonserver is stopping" if state.draining
                                 else state.restarting or "")
 
-    def _begin(self) -> _Call:
-        call = _Call()
+    def _begin(self) -> FrontCall:
+        call = FrontCall()
         self._calls.add(call)
         self.in_flight += 1
         return call
 
-    def _end(self, call: _Call) -> None:
+    def _end(self, call: FrontCall) -> None:
         self.in_flight -= 1
         self._calls.discard(call)
         if call.upstream is not None:
             call.upstream.cancel()
 
-    async def _requests(self, requests: AsyncIterator[bytes], call: _Call) -> AsyncIterator[bytes]:
+    async def _requests(self, requests: AsyncIterator[bytes], call: FrontCall) -> AsyncIterator[bytes]:
         """The client's requests, each noting its model; one for a model being recovered ends the call."""
         async for request in requests:
             model = model_name(request)
@@ -179,21 +176,6 @@ class GrpcRelay(LoopThread):
         if unlocked and self.keys is not None:
             forwarded.append((self.keys.grpc_header, self.keys.server.key))
         return forwarded
-
-
-class _Call:
-    """One relayed call: the models its requests named, and why the relay ended it (if it did)."""
-
-    def __init__(self) -> None:
-        self.models: set[str] = set()
-        self.failure: str | None = None
-        self.upstream: Any = None  # the call to Triton
-
-    def end(self, reason: str) -> None:
-        if self.failure is None:
-            self.failure = reason
-            if self.upstream is not None:
-                self.upstream.cancel()  # the relay's read of it raises CancelledError
 
 
 class _Handler(grpc.GenericRpcHandler):
