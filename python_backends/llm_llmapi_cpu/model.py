@@ -89,6 +89,7 @@ class Request:
         self.log_probs, self.generated = [], []
         self.done, self.failure, self.finish_reason, self.stop_reason = False, None, None, None
         self.triton = request
+        self.next_cancel_check, self.client_left = 0.0, False  # cpu_engine's _client_left
 
     @property
     def greedy(self):
@@ -170,8 +171,7 @@ class TritonPythonModel(cpu_engine.TritonPythonModel):
             if stop in text:
                 r.done, r.finish_reason, r.stop_reason = True, "stop", stop
                 return
-        cancelled = getattr(r.triton, "is_cancelled", None) is not None and r.triton.is_cancelled()
-        if cancelled:
+        if self._client_left(r):
             r.done, r.finish_reason = True, "cancelled"
         elif len(r.generated) >= r.max_new:
             r.done, r.finish_reason = True, "length"

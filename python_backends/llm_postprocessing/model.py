@@ -22,6 +22,7 @@ Token tensors that do not fit (lengths beyond the tokens, ids outside the vocabu
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -30,6 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import cancellation  # noqa: E402  (ships next to this file, from the CPU engine)
 from detokenize import new_text  # noqa: E402  (ships next to this file)
+
+CANCEL_CHECK_S = 0.02
 
 
 class TritonPythonModel:
@@ -42,6 +45,7 @@ class TritonPythonModel:
         path = os.path.join(version_dir, params["tokenizer_dir"], "tokenizer.json")
         self.tokenizer = Tokenizer.from_file(path)
         self.skip_special_tokens = params.get("skip_special_tokens", "true").lower() == "true"
+        self.next_check = {}  # cancel key -> when to ask is_cancelled() again
 
     def execute(self, requests):
         return [self._one(request) for request in requests]
@@ -50,8 +54,9 @@ class TritonPythonModel:
         key = pb_utils.get_input_tensor_by_name(request, "CANCEL_KEY")
         key = key.as_numpy().reshape(-1)[0] if key is not None else b""
         key = key.decode() if isinstance(key, bytes) else str(key)
-        # is_cancelled() is a round trip to the server: asked only in a stream of the CPU engine.
-        if key and request.is_cancelled():
+        # is_cancelled() is a round trip to the server (0.05-0.9 ms measured): asked only in a stream
+        # of the CPU engine, and at most once per CANCEL_CHECK_S of each stream.
+        if key and self._time_to_ask(key) and request.is_cancelled():
             # The ensemble's client went away after the engine sent this response: stop the engine.
             cancellation.request_cancel(key)
             return pb_utils.InferenceResponse(error=pb_utils.TritonError("the request was cancelled",
@@ -75,6 +80,15 @@ class TritonPythonModel:
             texts[index] = text.encode("utf-8")
         # Flat [batch * beams], as upstream's postprocessing answers (clients index text_output[0]).
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", texts.reshape(-1))])
+
+    def _time_to_ask(self, key):
+        now = time.monotonic()
+        if now < self.next_check.get(key, 0.0):
+            return False
+        if len(self.next_check) > 4096:  # forget the streams that ended
+            self.next_check = {k: t for k, t in self.next_check.items() if t > now}
+        self.next_check[key] = now + CANCEL_CHECK_S
+        return True
 
     def _decode(self, ids):
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
