@@ -216,6 +216,50 @@ def test_bls_model_streams_and_answers_like_the_ensemble(server, reference):
     assert generate(server, "tiny_llm_bls", text_input=PROMPTS[1]) == expected[PROMPTS[1]][1]
 
 
+STREAMS = 4  # the models' max_batch_size: the streams decode together
+PACED_TOKENS = 48  # max_output_len: enough decoding steps for pacing to show
+
+
+def _streams_at_once(server, model, inputs) -> list[list]:
+    """STREAMS gRPC streams of the same request, all in flight at once: each one's responses."""
+    from tritonize.triton.client import stream as stream_responses
+
+    with ThreadPoolExecutor(max_workers=STREAMS) as pool:
+        return list(pool.map(lambda _: list(stream_responses(server.grpc_url, model, inputs)), range(STREAMS)))
+
+
+def test_concurrent_streams_through_the_ensemble_are_paced_and_join_to_the_one_shot_text(server):
+    """4 streams through the ensemble: the engine sends a stream several tokens a response once
+    the postprocessing acknowledges it (python_backends/llm_cpu_engine/back_channel.py: at most
+    200 responses a second per CPU together, i.e. one per >= 5 ms a stream on this 2-CPU machine,
+    about one decoding step), and the pieces still join to the one-shot text."""
+    from tritonize.triton.client import stream as stream_responses
+
+    request = {**stream_request(PROMPTS[0]), "max_tokens": np.array([[PACED_TOKENS]], dtype=np.int32),
+               "end_id": np.array([[-1]], dtype=np.int32)}  # no early stop: PACED_TOKENS tokens each
+    [whole] = [text_of(r) for r in stream_responses(server.grpc_url, "tiny_llm", {**request, "stream": np.array([[False]])})]
+    streams = _streams_at_once(server, "tiny_llm", request)
+    assert all("".join(text_of(r) for r in responses) == whole for responses in streams)
+    # One response per token would be STREAMS * PACED_TOKENS; paced, fewer.
+    assert sum(len(responses) for responses in streams) < STREAMS * PACED_TOKENS, [len(r) for r in streams]
+
+
+def test_concurrent_streams_of_the_engine_called_directly_get_one_response_per_token(server, built):
+    """Nothing acknowledges a direct caller's stream: it is not paced."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(built.repository / "tiny_llm_preprocessing" / "1" / "tokenizer" / "tokenizer.json"))
+    ids = tokenizer.encode(PROMPTS[0], add_special_tokens=False).ids
+    request = {"input_ids": np.array([ids], dtype=np.int32), "input_lengths": np.array([[len(ids)]], dtype=np.int32),
+               "request_output_len": np.array([[PACED_TOKENS]], dtype=np.int32),
+               "end_id": np.array([[-1]], dtype=np.int32), "streaming": np.array([[True]])}
+    streams = _streams_at_once(server, "tiny_llm_tensorrt_llm", request)
+    assert [len(responses) for responses in streams] == [PACED_TOKENS] * STREAMS
+    # Each response carries every token so far and how many the earlier ones carried.
+    assert all([int(r.as_numpy("stream_offset").reshape(-1)[0]) for r in responses] == list(range(PACED_TOKENS))
+               for responses in streams)
+
+
 def test_generation_stops_at_end_id(server, reference):
     tokenizer, expected = reference
     ids, _ = expected[PROMPTS[0]]

@@ -266,6 +266,19 @@ def test_token_metrics_from_profile_export(tmp_path):
     assert metrics.output_tokens_per_s == pytest.approx(5 / 0.045)  # 5 tokens from t=0 to the last response at 45 ms
 
 
+def test_token_metrics_count_the_tokens_of_the_text_when_responses_carry_several(tmp_path):
+    """A paced stream: 2 responses carrying 5 tokens (words here) count 5, and ITL spreads over them."""
+    ms = 1_000_000
+    export = {"experiments": [{"experiment": {"mode": "concurrency", "value": 1}, "requests": [
+        {"timestamp": 0, "response_timestamps": [10 * ms, 18 * ms, 19 * ms],
+         "response_outputs": [{"text_output": "one two "}, {"text_output": "three four five"}, {}]}]}]}
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    metrics = token_metrics(tmp_path / "export.json", count_tokens=lambda text: len(text.split()))
+    assert metrics.output_tokens == 5 and metrics.tokens_per_request == 5
+    assert metrics.itl_mean_ms == pytest.approx(2.0)  # 8 ms over 4 gaps
+    assert token_metrics(tmp_path / "export.json").output_tokens == 2  # one a response without a tokenizer
+
+
 def test_a_model_that_fails_to_measure_is_a_regression():
     from tritonize.perf.results import ModelResult, PerfResult, PointResult, RepeatResult
 
@@ -375,3 +388,9 @@ def _build(spec: Path) -> Path:
     from tritonize.terminal import Terminal
 
     return build(spec, terminal=Terminal(quiet=True)).repository
+
+
+def test_an_llm_ensemble_is_measured_with_its_steps_tokenizer(repo_root):
+    models = load_repository(repo_root / "model_repo")
+    assert models["tiny_llm"].tokenizer == repo_root / "model_repo" / "tiny_llm_preprocessing" / "1" / "tokenizer" / "tokenizer.json"
+    assert models["iris_classifier"].tokenizer is None

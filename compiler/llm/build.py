@@ -41,8 +41,8 @@ LOADER_FILES = ("trtllm_checkpoint.py", "hf_checkpoint.py")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 SAMPLE_PROMPT_WORDS = 4
 SAMPLE_MAX_TOKENS = 16
-# Ships next to the CPU engine, the postprocessing and the BLS model (they send each other cancellations).
-CANCELLATION_SOURCE = PYTHON_BACKENDS_DIR / "llm_cpu_engine" / "cancellation.py"
+# Ships next to the CPU engine, the postprocessing and the BLS model (they send the engine cancellations and acknowledgements).
+BACK_CHANNEL_SOURCE = PYTHON_BACKENDS_DIR / "llm_cpu_engine" / "back_channel.py"
 
 
 def cache_root(spec: Spec) -> Path:
@@ -92,7 +92,7 @@ def build_llm(model: ModelSpec, spec: Spec, terminal: Terminal, *, work_dir: Pat
     post = ModelArtifact(names.postprocessing, repo.postprocessing_config(names, llm),
                          {f"{version}/model.py": PYTHON_BACKENDS_DIR / "llm_postprocessing" / "model.py",
                           f"{version}/detokenize.py": PYTHON_BACKENDS_DIR / "llm_postprocessing" / "detokenize.py",
-                          f"{version}/cancellation.py": CANCELLATION_SOURCE,
+                          f"{version}/back_channel.py": BACK_CHANNEL_SOURCE,
                           **tokenizer_files},
                          ModelEntry(kind="llm-postprocessing", framework="huggingface"), version=version)
     ensemble_entry = ModelEntry(
@@ -105,7 +105,7 @@ def build_llm(model: ModelSpec, spec: Spec, terminal: Terminal, *, work_dir: Pat
     if llm.bls:
         artifacts.append(ModelArtifact(names.bls, repo.bls_config(names, llm, release, cpu_engine=spec.runtime == "embedded"),
                                        {f"{version}/model.py": PYTHON_BACKENDS_DIR / "llm_bls" / "model.py",
-                                        f"{version}/cancellation.py": CANCELLATION_SOURCE},
+                                        f"{version}/back_channel.py": BACK_CHANNEL_SOURCE},
                                        ensemble_entry.model_copy(update={"kind": "llm-bls"}), version=version))
     terminal.success(f"{model.name}: ensemble {names.ensemble} = {names.preprocessing} -> {names.engine} "
                      f"-> {names.postprocessing} ({'CPU engine' if spec.runtime == 'embedded' else 'tensorrtllm'})"
@@ -130,7 +130,7 @@ def _llmapi_model(model: ModelSpec, spec: Spec, llm: LlmSpec, release: Release, 
                       f"{version}/cpu_engine.py": sources / "model.py",
                       f"{version}/trtllm_checkpoint.py": sources / "trtllm_checkpoint.py",
                       f"{version}/hf_checkpoint.py": sources / "hf_checkpoint.py",
-                      f"{version}/cancellation.py": CANCELLATION_SOURCE,  # cpu_engine imports it
+                      f"{version}/back_channel.py": BACK_CHANNEL_SOURCE,  # cpu_engine imports it
                       f"{version}/detokenize.py": PYTHON_BACKENDS_DIR / "llm_postprocessing" / "detokenize.py"})
         llmapi.set_cpu_parameters(config, llm, end_id=tokens.end_id, pad_id=tokens.pad_id, add_bos=tokens.add_bos,
                                   bos_id=tokens.bos_id)
@@ -325,7 +325,7 @@ def _cpu_engine(names: repo.Names, llm: LlmSpec, hf_dir: Path, checkpoint: Path,
     files: dict[str, Any] = {f"{version}/model.py": sources / "model.py",
                              f"{version}/trtllm_checkpoint.py": sources / "trtllm_checkpoint.py",
                              f"{version}/{repo.CHECKPOINT_DIR}": checkpoint,
-                             f"{version}/cancellation.py": CANCELLATION_SOURCE}
+                             f"{version}/back_channel.py": BACK_CHANNEL_SOURCE}
     config = repo.cpu_engine_config(names, llm, release=release, cpu_threads=cpu_threads)
     repo.set_engine_token_defaults(config, end_id=tokens.end_id, pad_id=tokens.pad_id)
     entry = ModelEntry(kind="llm-engine-cpu", framework="huggingface", decoupled=llm.streaming,

@@ -123,7 +123,7 @@ POSTPROCESSING_INPUTS = (
     # already sent in earlier responses of the stream (decoded incrementally, see postprocessing).
     Tensor("STREAM_OFFSET", "INT32", (1,), optional=True),
     # From the CPU engine only: the key to send back when this request turns out cancelled, which
-    # tritonserver 2.51 does not pass on to the engine's request (python_backends/llm_cpu_engine/cancellation.py).
+    # tritonserver 2.51 does not pass on to the engine's request (python_backends/llm_cpu_engine/back_channel.py).
     Tensor("CANCEL_KEY", "STRING", (1,), optional=True),
 )
 POSTPROCESSING_OUTPUTS = (Tensor("OUTPUT", "STRING", (-1,)),)

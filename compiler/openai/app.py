@@ -166,7 +166,7 @@ class _Handlers:
         scanner = StopScanner(generation.stop)
         metrics = self.metrics.of_model(model.name)
         start = last = time.perf_counter()
-        tokens = 0
+        pieces = 0
         emitted: list[str] = []
         report: dict[str, Any] = {}
         stream = self.backend.generate(model, generation.prompt, generation.max_tokens, generation.inputs, report)
@@ -174,12 +174,12 @@ class _Handlers:
             async with contextlib.aclosing(stream):
                 async for piece in stream:
                     now = time.perf_counter()
-                    if tokens == 0:
+                    if pieces == 0:
                         metrics.ttft.observe(now - start)
                     else:
                         metrics.inter_token.observe(now - last)
                     last = now
-                    tokens += 1
+                    pieces += 1
                     text = scanner.feed(piece)
                     emitted.append(text)
                     if text:
@@ -190,21 +190,30 @@ class _Handlers:
             raise ApiError(503 if exc.busy else 500, f"the model server failed: {exc}",
                            code="server_busy" if exc.busy else "backend_error") from exc
         finally:  # a cancelled stream's rate counts too
-            if tokens > 1 and last > start:
+            tokens = self._generated_tokens(model, report, emitted)
+            if pieces > 1 and last > start:
                 metrics.tokens_per_second.observe(tokens / (last - start))
         if not scanner.stopped:
             tail = scanner.flush()
             emitted.append(tail)
             if tail:
                 yield tail
-        if "responses" in report:  # an LLM API model: one response a decoding step, empty ones too
-            tokens = report["responses"]
-        elif not model.decoupled:  # one response with the whole text: count it with the tokenizer
-            tokens = model.count_tokens("".join(emitted))
+            tokens = self._generated_tokens(model, report, emitted)
         state["completion_tokens"] = tokens
         state["finish_reason"] = "length" if not scanner.stopped and tokens >= generation.max_tokens else "stop"
         if not scanner.stopped and report.get("finish_reason") in ("stop", "length"):
             state["finish_reason"] = report["finish_reason"]  # the model's own word
+
+    @staticmethod
+    def _generated_tokens(model: LlmModel, report: dict[str, Any], emitted: list[str]) -> int:
+        """The completion's tokens. Not the number of streamed responses: the CPU engine sends a
+        paced stream several tokens a response (python_backends/llm_cpu_engine/back_channel.py),
+        as TensorRT-LLM does with speculative decoding."""
+        if "tokens" in report:  # the engine's own count (return_num_output_tokens)
+            return int(report["tokens"])
+        if "responses" in report:  # an LLM API model: one response a decoding step, empty ones too
+            return int(report["responses"])
+        return model.count_tokens("".join(emitted))  # the text's tokens, with the model's tokenizer
 
     def _usage(self, model: LlmModel, generation: Generation, state: dict[str, Any]) -> dict[str, int]:
         prompt = generation.prompt_tokens

@@ -81,8 +81,11 @@ class TritonBackend:
                 arrays["streaming"] = np.array([True], dtype=np.bool_)
             if "return_finish_reason" in model.inputs:
                 arrays["return_finish_reason"] = np.array([True], dtype=np.bool_)
-        elif model.decoupled:
-            arrays["stream"] = np.array([[True]], dtype=np.bool_)
+        else:
+            if model.decoupled:
+                arrays["stream"] = np.array([[True]], dtype=np.bool_)
+            if "return_num_output_tokens" in model.inputs:  # usage from the engine's count
+                arrays["return_num_output_tokens"] = np.array([[True]], dtype=np.bool_)
         inputs = []
         for name, array in arrays.items():
             datatype = "BYTES" if array.dtype == np.object_ else {
@@ -106,9 +109,8 @@ class TritonBackend:
         generation = FrontCall()
         generation.models.add(model.name)
         inputs = self._inputs(model, prompt, max_tokens, extra)
-        outputs = ["text_output"] + (["finish_reason"] if "return_finish_reason" in model.inputs else [])
         request: dict[str, Any] = {"model_name": model.name, "inputs": inputs,
-                                   "outputs": [grpc_aio.InferRequestedOutput(name) for name in outputs]}
+                                   "outputs": [grpc_aio.InferRequestedOutput(name) for name in _outputs(model)]}
         if model.decoupled:
             request["parameters"] = {"triton_enable_empty_final_response": True}
 
@@ -153,6 +155,14 @@ class TritonBackend:
                     generation.upstream.cancel()
 
 
+def _outputs(model: LlmModel) -> list[str]:
+    """The outputs asked for: the text, and what the model says of the generation."""
+    outputs = ["text_output"] + (["finish_reason"] if "return_finish_reason" in model.inputs else [])
+    if not model.llmapi and "return_num_output_tokens" in model.inputs:
+        outputs.append("num_output_tokens")  # the tokens so far, for usage
+    return outputs
+
+
 class _Pieces:
     """The new text of each response: an ensemble's text as it is; an LLM API model answers the
     text so far (CompletionOutput.text), so its piece is what extends the previous one (and its
@@ -164,6 +174,9 @@ class _Pieces:
     def new_text(self, response: Any) -> str:
         text = _first_text(response)
         if not self.model.llmapi:
+            tokens = _first_int32(response, "num_output_tokens")
+            if tokens is not None:  # the tokens generated so far
+                self.report["tokens"] = tokens
             return text
         self.report["responses"] = self.report.get("responses", 0) + 1
         self.report["finish_reason"] = _first_text(response, "finish_reason") or self.report.get("finish_reason")
@@ -174,6 +187,18 @@ class _Pieces:
                                f"before it ({self.so_far!r} -> {text!r})")
         piece, self.so_far = text[len(self.so_far):], text
         return piece
+
+
+def _first_int32(response: Any, name: str) -> int | None:
+    """name[0] (an INT32 output) of a ModelInferResponse, or None when it has none."""
+    for index, output in enumerate(response.outputs):
+        if output.name == name:
+            if index < len(response.raw_output_contents):
+                raw = response.raw_output_contents[index]
+                return int.from_bytes(raw[:4], "little", signed=True) if len(raw) >= 4 else None
+            contents = output.contents.int_contents
+            return int(contents[0]) if contents else None
+    return None
 
 
 def _first_text(response: Any, name: str = "text_output") -> str:

@@ -22,6 +22,9 @@ class ServedModel:
     samples: dict[str, TensorSample] | None = None  # the manifest's samples.inputs, when the build recorded them
     composing: list[str] = field(default_factory=list)       # ensemble steps
     bls_composing: list[str] = field(default_factory=list)   # models a BLS model calls
+    # A text-generation ensemble or BLS model: the tokenizer.json of the step that detokenizes, to
+    # count the tokens of its streamed text (a response may carry several, see streaming.py).
+    tokenizer: Path | None = None
 
     @property
     def is_ensemble(self) -> bool:
@@ -87,10 +90,28 @@ def load_repository(repository: Path) -> dict[str, ServedModel]:
             # llm_bls does): perf_analyzer then reports them as composing models.
             model.bls_composing = [p.string_value for key, p in model.config.parameters.items()
                                    if key.endswith("_model") and p.string_value in models]
+        model.tokenizer = _step_tokenizer(repository, [models[name] for name in model.composing + model.bls_composing
+                                                       if name in models])
     if not models:
         raise TritonizeError("no model directories with a config.pbtxt", file=repository,
                              fix="pass the repository that `tritonize build` wrote")
     return models
+
+
+def _step_tokenizer(repository: Path, steps: list[ServedModel]) -> Path | None:
+    """The tokenizer.json under a step's `tokenizer_dir` parameter (tritonize's pre- and
+    postprocessing, and upstream's, name their tokenizer so), in the step's newest version."""
+    for step in steps:
+        tokenizer_dir = step.config.parameters.get("tokenizer_dir")
+        if tokenizer_dir is None:
+            continue
+        versions = sorted((d for d in (repository / step.name).iterdir() if d.is_dir() and d.name.isdigit()),
+                          key=lambda d: int(d.name))
+        for base in [versions[-1]] if versions else []:
+            path = base / tokenizer_dir.string_value / "tokenizer.json"
+            if path.is_file():
+                return path
+    return None
 
 
 def select_models(models: dict[str, ServedModel], names: list[str] | None) -> list[ServedModel]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .. import manifest as manifest_file
 from ..errors import TritonizeError
+from ..optional import optional
 from ..terminal import Terminal, default_terminal
 from .analyzer import (
     Measurement,
@@ -171,6 +172,9 @@ def _streams(model: ServedModel, served: dict[str, ServedModel]) -> bool:
     return any(step in served and _streams(served[step], served) for step in model.composing)
 
 
+tokenizers = optional("tokenizers", purpose="counting the tokens of a streamed LLM's text", extra="llm")
+
+
 @dataclass
 class PlannedModel:
     """One model to measure: its request (the concurrency is set per point) and window settings."""
@@ -228,8 +232,17 @@ def measure_point(analyzer: PerfAnalyzer, planned: PlannedModel, level: int, mod
     point = replace(planned.request, concurrency=level)
     measurement = analyzer.measure(point, planned.settings, model_dir, tag)
     profile = model_dir / f"{tag}.attempt{measurement.attempts}.profile.json"
-    tokens = token_metrics(profile) if point.streaming and profile.exists() else None
+    tokens = (token_metrics(profile, _token_counter(planned.model.tokenizer))
+              if point.streaming and profile.exists() else None)
     return measurement, tokens
+
+
+def _token_counter(tokenizer_json: Path | None) -> Callable[[str], int] | None:
+    """Tokens of a text by the model's own tokenizer."""
+    if tokenizer_json is None:
+        return None
+    tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_json))
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
 
 
 def _measure_all(analyzer: PerfAnalyzer, plan: list[PlannedModel], levels: list[int], repeats: int,

@@ -9,8 +9,12 @@ request, the send timestamp and every response's timestamp and outputs, from whi
   per request;
 - output tokens/s = token responses across all requests / (last response - first request sent).
 
-"Token" here means a streamed response carrying output: exact for servers that stream one token
-per response (tritonize's LLM backends do); a response carrying several tokens counts once. A
+With a tokenizer (a text-generation ensemble or BLS model: the one its detokenizing step loads),
+a request's tokens are those of its streamed text (the pieces joined, encoded again): a response
+may carry several tokens (tritonize's CPU engine paces concurrent streams,
+python_backends/llm_cpu_engine/back_channel.py; TensorRT-LLM's speculative decoding does too), so
+ITL is then (last token response - first) / (tokens - 1). Without one, a "token" is a streamed
+response carrying output: right for an LLM API model, which answers once per decoding step. A
 last response with empty outputs is the one that only closes the stream (flag COMPLETE_FINAL, which
 perf_analyzer records as an empty value) and is not counted.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +39,8 @@ class TokenMetrics:
     tokens_per_request: float
 
 
-def token_metrics(profile_export: Path) -> TokenMetrics | None:
+def token_metrics(profile_export: Path, count_tokens: Callable[[str], int] | None = None) -> TokenMetrics | None:
+    """count_tokens: a streamed text's tokens (see above); None: one token a response."""
     data = json.loads(profile_export.read_text())
     requests = [r for experiment in data.get("experiments", []) for r in experiment.get("requests", [])]
     ttfts, itls, tokens, first_sent, last_response = [], [], 0, None, None
@@ -47,10 +53,13 @@ def token_metrics(profile_export: Path) -> TokenMetrics | None:
             token_stamps.pop()  # the stream's closing response: perf_analyzer shows it with empty outputs
         if not token_stamps:
             continue
+        count = len(token_stamps)
+        if count_tokens is not None:
+            count = max(count_tokens("".join(str(o.get("text_output", "")) for o in outputs)), 1)
         ttfts.append((token_stamps[0] - sent) / 1e6)
-        if len(token_stamps) > 1:
-            itls.append((token_stamps[-1] - token_stamps[0]) / (len(token_stamps) - 1) / 1e6)
-        tokens += len(token_stamps)
+        if count > 1:
+            itls.append((token_stamps[-1] - token_stamps[0]) / (count - 1) / 1e6)
+        tokens += count
         first_sent = sent if first_sent is None else min(first_sent, sent)
         last_response = stamps[-1] if last_response is None else max(last_response, stamps[-1])
     if not ttfts or first_sent is None or last_response is None:

@@ -13,7 +13,7 @@ Parameters: preprocessing_model, engine_model, postprocessing_model (model names
 An error of a step is answered with that step's code, so a client's mistake found by the
 preprocessing or the engine stays 400 / INVALID_ARGUMENT. A client that goes away stops the CPU
 engine's generation: the model checks its own request between engine responses and sends the
-engine the response's cancel key (cancellation.py; tritonserver 2.51 cannot cancel a BLS request).
+engine the response's cancel key (back_channel.py; tritonserver 2.51 cannot cancel a BLS request).
 """
 import json
 import os
@@ -25,7 +25,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import cancellation  # noqa: E402  (ships next to this file, from the CPU engine)
+import back_channel  # noqa: E402  (ships next to this file, from the CPU engine)
 
 
 class TritonPythonModel:
@@ -106,7 +106,7 @@ class TritonPythonModel:
                 key = pb_utils.get_output_tensor_by_name(response, "cancel_key")
                 if key is not None:
                     value = key.as_numpy().reshape(-1)[0]
-                    cancellation.request_cancel(value.decode() if isinstance(value, bytes) else str(value))
+                    back_channel.request_cancel(value.decode() if isinstance(value, bytes) else str(value))
                 raise Cancelled("the request was cancelled")
             if pb_utils.get_output_tensor_by_name(response, "output_ids") is None:  # the engine's empty final response
                 continue

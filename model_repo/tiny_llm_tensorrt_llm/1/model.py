@@ -11,8 +11,9 @@ Outputs: output_ids INT32[-1,-1] (beam x tokens), sequence_length INT32[-1] (per
 Decoupled (model_transaction_policy.decoupled) the model streams: execute() hands requests to a
 generation thread and returns; the thread batches in flight (RunningBatch): requests join the
 running batch at the next decoding step, up to max_batch_size, and leave it when they finish. It
-sends one response per token to requests that asked for streaming, one response with all tokens
-to the others, each closed with a final flag. Not decoupled, execute() decodes the batch Triton's
+sends one response per token to requests that asked for streaming (the tokens of several when the
+postprocessing has not yet acknowledged the stream's last responses, see back_channel.py), one
+response with all tokens to the others, each closed with a final flag. Not decoupled, execute() decodes the batch Triton's
 dynamic batcher gathered and returns.
 
 The rest of upstream's engine inputs (repository.contract_inputs): repetition_penalty,
@@ -33,7 +34,7 @@ Besides the tensorrt_llm outputs: stream_offset INT32[1], -1 for a whole answer;
 responses carry every token generated so far (TensorRT-LLM's returnAllGeneratedTokens) and
 stream_offset says how many of them earlier responses carried, so the stateless postprocessing
 model can detokenize incrementally; cancel_key STRING[1] (decoupled; empty otherwise), the key
-the postprocessing or BLS model sends back when the client went away (cancellation.py).
+the postprocessing or BLS model sends back when the client went away (back_channel.py).
 
 A cancelled request (its key sent back, or, called directly, Triton's cancellation) leaves the
 batch before the next decoding step, answers CANCELLED and logs how many tokens it got.
@@ -42,6 +43,7 @@ Each request is checked on its own (prompt and output lengths, sampling values: 
 and >= 0, top_k >= 0, top_p in [0, 1]): a bad one answers 400 / INVALID_ARGUMENT naming the input,
 and a request whose generation fails anyway leaves the batch alone; the others go on.
 """
+import collections
 import json
 import math
 import os
@@ -55,11 +57,10 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import cancellation  # noqa: E402  (ships next to this file)
+import back_channel  # noqa: E402  (ships next to this file)
 import trtllm_checkpoint  # noqa: E402  (ships next to this file)
 
 CANCELLED_LOG = "generation cancelled by the client"
-CANCEL_CHECK_S = 0.02  # how often a generation asks Triton whether its client went away
 _ASK_CANCELLED = object()  # an outbox item: ask whether a request's client went away
 
 
@@ -105,7 +106,12 @@ class Request:
         self.cancelled = False
         self.next_cancel_check = 0.0  # see _client_left
         self.client_left = False
-        self.cancel_key = ""  # decoupled: given by the engine's cancellation.Listener
+        self.cancel_key = ""  # decoupled: given by the engine's back_channel.Listener
+        # A stream's responses: how many tokens they carried, and those not yet acknowledged
+        # (tokens carried, when sent), see back_channel.py.
+        self.sent_tokens = 0
+        self.last_sent = 0.0
+        self.unacknowledged = collections.deque()
         self.triton = request
 
     @property
@@ -179,9 +185,10 @@ class TritonPythonModel:
             self._start_serving()
 
     def _start_serving(self):
-        """Decoupled: the serving loop, its cancellation listener and its sender thread (also
+        """Decoupled: the serving loop, its back channel (back_channel.Listener) and its sender thread (also
         started by the llmapi CPU engine, which builds on this one)."""
-        self.cancel_listener = cancellation.Listener()
+        self.back_channel = back_channel.Listener()
+        self.stream_interval = 0.0  # see back_channel.stream_interval, set each decoding step
         self.pending = queue.Queue()
         # Responses leave from their own thread: a send waits for the server to take the
         # response (a round trip to the parent process), and the next decoding step need not
@@ -226,14 +233,14 @@ class TritonPythonModel:
             self.worker.join(timeout=10)
             self.outbox.put(None)
             self.sender.join(timeout=10)
-            self.cancel_listener.close()
+            self.back_channel.close()
 
     # -- decoupled serving loop: in-flight batching ---------------------------------------------
 
     def _serve(self):
         """Requests join the running batch at the next step and leave it when they finish, so a
         long generation does not hold back requests that arrive after it started."""
-        running = RunningBatch(self, on_token=self._stream_token, on_done=self._finish)
+        running = RunningBatch(self, on_token=self._stream_token, on_done=self._ended)
         while True:
             arrived = self._take_pending(block=not running.rows, limit=self.max_batch_size - len(running.rows))
             if arrived is None:
@@ -246,18 +253,20 @@ class TritonPythonModel:
                                pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 else:
                     parsed.sender = request.get_response_sender()
-                    parsed.cancel_key = self.cancel_listener.new_key()
+                    parsed.cancel_key = self.back_channel.new_key()
                     batch.append(parsed)
             try:
                 running.admit(batch)
-                running.cancel(self.cancel_listener.received())
+                running.cancel(self.back_channel.cancelled())
+                self.stream_interval = back_channel.stream_interval(sum(r.streaming for r in running.rows))
                 if running.rows:
                     running.step()
             except Exception as exc:  # report to every client instead of hanging them
                 for r in running.rows + [r for r in batch if r not in running.rows and not r.done]:
+                    self.back_channel.forget(r.cancel_key)
                     self._send(r.sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {exc}")),
                                pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                running = RunningBatch(self, on_token=self._stream_token, on_done=self._finish)
+                running = RunningBatch(self, on_token=self._stream_token, on_done=self._ended)
 
     def _send(self, sender, response, flags=0):
         self.outbox.put((sender, response, flags))
@@ -280,15 +289,15 @@ class TritonPythonModel:
 
     def _client_left(self, r):
         """Whether Triton cancelled r: its own client (a direct call of this model) closed the gRPC
-        stream or went away. Inside an ensemble this stays false (see cancellation.py).
+        stream or went away. Inside an ensemble this stays false (see back_channel.py).
 
         Each check is a round trip to the server (0.05-0.9 ms measured), so a request asks at most
-        once per CANCEL_CHECK_S. Decoupled, the sender thread asks the request's response sender
+        once per back_channel.CHECK_INTERVAL_S. Decoupled, the sender thread asks the request's response sender
         (python backend >= 23.10; the request object may be released once execute() returned)
         and the answer is read at a later token; a request of execute() asks itself."""
         now = time.monotonic()
         if not r.client_left and now >= r.next_cancel_check:
-            r.next_cancel_check = now + CANCEL_CHECK_S
+            r.next_cancel_check = now + back_channel.CHECK_INTERVAL_S
             if self.decoupled:
                 self.outbox.put((_ASK_CANCELLED, r, 0))
             else:
@@ -316,8 +325,30 @@ class TritonPythonModel:
 
     def _stream_token(self, r, token):
         if r.streaming:
-            count = len(r.generated)  # built in the sender thread, from the tokens of now
-            self._send(r.sender, lambda: self._response(r, r.generated[:count], streamed=True))
+            self._stream(r)
+
+    def _stream(self, r, held=True):
+        """Send r the tokens its stream has not had yet, unless (held) the stream is paced
+        (back_channel.py) and must wait: then a later token or the end sends them."""
+        count, since = len(r.generated), r.sent_tokens
+        if count == since:
+            return
+        now, acknowledged = time.monotonic(), self.back_channel.acknowledged(r.cancel_key)
+        while r.unacknowledged and (r.unacknowledged[0][0] <= acknowledged
+                                    or now - r.unacknowledged[0][1] > back_channel.ACK_WAIT_S):
+            r.unacknowledged.popleft()
+        # Paced once something acknowledged this stream: nothing does when it is called directly.
+        if held and acknowledged and (len(r.unacknowledged) >= back_channel.STREAM_WINDOW
+                                      or now < r.last_sent + self.stream_interval):
+            return
+        r.sent_tokens, r.last_sent = count, now
+        r.unacknowledged.append((count, now))
+        # Built in the sender thread, from the tokens of now.
+        self._send(r.sender, lambda: self._response(r, r.generated[:count], since=since))
+
+    def _ended(self, r):
+        self.back_channel.forget(r.cancel_key)
+        self._finish(r)
 
     def _finish(self, r):
         if r.cancelled:
@@ -330,6 +361,7 @@ class TritonPythonModel:
             self._send(r.sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(r.failure)),
                        pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         elif r.streaming:
+            self._stream(r, held=False)
             self._send(r.sender, None, pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         else:
             self._send(r.sender, self._response(r, r.generated), pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -422,11 +454,14 @@ class TritonPythonModel:
         if hit_stop or len(r.generated) >= r.max_new:
             r.done = True
 
-    def _response(self, r, tokens, streamed=False):
+    def _response(self, r, tokens, since=None):
+        """The response carrying tokens: a whole answer, or (since: how many of them the stream's
+        earlier responses carried) a streamed one."""
+        streamed = since is not None
         generated = len(tokens)
         tokens = list(tokens) if (streamed or r.exclude_input) else r.prompt + list(tokens)
         output_ids = np.array([[tokens]], dtype=np.int32).reshape(1, 1, len(tokens))
-        offset = len(tokens) - 1 if streamed else -1
+        offset = since if streamed else -1
         outputs = [
             pb_utils.Tensor("output_ids", output_ids),
             pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32)),
@@ -528,7 +563,7 @@ class RunningBatch:
         self.next_ids = torch.cat([self.next_ids, next_ids], dim=0)
 
     def cancel(self, keys):
-        """Drop the rows whose cancellation.Listener key was sent back (their client left)."""
+        """Drop the rows whose back_channel.Listener key was sent back (their client left)."""
         if not keys:
             return
         for r in self.rows:

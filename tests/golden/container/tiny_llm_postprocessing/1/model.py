@@ -3,10 +3,11 @@ ensemble (same tensor names as tensorrtllm_backend's inflight_batcher_llm/postpr
 
 Inputs:  TOKENS_BATCH INT32[-1,-1] (beams x tokens), SEQUENCE_LENGTH INT32[-1] (per beam),
          optional STREAM_OFFSET INT32[1] (from the CPU engine: -1 for a whole answer, else how
-         many of the tokens earlier responses of the stream carried).
+         many of the tokens earlier responses of the stream carried), optional CANCEL_KEY
+         STRING[1] (from the CPU engine: sent back to it when this request is cancelled, i.e.
+         the ensemble's client went away; in a stream, each handled response is acknowledged
+         to it, see back_channel.py).
 Outputs: OUTPUT STRING[-1] (one text per beam, flat over the batch).
-         optional CANCEL_KEY STRING[1] (from the CPU engine: sent back to it, see cancellation.py,
-         when this request is cancelled, i.e. the ensemble's client went away).
 Parameters: tokenizer_dir, skip_special_tokens.
 
 Streaming: decoding each token on its own loses SentencePiece's leading spaces (its decoder drops
@@ -29,10 +30,8 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import cancellation  # noqa: E402  (ships next to this file, from the CPU engine)
+import back_channel  # noqa: E402  (ships next to this file, from the CPU engine)
 from detokenize import new_text  # noqa: E402  (ships next to this file)
-
-CANCEL_CHECK_S = 0.02
 
 
 class TritonPythonModel:
@@ -54,11 +53,11 @@ class TritonPythonModel:
         key = pb_utils.get_input_tensor_by_name(request, "CANCEL_KEY")
         key = key.as_numpy().reshape(-1)[0] if key is not None else b""
         key = key.decode() if isinstance(key, bytes) else str(key)
-        # is_cancelled() is a round trip to the server (0.05-0.9 ms measured): asked only in a stream
-        # of the CPU engine, and at most once per CANCEL_CHECK_S of each stream.
+        # is_cancelled() is a round trip to the server: asked only in a stream of the CPU engine,
+        # and at most once per back_channel.CHECK_INTERVAL_S of each stream.
         if key and self._time_to_ask(key) and request.is_cancelled():
             # The ensemble's client went away after the engine sent this response: stop the engine.
-            cancellation.request_cancel(key)
+            back_channel.request_cancel(key)
             return pb_utils.InferenceResponse(error=pb_utils.TritonError("the request was cancelled",
                                                                          pb_utils.TritonError.CANCELLED))
         tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()
@@ -78,6 +77,8 @@ class TritonPythonModel:
                                      "SEQUENCE_LENGTH is negative")
             text = self._decode(ids) if offset < 0 else new_text(self._decode, ids, offset)
             texts[index] = text.encode("utf-8")
+        if key and offset >= 0:  # handled: the engine may send this stream's next response
+            back_channel.acknowledge(key, int(lengths.reshape(-1)[0]))
         # Flat [batch * beams], as upstream's postprocessing answers (clients index text_output[0]).
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", texts.reshape(-1))])
 
@@ -87,7 +88,7 @@ class TritonPythonModel:
             return False
         if len(self.next_check) > 4096:  # forget the streams that ended
             self.next_check = {k: t for k, t in self.next_check.items() if t > now}
-        self.next_check[key] = now + CANCEL_CHECK_S
+        self.next_check[key] = now + back_channel.CHECK_INTERVAL_S
         return True
 
     def _decode(self, ids):
