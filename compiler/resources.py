@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from .optional import optional
 
@@ -25,6 +26,20 @@ ONNX_RUNNER = "onnx_runner"
 
 
 jinja2 = optional("jinja2", purpose="rendering templates")
+
+
+@cache
+def back_channel() -> Any:
+    """The CPU engine's back_channel.py (stdlib only), the one owner of what the engine and its
+    clients agree on (e.g. MULTI_TOKEN_PARAMETER, the request parameter that asks for paced streams)."""
+    import importlib.util
+
+    path = PYTHON_BACKENDS_DIR / "llm_cpu_engine" / "back_channel.py"
+    spec = importlib.util.spec_from_file_location("tritonize_back_channel", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @cache

@@ -28,12 +28,17 @@ from pathlib import Path
 import numpy as np
 
 from _bench import built_repository, save
+from tritonize.resources import back_channel
 from tritonize.terminal import Terminal
 from tritonize.triton.server import TritonServer
 
 PROMPTS = ["The river runs", "A doctor listens to", "The train leaves", "In winter the mountains"]
 LEVELS = (1, 4, 8)
-PATHS = ("direct_default_threads", "direct_1_thread", "streamed", "unstreamed")
+# streamed: one response a token (the default, upstream's contract); streamed_multi_token: the
+# client sets back_channel.MULTI_TOKEN_PARAMETER, so the engine paces the stream (as the OpenAI
+# frontend does).
+PATHS = ("direct_default_threads", "direct_1_thread", "streamed", "streamed_multi_token", "unstreamed")
+THROUGH_TRITON = {"streamed": (True, False), "streamed_multi_token": (True, True), "unstreamed": (False, False)}
 
 
 class Direct:
@@ -88,7 +93,8 @@ class Direct:
         return {"tokens_per_s": generated / wall, "ttft_p50_ms": 1000 * (streamer.first - start)}
 
 
-async def one_request(client, model: str, prompt: str, tokens: int, streamed: bool) -> tuple[float, str]:
+async def one_request(client, model: str, prompt: str, tokens: int, streamed: bool,
+                      multi_token: bool) -> tuple[float, str]:
     import tritonclient.grpc.aio as grpc
 
     inputs = []
@@ -102,7 +108,9 @@ async def one_request(client, model: str, prompt: str, tokens: int, streamed: bo
         inputs.append(tensor)
 
     async def requests():
-        yield {"model_name": model, "inputs": inputs, "parameters": {"triton_enable_empty_final_response": True}}
+        parameters = {"triton_enable_empty_final_response": True,
+                      back_channel().MULTI_TOKEN_PARAMETER: multi_token}
+        yield {"model_name": model, "inputs": inputs, "parameters": parameters}
 
     start, first, pieces = time.perf_counter(), 0.0, []
     async for result, error in client.stream_infer(requests()):
@@ -117,10 +125,10 @@ async def one_request(client, model: str, prompt: str, tokens: int, streamed: bo
     return first, "".join(pieces)
 
 
-async def through_triton(client, model: str, concurrency: int, tokens: int, streamed: bool) -> dict:
+async def through_triton(client, model: str, concurrency: int, tokens: int, path: str) -> dict:
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(concurrency)]
     start = time.perf_counter()
-    results = await asyncio.gather(*(one_request(client, model, p, tokens, streamed) for p in prompts))
+    results = await asyncio.gather(*(one_request(client, model, p, tokens, *THROUGH_TRITON[path]) for p in prompts))
     wall = time.perf_counter() - start
     # end_id -1: every generation runs exactly `tokens` tokens, as generate(min_new_tokens) does.
     return {"tokens_per_s": concurrency * tokens / wall, "ttft_p50_ms": 1000 * statistics.median(f for f, _ in results),
@@ -140,8 +148,8 @@ async def measure(args: argparse.Namespace, grpc_url: str, direct: Direct) -> di
     import tritonclient.grpc.aio as grpc
 
     client = grpc.InferenceServerClient(grpc_url)
-    for streamed in (True, False):  # warm up both paths and the direct model
-        await through_triton(client, args.model, 2, args.tokens, streamed)
+    for path in THROUGH_TRITON:  # warm up every path and the direct model
+        await through_triton(client, args.model, 2, args.tokens, path)
     direct.run(2, args.tokens, 1)
     levels: dict = {}
     for concurrency in LEVELS:
@@ -149,19 +157,20 @@ async def measure(args: argparse.Namespace, grpc_url: str, direct: Direct) -> di
         for _ in range(args.rounds):
             runs["direct_default_threads"].append(direct.run(concurrency, args.tokens, direct.default_threads))
             runs["direct_1_thread"].append(direct.run(concurrency, args.tokens, 1))
-            for streamed in (True, False):
-                result = await through_triton(client, args.model, concurrency, args.tokens, streamed)
-                runs["streamed" if streamed else "unstreamed"].append(result)
+            for path in THROUGH_TRITON:
+                runs[path].append(await through_triton(client, args.model, concurrency, args.tokens, path))
             # Streamed pieces must join to the one-shot text of the same request.
-            if runs["streamed"][-1]["texts"] != runs["unstreamed"][-1]["texts"]:
-                raise SystemExit(f"c={concurrency}: streamed text differs from the one-shot text")
+            for path in ("streamed", "streamed_multi_token"):
+                if runs[path][-1]["texts"] != runs["unstreamed"][-1]["texts"]:
+                    raise SystemExit(f"c={concurrency}: {path} text differs from the one-shot text")
         medians = {path: summarize(r) for path, r in runs.items()}
         baseline = max(("direct_default_threads", "direct_1_thread"), key=lambda p: medians[p]["tokens_per_s"])
         direct_rate, direct_ttft = medians[baseline]["tokens_per_s"], medians[baseline]["ttft_p50_ms"]
         medians["ratio"] = {"baseline": baseline, **{
             f"{path}_tokens_per_s": round(medians[path]["tokens_per_s"] / direct_rate, 3)
-            for path in ("streamed", "unstreamed")},
-            "streamed_ttft_minus_direct_ms": round(medians["streamed"]["ttft_p50_ms"] - direct_ttft, 2)}
+            for path in THROUGH_TRITON},
+            **{f"{path}_ttft_minus_direct_ms": round(medians[path]["ttft_p50_ms"] - direct_ttft, 2)
+               for path in ("streamed", "streamed_multi_token")}}
         levels[f"c{concurrency}"] = medians
         print(f"c={concurrency}: {json.dumps(medians)}", flush=True)
     await client.close()

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import requests
 
+from tritonize.resources import back_channel
 from tritonize.terminal import Terminal
 
 pytestmark = pytest.mark.server
@@ -216,32 +217,64 @@ def test_bls_model_streams_and_answers_like_the_ensemble(server, reference):
     assert generate(server, "tiny_llm_bls", text_input=PROMPTS[1]) == expected[PROMPTS[1]][1]
 
 
+MULTI_TOKEN_PARAMETER = back_channel().MULTI_TOKEN_PARAMETER
 STREAMS = 4  # the models' max_batch_size: the streams decode together
 PACED_TOKENS = 48  # max_output_len: enough decoding steps for pacing to show
 
 
-def _streams_at_once(server, model, inputs) -> list[list]:
+def _streams_at_once(server, model, inputs, parameters=None) -> list[list]:
     """STREAMS gRPC streams of the same request, all in flight at once: each one's responses."""
     from tritonize.triton.client import stream as stream_responses
 
     with ThreadPoolExecutor(max_workers=STREAMS) as pool:
-        return list(pool.map(lambda _: list(stream_responses(server.grpc_url, model, inputs)), range(STREAMS)))
+        return list(pool.map(lambda _: list(stream_responses(server.grpc_url, model, inputs, parameters=parameters)),
+                             range(STREAMS)))
 
 
-def test_concurrent_streams_through_the_ensemble_are_paced_and_join_to_the_one_shot_text(server):
-    """4 streams through the ensemble: the engine sends a stream several tokens a response once
-    the postprocessing acknowledges it (python_backends/llm_cpu_engine/back_channel.py: at most
-    200 responses a second per CPU together, i.e. one per >= 5 ms a stream on this 2-CPU machine,
-    about one decoding step), and the pieces still join to the one-shot text."""
+def _ensemble_stream_request():
+    return {**stream_request(PROMPTS[0]), "max_tokens": np.array([[PACED_TOKENS]], dtype=np.int32),
+            "end_id": np.array([[-1]], dtype=np.int32)}  # no early stop: PACED_TOKENS tokens each
+
+
+@pytest.fixture(scope="module")
+def paced_whole_text(server):
     from tritonize.triton.client import stream as stream_responses
 
-    request = {**stream_request(PROMPTS[0]), "max_tokens": np.array([[PACED_TOKENS]], dtype=np.int32),
-               "end_id": np.array([[-1]], dtype=np.int32)}  # no early stop: PACED_TOKENS tokens each
-    [whole] = [text_of(r) for r in stream_responses(server.grpc_url, "tiny_llm", {**request, "stream": np.array([[False]])})]
-    streams = _streams_at_once(server, "tiny_llm", request)
-    assert all("".join(text_of(r) for r in responses) == whole for responses in streams)
+    request = {**_ensemble_stream_request(), "stream": np.array([[False]])}
+    [whole] = [text_of(r) for r in stream_responses(server.grpc_url, "tiny_llm", request)]
+    return whole
+
+
+@pytest.mark.parametrize("model", ["tiny_llm", "tiny_llm_bls"])
+def test_concurrent_streams_that_take_multi_token_responses_are_paced_and_join_to_the_one_shot_text(
+        server, paced_whole_text, model):
+    """4 streams through the ensemble (or the BLS model, which passes the request's parameters on)
+    whose client sets the request parameter multi_token_responses: the engine sends a stream several tokens a response once the
+    postprocessing acknowledges it (python_backends/llm_cpu_engine/back_channel.py: at most 200
+    responses a second per CPU together, i.e. one per >= 5 ms a stream on this 2-CPU machine,
+    about one decoding step), and the pieces still join to the one-shot text."""
+    streams = _streams_at_once(server, model, _ensemble_stream_request(), {MULTI_TOKEN_PARAMETER: True})
+    assert all("".join(text_of(r) for r in responses) == paced_whole_text for responses in streams)
     # One response per token would be STREAMS * PACED_TOKENS; paced, fewer.
     assert sum(len(responses) for responses in streams) < STREAMS * PACED_TOKENS, [len(r) for r in streams]
+
+
+def test_concurrent_streams_through_the_ensemble_get_one_response_per_token_by_default(server, paced_whole_text):
+    """Upstream's clients count responses as tokens (llama-index's NvidiaTriton): unless the
+    client asks, each response carries one token, under load too."""
+    streams = _streams_at_once(server, "tiny_llm", _ensemble_stream_request())
+    assert [len(responses) for responses in streams] == [PACED_TOKENS] * STREAMS
+    assert all("".join(text_of(r) for r in responses) == paced_whole_text for responses in streams)
+
+
+def test_a_multi_token_responses_parameter_that_is_not_a_bool_is_refused_naming_it(server):
+    from tritonclient.utils import InferenceServerException
+
+    from tritonize.triton.client import stream as stream_responses
+
+    with pytest.raises(InferenceServerException, match=f"request parameter {MULTI_TOKEN_PARAMETER} must be a bool"):
+        list(stream_responses(server.grpc_url, "tiny_llm", _ensemble_stream_request(),
+                              parameters={MULTI_TOKEN_PARAMETER: "yes"}))
 
 
 def test_concurrent_streams_of_the_engine_called_directly_get_one_response_per_token(server, built):

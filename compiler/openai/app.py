@@ -165,7 +165,7 @@ class _Handlers:
         token count and the finish reason."""
         scanner = StopScanner(generation.stop)
         metrics = self.metrics.of_model(model.name)
-        start = last = time.perf_counter()
+        start = first = last = time.perf_counter()
         pieces = 0
         emitted: list[str] = []
         report: dict[str, Any] = {}
@@ -175,9 +175,8 @@ class _Handlers:
                 async for piece in stream:
                     now = time.perf_counter()
                     if pieces == 0:
+                        first = now
                         metrics.ttft.observe(now - start)
-                    else:
-                        metrics.inter_token.observe(now - last)
                     last = now
                     pieces += 1
                     text = scanner.feed(piece)
@@ -193,6 +192,8 @@ class _Handlers:
             tokens = self._generated_tokens(model, report, emitted)
             if pieces > 1 and last > start:
                 metrics.tokens_per_second.observe(tokens / (last - start))
+            if tokens > 1 and last > first:  # a response may carry several tokens: the request's mean
+                metrics.inter_token.observe((last - first) / (tokens - 1))
         if not scanner.stopped:
             tail = scanner.flush()
             emitted.append(tail)

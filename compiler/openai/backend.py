@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..optional import optional
+from ..resources import back_channel
 from ..triton.server.availability import FrontCall, end_calls_of
 from .models import LlmModel
 
@@ -109,10 +110,8 @@ class TritonBackend:
         generation = FrontCall()
         generation.models.add(model.name)
         inputs = self._inputs(model, prompt, max_tokens, extra)
-        request: dict[str, Any] = {"model_name": model.name, "inputs": inputs,
+        request: dict[str, Any] = {"model_name": model.name, "inputs": inputs, "parameters": _parameters(model),
                                    "outputs": [grpc_aio.InferRequestedOutput(name) for name in _outputs(model)]}
-        if model.decoupled:
-            request["parameters"] = {"triton_enable_empty_final_response": True}
 
         async def requests():
             yield request
@@ -153,6 +152,15 @@ class TritonBackend:
             if not finished and generation.upstream is not None:
                 with contextlib.suppress(Exception):
                     generation.upstream.cancel()
+
+
+def _parameters(model: LlmModel) -> dict[str, Any]:
+    if not model.decoupled:
+        return {}
+    parameters: dict[str, Any] = {"triton_enable_empty_final_response": True}
+    if not model.llmapi:  # usage counts the engine's tokens, not responses: take paced streams
+        parameters[back_channel().MULTI_TOKEN_PARAMETER] = True
+    return parameters
 
 
 def _outputs(model: LlmModel) -> list[str]:

@@ -28,7 +28,7 @@ class FrontendMetrics:
                                   ["model", "endpoint", "status"], registry=self.registry)
         self.ttft = p.Histogram("tritonize_openai_time_to_first_token_seconds", "Time to the first token",
                                 ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.inter_token = p.Histogram("tritonize_openai_inter_token_latency_seconds", "Time between tokens",
+        self.inter_token = p.Histogram("tritonize_openai_inter_token_latency_seconds", "Mean time between the tokens of a request",
                                        ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.tokens_per_second = p.Histogram("tritonize_openai_tokens_per_second", "Generated tokens per second "
                                              "per request (first to last token)", ["model"], buckets=RATE_BUCKETS,

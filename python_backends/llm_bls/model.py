@@ -97,8 +97,12 @@ class TritonPythonModel:
         engine_inputs = self._step_inputs(request, self.to_engine)
         for output, engine_input in self.preprocessed.items():
             engine_inputs.append(pb_utils.Tensor(engine_input, pb_utils.get_output_tensor_by_name(pre, output).as_numpy()))
+        # The client's request parameters go on to the engine and postprocessing, as an ensemble's
+        # do (back_channel.MULTI_TOKEN_PARAMETER).
+        parameters = json.loads(request.parameters() or "{}")
         engine_request = pb_utils.InferenceRequest(model_name=self.engine, inputs=engine_inputs,
-                                                   requested_output_names=self.engine_requested)
+                                                   requested_output_names=self.engine_requested,
+                                                   parameters=parameters)
         responses = engine_request.exec(decoupled=True) if decoupled else [engine_request.exec()]
         for response in responses:
             _raise(response)
@@ -116,7 +120,7 @@ class TritonPythonModel:
                 if tensor is not None:
                     post_inputs.append(pb_utils.Tensor(post_input, tensor.as_numpy()))
             post = pb_utils.InferenceRequest(model_name=self.postprocessing, requested_output_names=["OUTPUT"],
-                                             inputs=post_inputs).exec()
+                                             inputs=post_inputs, parameters=parameters).exec()
             _raise(post)
             text = np.asarray(pb_utils.get_output_tensor_by_name(post, "OUTPUT").as_numpy(), dtype=object)
             outputs = [pb_utils.Tensor("text_output", text)]

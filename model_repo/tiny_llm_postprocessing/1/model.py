@@ -5,8 +5,8 @@ Inputs:  TOKENS_BATCH INT32[-1,-1] (beams x tokens), SEQUENCE_LENGTH INT32[-1] (
          optional STREAM_OFFSET INT32[1] (from the CPU engine: -1 for a whole answer, else how
          many of the tokens earlier responses of the stream carried), optional CANCEL_KEY
          STRING[1] (from the CPU engine: sent back to it when this request is cancelled, i.e.
-         the ensemble's client went away; in a stream, each handled response is acknowledged
-         to it, see back_channel.py).
+         the ensemble's client went away; in a stream whose client takes multi-token
+         responses, each handled response is acknowledged to it, see back_channel.py).
 Outputs: OUTPUT STRING[-1] (one text per beam, flat over the batch).
 Parameters: tokenizer_dir, skip_special_tokens.
 
@@ -77,7 +77,7 @@ class TritonPythonModel:
                                      "SEQUENCE_LENGTH is negative")
             text = self._decode(ids) if offset < 0 else new_text(self._decode, ids, offset)
             texts[index] = text.encode("utf-8")
-        if key and offset >= 0:  # handled: the engine may send this stream's next response
+        if key and offset >= 0 and _paced(request):  # handled: the engine may send this stream's next response
             back_channel.acknowledge(key, int(lengths.reshape(-1)[0]))
         # Flat [batch * beams], as upstream's postprocessing answers (clients index text_output[0]).
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", texts.reshape(-1))])
@@ -93,6 +93,14 @@ class TritonPythonModel:
 
     def _decode(self, ids):
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+
+def _paced(request):
+    """Whether the engine paces this stream: its client takes multi-token responses."""
+    try:
+        return back_channel.multi_token(request.parameters())
+    except ValueError:  # the engine refused the request already
+        return False
 
 
 def _client_error(message):

@@ -87,6 +87,10 @@ class Request:
         self.temperature = scalar("temperature", defaults["temperature"], float)
         self.seed = scalar("seed", scalar("random_seed", defaults["seed"], int), int)
         self.streaming = scalar("streaming", False, bool)
+        try:  # paced only if the client counts tokens (back_channel.py)
+            self.paced = self.streaming and back_channel.multi_token(request.parameters())
+        except ValueError as exc:
+            raise ClientError(str(exc)) from None
         self.seed = scalar("seed", self.seed, int)  # the name after tensorrtllm_backend v0.19.0
         self.repetition_penalty = scalar("repetition_penalty", 1.0, float)
         self.presence_penalty = scalar("presence_penalty", 0.0, float)
@@ -259,7 +263,9 @@ class TritonPythonModel:
                 running.admit(batch)
                 running.cancel(self.back_channel.cancelled())
                 self.stream_interval = back_channel.stream_interval(sum(r.streaming for r in running.rows))
-                if running.rows:
+                # Requests that arrived during this prefill are prefilled first, before the next
+                # step: a burst's first tokens then wait for no decoding step (up to the batch's size).
+                if running.rows and (self.pending.empty() or len(running.rows) >= self.max_batch_size):
                     running.step()
             except Exception as exc:  # report to every client instead of hanging them
                 for r in running.rows + [r for r in batch if r not in running.rows and not r.done]:
@@ -337,8 +343,9 @@ class TritonPythonModel:
         while r.unacknowledged and (r.unacknowledged[0][0] <= acknowledged
                                     or now - r.unacknowledged[0][1] > back_channel.ACK_WAIT_S):
             r.unacknowledged.popleft()
-        # Paced once something acknowledged this stream: nothing does when it is called directly.
-        if held and acknowledged and (len(r.unacknowledged) >= back_channel.STREAM_WINDOW
+        # Paced if its client asked, once something acknowledged this stream (nothing does when
+        # the engine is called directly).
+        if held and r.paced and acknowledged and (len(r.unacknowledged) >= back_channel.STREAM_WINDOW
                                       or now < r.last_sent + self.stream_interval):
             return
         r.sent_tokens, r.last_sent = count, now

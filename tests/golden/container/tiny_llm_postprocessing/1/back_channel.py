@@ -13,29 +13,36 @@ datagram socket's address, a number and a random part), sends it with every resp
 `cancel_key`), and the postprocessing (or the BLS model) that finds its own request cancelled
 sends the key back: the engine drops that request before its next decoding step.
 
-Acknowledgements and pacing. Through the ensemble each streamed response costs a postprocessing
+Acknowledgements and pacing (only for clients that ask for it). Through the ensemble each streamed response costs a postprocessing
 call and the server's handling of it: ~0.9 ms of CPU together (measured with 8 streams on 2
 cores), taken from the engine's forward passes on a small machine, so one response per token
 streamed at half the rate of a whole answer. The postprocessing acknowledges each response it has
-handled (the key and the stream's token count). A stream that is acknowledged (it goes through
-the postprocessing: the ensemble, or the BLS model) is paced: its next response waits while
+handled (the key and the stream's token count). A stream whose client set the request parameter
+MULTI_TOKEN_PARAMETER true, and which is acknowledged (it goes through the postprocessing: the
+ensemble, or the BLS model), is paced: its next response waits while
 STREAM_WINDOW of its responses are unacknowledged (the postprocessing is behind) and until the
 streams together send at most RESPONSES_PER_S_PER_CPU responses a second per CPU. The tokens
 generated meanwhile go out together in one response (a response carries every token so far and
 its stream_offset says how many earlier ones carried, so the texts still join to the one-shot
 text). A stream's first response and its last are never held; a single stream at the demo's
-~250 tokens/s is not paced. A stream nobody acknowledges (the engine called directly) gets one
-response per token.
+~250 tokens/s is not paced. Every other stream gets one response per token, as upstream's engine
+streams: clients of upstream's ensemble count responses as tokens (llama-index's NvidiaTriton reads
+max_tokens - 1 responses and stops), so several tokens in one response would change their answer.
+Request parameters reach an ensemble's steps (checked with tritonserver 2.51); the BLS model
+passes them on.
 
 This file ships next to the engine's, the postprocessing's and the BLS model's model.py.
 """
 import contextlib
 import itertools
+import json
 import os
 import secrets
 import socket
 import threading
 
+# The request parameter (a bool) with which a client says it counts tokens, not responses.
+MULTI_TOKEN_PARAMETER = "multi_token_responses"
 KEY_SEPARATOR = "#"
 ACK_SEPARATOR = "="  # an acknowledgement: key=tokens (a key holds neither "=" nor spaces)
 # is_cancelled() is a round trip to the server (0.05-0.9 ms measured): the engine and the
@@ -49,6 +56,15 @@ RESPONSES_PER_S_PER_CPU = 200
 # An unacknowledged response older than this holds its stream back no longer (its acknowledgement
 # was lost: the engine's queue stayed full past the sender's timeout).
 ACK_WAIT_S = 0.25
+
+
+def multi_token(parameters):
+    """Whether a request's parameters (request.parameters(), JSON) take multi-token responses.
+    ValueError names the parameter when its value is not a bool."""
+    value = json.loads(parameters or "{}").get(MULTI_TOKEN_PARAMETER, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"request parameter {MULTI_TOKEN_PARAMETER} must be a bool, got {value!r}")
+    return value
 
 
 def stream_interval(streams):
