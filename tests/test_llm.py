@@ -249,10 +249,11 @@ def paced_whole_text(server):
 def test_concurrent_streams_that_take_multi_token_responses_are_paced_and_join_to_the_one_shot_text(
         server, paced_whole_text, model):
     """4 streams through the ensemble (or the BLS model, which passes the request's parameters on)
-    whose client sets the request parameter multi_token_responses: the engine sends a stream several tokens a response once the
-    postprocessing acknowledges it (python_backends/llm_cpu_engine/back_channel.py: at most 200
-    responses a second per CPU together, i.e. one per >= 5 ms a stream on this 2-CPU machine,
-    about one decoding step), and the pieces still join to the one-shot text."""
+    whose client sets the request parameter multi_token_responses: the engine sends a stream
+    several tokens a response once the postprocessing acknowledges it
+    (python_backends/llm_cpu_engine/back_channel.py: at most 100 responses a second per CPU
+    together, i.e. one per >= 20 ms a stream with 4 streams on this 2-CPU machine, several
+    decoding steps), and the pieces still join to the one-shot text."""
     streams = _streams_at_once(server, model, _ensemble_stream_request(), {MULTI_TOKEN_PARAMETER: True})
     assert all("".join(text_of(r) for r in responses) == paced_whole_text for responses in streams)
     # One response per token would be STREAMS * PACED_TOKENS; paced, fewer.

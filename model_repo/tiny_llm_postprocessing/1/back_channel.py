@@ -21,11 +21,11 @@ handled (the key and the stream's token count). A stream whose client set the re
 MULTI_TOKEN_PARAMETER true, and which is acknowledged (it goes through the postprocessing: the
 ensemble, or the BLS model), is paced: its next response waits while
 STREAM_WINDOW of its responses are unacknowledged (the postprocessing is behind) and until the
-streams together send at most RESPONSES_PER_S_PER_CPU responses a second per CPU. The tokens
+streams together send at most RESPONSES_PER_S_PER_CPU responses a second per CPU (but a stream
+one at least every MAX_STREAM_INTERVAL_S, so it still reads as a stream). The tokens
 generated meanwhile go out together in one response (a response carries every token so far and
 its stream_offset says how many earlier ones carried, so the texts still join to the one-shot
-text). A stream's first response and its last are never held; a single stream at the demo's
-~250 tokens/s is not paced. Every other stream gets one response per token, as upstream's engine
+text). A stream's first response and its last are never held. Every other stream gets one response per token, as upstream's engine
 streams: clients of upstream's ensemble count responses as tokens (llama-index's NvidiaTriton reads
 max_tokens - 1 responses and stops), so several tokens in one response would change their answer.
 Request parameters reach an ensemble's steps (checked with tritonserver 2.51); the BLS model
@@ -51,8 +51,11 @@ CHECK_INTERVAL_S = 0.02
 # Unacknowledged responses a stream may have before the engine holds its next one. Two keeps the
 # postprocessing busy with one response while the next is on its way.
 STREAM_WINDOW = 2
-# ~0.9 ms of CPU a response: 200 a second take a fifth of a CPU.
-RESPONSES_PER_S_PER_CPU = 200
+# ~0.9 ms of CPU a response: 100 a second take a tenth of a CPU. (200 streamed the demo's 4
+# streams at 0.73 of the engine's own rate on 2 CPUs, 100 at 0.81: perf/README.md.) With 4 streams
+# on 2 CPUs a stream's responses come every 20 ms, ~5 tokens each.
+RESPONSES_PER_S_PER_CPU = 100
+MAX_STREAM_INTERVAL_S = 0.1
 # An unacknowledged response older than this holds its stream back no longer (its acknowledgement
 # was lost: the engine's queue stayed full past the sender's timeout).
 ACK_WAIT_S = 0.25
@@ -69,7 +72,7 @@ def multi_token(parameters):
 
 def stream_interval(streams):
     """The least time between two responses of one paced stream, with `streams` of them running."""
-    return max(streams, 1) / (RESPONSES_PER_S_PER_CPU * len(os.sched_getaffinity(0)))
+    return min(max(streams, 1) / (RESPONSES_PER_S_PER_CPU * len(os.sched_getaffinity(0))), MAX_STREAM_INTERVAL_S)
 
 
 class Listener:
