@@ -23,19 +23,22 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from _bench import built_repository, save
+from tritonize.resources import back_channel
 from tritonize.terminal import Terminal
 from tritonize.triton.server import free_port, free_ports
 
 PROMPT = "The river runs"
 
 
-async def direct(client, model: str, max_tokens: int) -> tuple[float, int]:
-    """One generation over the shared gRPC channel (as the frontend has one)."""
+async def direct(client, model: str, max_tokens: int) -> tuple[float, str]:
+    """One generation over the shared gRPC channel (as the frontend has one), taking multi-token
+    responses as the frontend does (back_channel.MULTI_TOKEN_PARAMETER): both paths are paced alike."""
     import tritonclient.grpc.aio as grpc
 
     inputs = []
@@ -49,22 +52,24 @@ async def direct(client, model: str, max_tokens: int) -> tuple[float, int]:
 
     async def requests():
         yield {"model_name": model, "inputs": inputs,
-               "parameters": {"triton_enable_empty_final_response": True}}
+               "parameters": {"triton_enable_empty_final_response": True,
+                              back_channel().MULTI_TOKEN_PARAMETER: True}}
 
-    start, first, tokens = time.perf_counter(), None, 0
+    start, first, pieces = time.perf_counter(), None, []
     async for result, error in client.stream_infer(requests()):
         assert error is None, error
-        if result.as_numpy("text_output") is not None:
-            tokens += 1
+        text = result.as_numpy("text_output")
+        if text is not None:
+            pieces.append(text.reshape(-1)[0].decode())
             first = first or time.perf_counter() - start
         if result.get_response().parameters["triton_final_response"].bool_param:
             break
-    return first or 0.0, tokens
+    return first or 0.0, "".join(pieces)
 
 
-async def frontend(session, url: str, model: str, max_tokens: int) -> tuple[float, int]:
+async def frontend(session, url: str, model: str, max_tokens: int) -> tuple[float, str]:
     body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}
-    start, first, tokens = time.perf_counter(), None, 0
+    start, first, pieces = time.perf_counter(), None, []
     async with session.post(f"{url}/completions", json=body) as response:
         assert response.status == 200, await response.text()
         async for line in response.content:
@@ -72,20 +77,21 @@ async def frontend(session, url: str, model: str, max_tokens: int) -> tuple[floa
                 continue
             chunk = json.loads(line[6:])
             if chunk["choices"] and chunk["choices"][0]["text"]:
-                tokens += 1
+                pieces.append(chunk["choices"][0]["text"])
                 first = first or time.perf_counter() - start
-    return first or 0.0, tokens
+    return first or 0.0, "".join(pieces)
 
 
 async def level(path: str, concurrency: int, count: int, grpc_url: str, url: str, model: str,
-                max_tokens: int) -> dict:
+                max_tokens: int, count_tokens: Callable[[str], int]) -> dict:
+    """tokens/s counts the texts' tokens (the model's tokenizer): a response may carry several."""
     import aiohttp
     import tritonclient.grpc.aio as grpc
 
     client = grpc.InferenceServerClient(grpc_url)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         queue = list(range(count))
-        results: list[tuple[float, int]] = []
+        results: list[tuple[float, str]] = []
 
         async def worker() -> None:
             while queue:
@@ -99,21 +105,21 @@ async def level(path: str, concurrency: int, count: int, grpc_url: str, url: str
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
     await client.close()
-    return {"tokens_per_s": sum(t for _, t in results) / wall,
+    return {"tokens_per_s": sum(count_tokens(text) for _, text in results) / wall,
             "ttft_p50_ms": 1000 * statistics.median(f for f, _ in results)}
 
 
-async def measure(args: argparse.Namespace, grpc_url: str, url: str) -> dict:
+async def measure(args: argparse.Namespace, grpc_url: str, url: str, count_tokens: Callable[[str], int]) -> dict:
     """Everything on one event loop (grpc.aio binds its poller to the first loop it runs on)."""
     levels: dict = {}
     for path in ("direct", "frontend"):  # warm up both
-        await level(path, 2, 4, grpc_url, url, args.model, args.max_tokens)
+        await level(path, 2, 4, grpc_url, url, args.model, args.max_tokens, count_tokens)
     for concurrency in (1, 8):
         rounds: dict[str, list[dict]] = {"direct": [], "frontend": []}
         for _ in range(args.rounds):
             for path in rounds:
                 rounds[path].append(await level(path, concurrency, args.requests, grpc_url, url, args.model,
-                                                args.max_tokens))
+                                                args.max_tokens, count_tokens))
         medians = {path: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
                    for path, runs in rounds.items()}
         medians["frontend_cost"] = {
@@ -178,13 +184,20 @@ def main() -> None:
     args = parser.parse_args()
     terminal = Terminal()
     repository = args.repository or built_repository(terminal)
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(repository / f"{args.model}_preprocessing" / "1" / "tokenizer" / "tokenizer.json"))
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
     if args.setup == "serve":
         process, grpc_url, url = serve(repository)
         running: list = [process]
     else:
         running, grpc_url, url = standalone(repository)
     try:
-        levels = asyncio.run(measure(args, grpc_url, url))
+        levels = asyncio.run(measure(args, grpc_url, url, count_tokens))
     finally:
         for each in running:
             if isinstance(each, subprocess.Popen):
