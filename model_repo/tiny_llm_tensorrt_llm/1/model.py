@@ -88,7 +88,7 @@ class Request:
         self.seed = scalar("seed", scalar("random_seed", defaults["seed"], int), int)
         self.streaming = scalar("streaming", False, bool)
         try:  # paced only if the client counts tokens (back_channel.py)
-            self.paced = self.streaming and back_channel.multi_token(request.parameters())
+            self.paced = back_channel.multi_token(request.parameters()) and self.streaming
         except ValueError as exc:
             raise ClientError(str(exc)) from None
         self.seed = scalar("seed", self.seed, int)  # the name after tensorrtllm_backend v0.19.0

@@ -13,23 +13,23 @@ datagram socket's address, a number and a random part), sends it with every resp
 `cancel_key`), and the postprocessing (or the BLS model) that finds its own request cancelled
 sends the key back: the engine drops that request before its next decoding step.
 
-Acknowledgements and pacing (only for clients that ask for it). Through the ensemble each streamed response costs a postprocessing
-call and the server's handling of it: ~0.9 ms of CPU together (measured with 8 streams on 2
-cores), taken from the engine's forward passes on a small machine, so one response per token
-streamed at half the rate of a whole answer. The postprocessing acknowledges each response it has
-handled (the key and the stream's token count). A stream whose client set the request parameter
-MULTI_TOKEN_PARAMETER true, and which is acknowledged (it goes through the postprocessing: the
-ensemble, or the BLS model), is paced: its next response waits while
+Acknowledgements and pacing, for the clients that ask. Through the ensemble each streamed response
+costs a postprocessing call and the server's handling of it: ~0.9 ms of CPU together (measured
+with 8 streams on 2 cores), taken from the engine's forward passes on a small machine, so one
+response per token streamed at half the rate of a whole answer. The postprocessing acknowledges
+each response it has handled (the key and the stream's token count). A stream whose client set the
+request parameter MULTI_TOKEN_PARAMETER true, and which is acknowledged (it goes through the
+postprocessing: the ensemble, or the BLS model), is paced: its next response waits while
 STREAM_WINDOW of its responses are unacknowledged (the postprocessing is behind) and until the
-streams together send at most RESPONSES_PER_S_PER_CPU responses a second per CPU (but a stream
-one at least every MAX_STREAM_INTERVAL_S, so it still reads as a stream). The tokens
-generated meanwhile go out together in one response (a response carries every token so far and
-its stream_offset says how many earlier ones carried, so the texts still join to the one-shot
-text). A stream's first response and its last are never held. Every other stream gets one response per token, as upstream's engine
-streams: clients of upstream's ensemble count responses as tokens (llama-index's NvidiaTriton reads
-max_tokens - 1 responses and stops), so several tokens in one response would change their answer.
-Request parameters reach an ensemble's steps (checked with tritonserver 2.51); the BLS model
-passes them on.
+streams together send at most RESPONSES_PER_S_PER_CPU responses a second per CPU (but a stream one
+at least every MAX_STREAM_INTERVAL_S, so it still reads as a stream). The tokens generated
+meanwhile go out together in one response (a response carries every token so far and its
+stream_offset says how many earlier ones carried, so the texts still join to the one-shot text). A
+stream's first response and its last are never held. Every other stream gets one response per
+token, as upstream's engine streams: clients of upstream's ensemble count responses as tokens
+(llama-index's NvidiaTriton reads max_tokens - 1 responses and stops), so several tokens in one
+response would change their answer. Request parameters reach an ensemble's steps (checked with
+tritonserver 2.51); the BLS model passes them on.
 
 This file ships next to the engine's, the postprocessing's and the BLS model's model.py.
 """
@@ -52,7 +52,7 @@ CHECK_INTERVAL_S = 0.02
 # postprocessing busy with one response while the next is on its way.
 STREAM_WINDOW = 2
 # ~0.9 ms of CPU a response: 100 a second take a tenth of a CPU. (200 streamed the demo's 4
-# streams at 0.73 of the engine's own rate on 2 CPUs, 100 at 0.81: perf/README.md.) With 4 streams
+# streams at 0.73 of the engine's own rate on 2 CPUs, 100 at 0.81-0.86: perf/README.md.) With 4 streams
 # on 2 CPUs a stream's responses come every 20 ms, ~5 tokens each.
 RESPONSES_PER_S_PER_CPU = 100
 MAX_STREAM_INTERVAL_S = 0.1
