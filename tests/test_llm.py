@@ -590,3 +590,15 @@ def test_streams_of_a_killed_engine_end_with_an_error_and_the_engine_serves_agai
         assert time.monotonic() - killed < 60
     finally:
         serving.stop()
+
+
+def test_paced_streams_share_the_response_budget_and_each_still_streams():
+    """stream_interval: the streams together send at most RESPONSES_PER_S_PER_CPU responses a second
+    per CPU, but each one at least every MAX_STREAM_INTERVAL_S."""
+    channel, cpus = back_channel(), len(os.sched_getaffinity(0))
+    for streams in (1, 4, 8):
+        assert streams / channel.stream_interval(streams) <= channel.RESPONSES_PER_S_PER_CPU * cpus + 1e-6
+    assert channel.stream_interval(10_000) == channel.MAX_STREAM_INTERVAL_S
+    assert channel.multi_token('{"multi_token_responses": true}') and not channel.multi_token("{}")
+    with pytest.raises(ValueError, match="multi_token_responses must be a bool"):
+        channel.multi_token('{"multi_token_responses": 1}')
