@@ -50,7 +50,9 @@ class TritonPythonModel:
         return [self._one(request) for request in requests]
 
     def _one(self, request):
-        key = pb_utils.get_input_tensor_by_name(request, "CANCEL_KEY")
+        # One pass over the request's tensors (pb_utils.get_input_tensor_by_name walks them once per name).
+        tensors = {tensor.name(): tensor for tensor in request.inputs()}
+        key = tensors.get("CANCEL_KEY")
         key = key.as_numpy().reshape(-1)[0] if key is not None else b""
         key = key.decode() if isinstance(key, bytes) else str(key)
         # is_cancelled() is a round trip to the server: asked only in a stream of the CPU engine,
@@ -60,9 +62,9 @@ class TritonPythonModel:
             back_channel.request_cancel(key)
             return pb_utils.InferenceResponse(error=pb_utils.TritonError("the request was cancelled",
                                                                          pb_utils.TritonError.CANCELLED))
-        tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()
-        lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()
-        offset = pb_utils.get_input_tensor_by_name(request, "STREAM_OFFSET")
+        tokens = tensors["TOKENS_BATCH"].as_numpy()
+        lengths = tensors["SEQUENCE_LENGTH"].as_numpy()
+        offset = tensors.get("STREAM_OFFSET")
         offset = -1 if offset is None else int(offset.as_numpy().reshape(-1)[0])
         vocabulary = self.tokenizer.get_vocab_size(with_added_tokens=True)
         texts = np.empty(lengths.shape, dtype=object)
@@ -83,13 +85,16 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", texts.reshape(-1))])
 
     def _time_to_ask(self, key):
+        # Not at a stream's first response: that one carries its time to first token, and a client
+        # gone already is caught at the next.
         now = time.monotonic()
-        if now < self.next_check.get(key, 0.0):
+        due = self.next_check.get(key)
+        if due is not None and now < due:
             return False
         if len(self.next_check) > 4096:  # forget the streams that ended
             self.next_check = {k: t for k, t in self.next_check.items() if t > now}
         self.next_check[key] = now + back_channel.CHECK_INTERVAL_S
-        return True
+        return due is not None
 
     def _decode(self, ids):
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)

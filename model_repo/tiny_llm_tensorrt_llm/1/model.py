@@ -68,11 +68,15 @@ class Request:
     """One generation request, decoded from Triton tensors."""
 
     def __init__(self, request, defaults):
+        # One pass over the request's tensors: pb_utils.get_input_tensor_by_name walks them (and
+        # builds their list) once per name, and a request is read by ~25 names.
+        tensors = {tensor.name(): tensor for tensor in request.inputs()}
+
         def scalar(name, default, cast):
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            tensor = tensors.get(name)
             return default if tensor is None else cast(tensor.as_numpy().reshape(-1)[0])
 
-        ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
+        ids = tensors["input_ids"].as_numpy()
         if ids.ndim == 2 and ids.shape[0] != 1:
             # As the tensorrtllm backend: one sequence per request; batching happens across requests.
             raise ValueError(f"a request carries {ids.shape[0]} sequences; send one per request")
@@ -100,10 +104,10 @@ class Request:
         self.return_log_probs = scalar("return_log_probs", False, bool)
         self.return_num_input_tokens = scalar("return_num_input_tokens", False, bool)
         self.return_num_output_tokens = scalar("return_num_output_tokens", False, bool)
-        _reject_unsupported(request, scalar)
+        _reject_unsupported(tensors, scalar)
         self.log_probs = []
-        self.stop_words = _word_list(pb_utils.get_input_tensor_by_name(request, "stop_words_list"))
-        self.bad_words = _word_list(pb_utils.get_input_tensor_by_name(request, "bad_words_list"))
+        self.stop_words = _word_list(tensors.get("stop_words_list"))
+        self.bad_words = _word_list(tensors.get("bad_words_list"))
         self.generated = []
         self.done = False
         self.failure = None  # why this request's generation failed; its batch goes on without it
@@ -135,7 +139,7 @@ _MUST_BE_ABSENT = ("prompt_embedding_table", "prompt_vocab_size", "lora_task_id"
                    "guided_decoding_guide_type", "guided_decoding_guide")
 
 
-def _reject_unsupported(request, scalar):
+def _reject_unsupported(tensors, scalar):
     for name in _AT_MOST_ONE:
         if scalar(name, 1, int) > 1:
             raise ClientError(f"{name} {scalar(name, 1, int)} is not supported by the CPU engine (only 1)")
@@ -143,7 +147,7 @@ def _reject_unsupported(request, scalar):
         if scalar(name, False, bool):
             raise ClientError(f"{name} is not supported by the CPU engine (send false or leave it out)")
     for name in _MUST_BE_ABSENT:
-        if pb_utils.get_input_tensor_by_name(request, name) is not None:
+        if name in tensors:
             raise ClientError(f"{name} is not supported by the CPU engine (leave it out)")
 
 

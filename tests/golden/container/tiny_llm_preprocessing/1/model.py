@@ -54,14 +54,16 @@ class TritonPythonModel:
         return [self._one(request) for request in requests]
 
     def _one(self, request):
+        # One pass over the request's tensors (pb_utils.get_input_tensor_by_name walks them once per name).
+        tensors = {tensor.name(): tensor for tensor in request.inputs()}
         for name, client_name in UNSUPPORTED:
-            if pb_utils.get_input_tensor_by_name(request, name) is not None:
+            if name in tensors:
                 return pb_utils.InferenceResponse(error=pb_utils.TritonError(
                     f"{client_name} is not supported by this repository's preprocessing (leave it out)",
                     pb_utils.TritonError.INVALID_ARG))
         try:
-            queries = pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy()
-            output_len = pb_utils.get_input_tensor_by_name(request, "REQUEST_OUTPUT_LEN").as_numpy()
+            queries = tensors["QUERY"].as_numpy()
+            output_len = tensors["REQUEST_OUTPUT_LEN"].as_numpy()
             batch = queries.shape[0]
             # BOS is added here, not by the tokenizer.json post-processor, so the prompt is what
             # the build decided (and measured) whatever that post-processor does.
@@ -81,12 +83,12 @@ class TritonPythonModel:
                 pb_utils.Tensor("INPUT_ID", input_id),
                 pb_utils.Tensor("REQUEST_INPUT_LEN", lengths),
                 pb_utils.Tensor("REQUEST_OUTPUT_LEN", output_len.reshape(batch, 1).astype(np.int32)),
-                pb_utils.Tensor("BAD_WORDS_IDS", self._word_lists(request, "BAD_WORDS_DICT", batch)),
-                pb_utils.Tensor("STOP_WORDS_IDS", self._word_lists(request, "STOP_WORDS_DICT", batch)),
-                pb_utils.Tensor("OUT_END_ID", self._scalar(request, "END_ID", self.end_id, batch)),
-                pb_utils.Tensor("OUT_PAD_ID", self._scalar(request, "PAD_ID", self.pad_id, batch)),
+                pb_utils.Tensor("BAD_WORDS_IDS", self._word_lists(tensors, "BAD_WORDS_DICT", batch)),
+                pb_utils.Tensor("STOP_WORDS_IDS", self._word_lists(tensors, "STOP_WORDS_DICT", batch)),
+                pb_utils.Tensor("OUT_END_ID", self._scalar(tensors, "END_ID", self.end_id, batch)),
+                pb_utils.Tensor("OUT_PAD_ID", self._scalar(tensors, "PAD_ID", self.pad_id, batch)),
             ]
-            outputs += [pb_utils.Tensor(out, self._scalar(request, name, default, batch, dtype))
+            outputs += [pb_utils.Tensor(out, self._scalar(tensors, name, default, batch, dtype))
                         for name, out, dtype, default in self.sampling]
             return pb_utils.InferenceResponse(output_tensors=outputs)
         except ClientError as exc:  # one bad request must not fail the batch
@@ -95,8 +97,8 @@ class TritonPythonModel:
         except Exception as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"preprocessing: {exc}"))
 
-    def _scalar(self, request, name, default, batch, dtype=np.int32):
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
+    def _scalar(self, tensors, name, default, batch, dtype=np.int32):
+        tensor = tensors.get(name)
         if tensor is None:
             return np.full((batch, 1), default, dtype=dtype)
         value = tensor.as_numpy()
@@ -104,10 +106,10 @@ class TritonPythonModel:
             raise ClientError(f"input {name} holds {value.size} values for {batch} queries; send one per query")
         return value.reshape(batch, 1).astype(dtype)
 
-    def _word_lists(self, request, name, batch):
+    def _word_lists(self, tensors, name, batch):
         """TRT-LLM word-list format per request: [2, L], row 0 the token ids of all words
         concatenated, row 1 the end offset of each word, padded with 0 / -1."""
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        tensor = tensors.get(name)
         rows = []
         for b in range(batch):
             try:
