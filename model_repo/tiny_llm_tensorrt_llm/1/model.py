@@ -343,19 +343,25 @@ class TritonPythonModel:
         count, since = len(r.generated), r.sent_tokens
         if count == since:
             return
-        now, acknowledged = time.monotonic(), self.back_channel.acknowledged(r.cancel_key)
+        now = time.monotonic()
+        if r.paced:  # the bookkeeping only paced streams need
+            if held and self._must_wait(r, now):
+                return
+            r.unacknowledged.append((count, now))
+        r.sent_tokens, r.last_sent = count, now
+        # Built in the sender thread, from the tokens of now.
+        self._send(r.sender, lambda: self._response(r, r.generated[:count], since=since))
+
+    def _must_wait(self, r, now):
+        """Whether a paced stream's next response waits: once something acknowledged the stream
+        (nothing does when the engine is called directly), while STREAM_WINDOW of its responses
+        are unacknowledged or its interval has not passed."""
+        acknowledged = self.back_channel.acknowledged(r.cancel_key)
         while r.unacknowledged and (r.unacknowledged[0][0] <= acknowledged
                                     or now - r.unacknowledged[0][1] > back_channel.ACK_WAIT_S):
             r.unacknowledged.popleft()
-        # Paced if its client asked, once something acknowledged this stream (nothing does when
-        # the engine is called directly).
-        if held and r.paced and acknowledged and (len(r.unacknowledged) >= back_channel.STREAM_WINDOW
-                                      or now < r.last_sent + self.stream_interval):
-            return
-        r.sent_tokens, r.last_sent = count, now
-        r.unacknowledged.append((count, now))
-        # Built in the sender thread, from the tokens of now.
-        self._send(r.sender, lambda: self._response(r, r.generated[:count], since=since))
+        return bool(acknowledged) and (len(r.unacknowledged) >= back_channel.STREAM_WINDOW
+                                       or now < r.last_sent + self.stream_interval)
 
     def _ended(self, r):
         self.back_channel.forget(r.cancel_key)
