@@ -419,6 +419,36 @@ def test_bls_passes_on_a_client_error_as_400(server):
     assert response.status_code == 400 and "runtime_top_p 2.0" in response.text
 
 
+def test_postprocessing_called_directly_decodes_and_refuses_token_tensors_that_do_not_fit(server, reference):
+    tokenizer, expected = reference
+    ids = expected[PROMPTS[0]][0][:6]
+
+    def infer(tokens, lengths, offset=None):
+        inputs = [{"name": "TOKENS_BATCH", "datatype": "INT32", "shape": list(np.shape(tokens)),
+                   "data": np.ravel(tokens).tolist()},
+                  {"name": "SEQUENCE_LENGTH", "datatype": "INT32", "shape": list(np.shape(lengths)),
+                   "data": np.ravel(lengths).tolist()}]
+        if offset is not None:
+            inputs.append({"name": "STREAM_OFFSET", "datatype": "INT32", "shape": [1, 1], "data": [offset]})
+        return requests.post(f"http://{server.http_url}/v2/models/tiny_llm_postprocessing/infer",
+                             json={"inputs": inputs}, timeout=60)
+
+    def text(response):
+        assert response.status_code == 200, response.text
+        return response.json()["outputs"][0]["data"]
+
+    assert text(infer([[ids]], [[4]])) == [tokenizer.decode(ids[:4], skip_special_tokens=True)]
+    # A length beyond its row takes the row (upstream slices tokens[:seq_len]).
+    assert text(infer([[ids]], [[99]])) == [tokenizer.decode(ids, skip_special_tokens=True)]
+    whole, head = (tokenizer.decode(ids[:n], skip_special_tokens=True) for n in (6, 4))
+    assert text(infer([[ids]], [[6]], offset=4)) == [whole[len(head):]]
+    for tokens, lengths, message in (([[ids[:5] + [10 ** 6]]], [[6]], "ids outside 0.."),
+                                     ([[ids]], [[-1]], "SEQUENCE_LENGTH is negative"),
+                                     ([[ids]], [[6, 6]], "do not match")):
+        response = infer(tokens, lengths)
+        assert response.status_code == 400 and message in response.text, response.text
+
+
 # Four times the engine's batch: on a fast machine a batch of 48 tokens is done in ~0.1 s (seen:
 # all of 8 streams finished before the kill), and the killed-engine tests need streams still
 # running or queued when the engine dies.

@@ -40,8 +40,16 @@ def test_streamed_pieces_join_to_the_one_shot_text(detokenize, families, kind):
     def decode(tokens):
         return tokenizer.decode(tokens, skip_special_tokens=True)
 
-    pieces = [detokenize.new_text(decode, ids[:n], n - 1) for n in range(1, len(ids) + 1)]
+    pieces = [detokenize.new_text(decode, ids[:n], n - 1)[0] for n in range(1, len(ids) + 1)]
     assert "".join(pieces) == decode(ids) == TEXT
+    # Handing each step the stable text of the step before (what the postprocessing keeps per
+    # stream) changes nothing, in steps of one token or several.
+    for step in (1, 3):
+        chained, before = [], None
+        for n in range(step, len(ids) + step, step):
+            piece, before = detokenize.new_text(decode, ids[:n], max(0, n - step), before)
+            chained.append(piece)
+        assert "".join(chained) == TEXT
     assert all("\ufffd" not in piece for piece in pieces)  # a split character is held back, then sent whole
     assert "€" in pieces and "é" in "".join(pieces[:6])
 

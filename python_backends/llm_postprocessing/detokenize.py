@@ -2,8 +2,9 @@
 list, so the pieces of a stream join to exactly the one-shot decode, for byte-level BPE and
 SentencePiece alike (whose decoder strips the space of a text's first piece, so tokens decoded
 one by one lose their spaces), with a character whose UTF-8 bytes span tokens held back until it
-is complete. Stateless: each step is recomputed from the tokens. Ships next to the
-postprocessing model.py; imports nothing but the standard library.
+is complete. Each step is recomputed from the tokens; a caller may hand back the stable text the
+previous step returned, which saves one of its two decodes. Ships next to the postprocessing
+model.py; imports nothing but the standard library.
 """
 import os
 
@@ -24,11 +25,13 @@ def stable_text(decode, ids):
     return decode(ids)  # more than MAX_PENDING bad tokens: invalid bytes, sent as they decode
 
 
-def new_text(decode, ids, sent):
-    """The stable text ids add to that of ids[:sent], the tokens a stream already sent.
+def new_text(decode, ids, sent, before=None):
+    """(the stable text ids add to that of ids[:sent], the stable text of ids).
 
-    decode: token ids -> text (the tokenizer's decode)."""
-    before = stable_text(decode, ids[:sent])
+    decode: token ids -> text (the tokenizer's decode); before: stable_text(decode, ids[:sent])
+    if the caller has it (the second value of the step that had those sent tokens)."""
+    if before is None:
+        before = stable_text(decode, ids[:sent])
     now = stable_text(decode, ids)
     # A decoder may rewrite earlier text (none of the families here does): send what differs.
-    return now[len(os.path.commonprefix([before, now])):]
+    return now[len(os.path.commonprefix([before, now])):], now

@@ -17,8 +17,8 @@ stable text (detokenize.py): the decode of the tokens minus that of the ones sen
 unfinished character held back until a later token completes it. The pieces then join to exactly
 the one-shot decode (up to a character the generation cut mid-way). Without STREAM_OFFSET (the
 tensorrtllm backend sends only the new tokens) each piece is decoded alone.
-Token tensors that do not fit (lengths beyond the tokens, ids outside the vocabulary) answer
-400 / INVALID_ARGUMENT for that request.
+Token tensors that do not fit (shapes that do not pair a length with each row of tokens, negative
+lengths, ids outside the vocabulary) answer 400 / INVALID_ARGUMENT for that request.
 """
 import json
 import os
@@ -44,7 +44,10 @@ class TritonPythonModel:
         path = os.path.join(version_dir, params["tokenizer_dir"], "tokenizer.json")
         self.tokenizer = Tokenizer.from_file(path)
         self.skip_special_tokens = params.get("skip_special_tokens", "true").lower() == "true"
-        self.next_check = {}  # cancel key -> when to ask is_cancelled() again
+        self.vocabulary = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        # cancel key -> [when to ask is_cancelled() again, whether the engine paces it,
+        #                (tokens of its last response, their stable text)]
+        self.streams = {}
 
     def execute(self, requests):
         return [self._one(request) for request in requests]
@@ -57,7 +60,8 @@ class TritonPythonModel:
         key = key.decode() if isinstance(key, bytes) else str(key)
         # is_cancelled() is a round trip to the server: asked only in a stream of the CPU engine,
         # and at most once per back_channel.CHECK_INTERVAL_S of each stream.
-        if key and self._time_to_ask(key) and request.is_cancelled():
+        stream = self._stream(key, request) if key else None
+        if stream is not None and self._time_to_ask(stream) and request.is_cancelled():
             # The ensemble's client went away after the engine sent this response: stop the engine.
             back_channel.request_cancel(key)
             return pb_utils.InferenceResponse(error=pb_utils.TritonError("the request was cancelled",
@@ -66,34 +70,55 @@ class TritonPythonModel:
         lengths = tensors["SEQUENCE_LENGTH"].as_numpy()
         offset = tensors.get("STREAM_OFFSET")
         offset = -1 if offset is None else int(offset.as_numpy().reshape(-1)[0])
-        vocabulary = self.tokenizer.get_vocab_size(with_added_tokens=True)
-        texts = np.empty(lengths.shape, dtype=object)
-        for index in np.ndindex(*lengths.shape):
-            try:
-                ids = tokens[index][: int(lengths[index])].tolist()
-            except IndexError:
-                return _client_error(f"inputs TOKENS_BATCH {list(tokens.shape)} and SEQUENCE_LENGTH "
-                                     f"{list(lengths.shape)} do not match")
-            if int(lengths[index]) < 0 or any(not 0 <= t < vocabulary for t in ids):
-                return _client_error(f"input TOKENS_BATCH holds ids outside 0..{vocabulary - 1} or "
-                                     "SEQUENCE_LENGTH is negative")
-            text = self._decode(ids) if offset < 0 else new_text(self._decode, ids, offset)
-            texts[index] = text.encode("utf-8")
-        if key and offset >= 0 and _paced(request):  # handled: the engine may send this stream's next response
-            back_channel.acknowledge(key, int(lengths.reshape(-1)[0]))
+        # One row of tokens per length (batch x beams). This runs once per streamed token, so the
+        # checks are on Python lists: a numpy reduction over a few ids costs more (~20 µs each,
+        # its code cold between tokens).
+        if tokens.ndim != lengths.ndim + 1 or tokens.shape[:-1] != lengths.shape:
+            return _client_error(f"inputs TOKENS_BATCH {list(tokens.shape)} and SEQUENCE_LENGTH "
+                                 f"{list(lengths.shape)} do not match")
+        counts = lengths.reshape(-1).tolist()
+        texts = []
+        for row, count in zip(tokens.reshape(len(counts), tokens.shape[-1]), counts):
+            if count < 0:
+                return _client_error("input SEQUENCE_LENGTH is negative")
+            ids = row[:count].tolist()  # a length beyond its row takes the row, as upstream's slice does
+            if ids and (min(ids) < 0 or max(ids) >= self.vocabulary):
+                return _client_error(f"input TOKENS_BATCH holds ids outside 0..{self.vocabulary - 1}")
+            if offset < 0:
+                text = self._decode(ids)
+            elif stream is not None and len(counts) == 1:
+                # The stream's previous response ended where this one's new tokens start: its
+                # stable text is this one's starting point (one decode a token, not two).
+                sent, before = stream[2]
+                text, now = new_text(self._decode, ids, offset, before if sent == offset else None)
+                stream[2] = (len(ids), now)
+            else:
+                text = new_text(self._decode, ids, offset)[0]
+            texts.append(text.encode("utf-8"))
+        if stream is not None and offset >= 0 and stream[1]:  # handled: the engine may send this stream's next response
+            back_channel.acknowledge(key, counts[0])
         # Flat [batch * beams], as upstream's postprocessing answers (clients index text_output[0]).
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", texts.reshape(-1))])
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", np.array(texts, dtype=object))])
 
-    def _time_to_ask(self, key):
+    def _stream(self, key, request):
+        """The state of a CPU engine stream, made at its first response (the request parameters
+        are parsed once a stream, not once a token)."""
+        stream = self.streams.get(key)
+        if stream is None:
+            if len(self.streams) > 4096:  # forget the streams that ended
+                now = time.monotonic()
+                self.streams = {k: s for k, s in self.streams.items() if s[0] is None or s[0] > now}
+            stream = self.streams[key] = [None, _paced(request), (-1, None)]
+        return stream
+
+    def _time_to_ask(self, stream):
         # Not at a stream's first response: that one carries its time to first token, and a client
         # gone already is caught at the next.
         now = time.monotonic()
-        due = self.next_check.get(key)
+        due = stream[0]
         if due is not None and now < due:
             return False
-        if len(self.next_check) > 4096:  # forget the streams that ended
-            self.next_check = {k: t for k, t in self.next_check.items() if t > now}
-        self.next_check[key] = now + back_channel.CHECK_INTERVAL_S
+        stream[0] = now + back_channel.CHECK_INTERVAL_S
         return due is not None
 
     def _decode(self, ids):
