@@ -200,7 +200,8 @@ class TritonPythonModel:
         self.pending = queue.Queue()
         # Responses leave from their own thread: a send waits for the server to take the
         # response (a round trip to the parent process), and the next decoding step need not
-        # wait for it. One thread, so each stream's responses stay in order. A streamed token's
+        # wait for it. One thread, so each stream's responses stay in order (its first one leaves
+        # from the serving loop, before anything of it is queued here: _stream). A streamed token's
         # response is built there too, and the is_cancelled() round trips are made there: at 4
         # streams both cost the decoding loop 0.8-2.7 ms a step (its forward pass: 4.5-5 ms).
         self.outbox = queue.Queue()
@@ -349,6 +350,15 @@ class TritonPythonModel:
                 return
             r.unacknowledged.append((count, now))
         r.sent_tokens, r.last_sent = count, now
+        if since == 0:
+            # A stream's first token leaves from this thread, before the next decoding step: from
+            # the sender thread it waited for the GIL behind that step's Python (time to first
+            # token 1.2-3.3 ms longer at c=1-8, perf/README.md). Once a stream, so the steps hardly wait.
+            try:
+                r.sender.send(self._response(r, r.generated[:count], since=0))
+            except Exception as exc:  # as in _send_loop: this stream's client left, the others go on
+                pb_utils.Logger.log_warn(f"could not send a response: {exc}")
+            return
         # Built in the sender thread, from the tokens of now.
         self._send(r.sender, lambda: self._response(r, r.generated[:count], since=since))
 

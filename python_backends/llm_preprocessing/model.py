@@ -49,6 +49,9 @@ class TritonPythonModel:
                          ("TOP_P", "OUT_TOP_P", np.float32, float(params["default_top_p"])),
                          ("TEMPERATURE", "OUT_TEMPERATURE", np.float32, float(params["default_temperature"])),
                          ("RANDOM_SEED", "OUT_RANDOM_SEED", np.uint64, int(params["default_seed"]))]
+        # The tensors of inputs a request leaves out, by (input, batch): built once, never
+        # written (a pb_utils.Tensor reads its array when the response is sent).
+        self.absent = {}
 
     def execute(self, requests):
         return [self._one(request) for request in requests]
@@ -100,7 +103,10 @@ class TritonPythonModel:
     def _scalar(self, tensors, name, default, batch, dtype=np.int32):
         tensor = tensors.get(name)
         if tensor is None:
-            return np.full((batch, 1), default, dtype=dtype)
+            array = self.absent.get((name, batch))
+            if array is None:
+                array = self.absent[(name, batch)] = np.full((batch, 1), default, dtype=dtype)
+            return array
         value = tensor.as_numpy()
         if value.size != batch:
             raise ClientError(f"input {name} holds {value.size} values for {batch} queries; send one per query")
@@ -110,6 +116,8 @@ class TritonPythonModel:
         """TRT-LLM word-list format per request: [2, L], row 0 the token ids of all words
         concatenated, row 1 the end offset of each word, padded with 0 / -1."""
         tensor = tensors.get(name)
+        if tensor is None and (name, batch) in self.absent:
+            return self.absent[(name, batch)]
         rows = []
         for b in range(batch):
             try:
@@ -129,6 +137,8 @@ class TritonPythonModel:
         for b, (ids, offsets) in enumerate(rows):
             out[b, 0, :len(ids)] = ids
             out[b, 1, :len(offsets)] = offsets
+        if tensor is None:
+            self.absent[(name, batch)] = out
         return out
 
 
