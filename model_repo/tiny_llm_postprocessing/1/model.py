@@ -45,9 +45,7 @@ class TritonPythonModel:
         self.tokenizer = Tokenizer.from_file(path)
         self.skip_special_tokens = params.get("skip_special_tokens", "true").lower() == "true"
         self.vocabulary = self.tokenizer.get_vocab_size(with_added_tokens=True)
-        # cancel key -> [when to ask is_cancelled() again, whether the engine paces it,
-        #                (tokens of its last response, their stable text)]
-        self.streams = {}
+        self.streams = {}  # cancel key -> _Stream
 
     def execute(self, requests):
         return [self._one(request) for request in requests]
@@ -89,13 +87,13 @@ class TritonPythonModel:
             elif stream is not None and len(counts) == 1:
                 # The stream's previous response ended where this one's new tokens start: its
                 # stable text is this one's starting point (one decode a token, not two).
-                sent, before = stream[2]
-                text, now = new_text(self._decode, ids, offset, before if sent == offset else None)
-                stream[2] = (len(ids), now)
+                before = stream.stable_text if stream.sent == offset else None
+                text, stream.stable_text = new_text(self._decode, ids, offset, before)
+                stream.sent = len(ids)
             else:
                 text = new_text(self._decode, ids, offset)[0]
             texts.append(text.encode("utf-8"))
-        if stream is not None and offset >= 0 and stream[1]:  # handled: the engine may send this stream's next response
+        if stream is not None and offset >= 0 and stream.paced:  # handled: the engine may send this stream's next response
             back_channel.acknowledge(key, counts[0])
         # Flat [batch * beams], as upstream's postprocessing answers (clients index text_output[0]).
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", np.array(texts, dtype=object))])
@@ -105,24 +103,35 @@ class TritonPythonModel:
         are parsed once a stream, not once a token)."""
         stream = self.streams.get(key)
         if stream is None:
+            now = time.monotonic()
             if len(self.streams) > 4096:  # forget the streams that ended
-                now = time.monotonic()
-                self.streams = {k: s for k, s in self.streams.items() if s[0] is None or s[0] > now}
-            stream = self.streams[key] = [None, _paced(request), (-1, None)]
+                self.streams = {k: s for k, s in self.streams.items() if s.next_check > now}
+            stream = self.streams[key] = _Stream(_paced(request), now)
         return stream
 
-    def _time_to_ask(self, stream):
-        # Not at a stream's first response: that one carries its time to first token, and a client
-        # gone already is caught at the next.
+    @staticmethod
+    def _time_to_ask(stream):
         now = time.monotonic()
-        due = stream[0]
-        if due is not None and now < due:
+        if now < stream.next_check:
             return False
-        stream[0] = now + back_channel.CHECK_INTERVAL_S
-        return due is not None
+        stream.next_check = now + back_channel.CHECK_INTERVAL_S
+        return True
 
     def _decode(self, ids):
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+
+class _Stream:
+    """What the postprocessing keeps of a CPU engine stream between its responses."""
+
+    __slots__ = ("paced", "next_check", "sent", "stable_text")
+
+    def __init__(self, paced, now):
+        self.paced = paced  # the engine paces it (its client takes multi-token responses)
+        # When to ask is_cancelled() next. Not at the first response: that one carries the time to
+        # first token, and a client gone already is caught at the next.
+        self.next_check = now + back_channel.CHECK_INTERVAL_S
+        self.sent, self.stable_text = -1, None  # tokens of its last response, and their stable text
 
 
 def _paced(request):
