@@ -1,5 +1,14 @@
 """The frontend's one connection to Triton: a tritonclient gRPC aio client (one channel, HTTP/2
-streams multiplexed on it), one bidirectional ModelStreamInfer stream per generation.
+streams multiplexed on it), and bidirectional ModelStreamInfer streams carrying one generation at
+a time. A stream whose generation ended with its final response goes back to a pool and carries
+the next one: setting up a gRPC aio call was ~25 % of the frontend's CPU and ~6 ms of TTFT p50 at
+c=8 (py-spy; perf/bench_openai.py). A generation that ends any other way (the client went away, a
+stop string, an error) cancels its stream, which Triton 2.51 turns into a cancel of the request
+in the engine: that is why a stream never carries two generations at once.
+
+An idle stream keeps its last model loaded in tritonserver 2.51 (a SIGTERM'd server waited its
+whole exit timeout on one, "Found 1 live models"), so a stream unused for a second is ended,
+and so are all idle ones when a model fails or `serve` stops the server.
 
 Under `tritonize serve --openai` it talks to tritonserver's private gRPC port (not through serve's
 relay, a second hop in the same process) and so reads serve's Availability itself, as the relay
@@ -36,11 +45,13 @@ class BackendError(Exception):
 
 
 class TritonBackend:
-    def __init__(self, grpc_url: str, availability: Availability | None = None):
+    def __init__(self, grpc_url: str, availability: Availability | None = None, idle_stream_s: float = 1.0):
         self.grpc_url = grpc_url
+        self.idle_stream_s = idle_stream_s  # under load a stream is reused within milliseconds
         self._client = None
         self.availability = availability
         self._running: set[FrontCall] = set()
+        self._idle: list[_Stream] = []  # streams whose last generation ended with its final response
         self._loop: asyncio.AbstractEventLoop | None = None
         if availability is not None:
             availability.on_fail(self._fail_soon)
@@ -48,6 +59,11 @@ class TritonBackend:
     @property
     def in_flight(self) -> int:
         return len(self._running)
+
+    @property
+    def idle_streams(self) -> int:
+        """Pooled streams waiting for their next generation."""
+        return len(self._idle)
 
     def _fail_soon(self, models: list[str]) -> None:
         """From the supervisor's thread: end the generations of these models on the frontend's loop."""
@@ -57,6 +73,16 @@ class TritonBackend:
     def _fail(self, models: set[str]) -> None:
         assert self.availability is not None
         end_calls_of(self._running, models, self.availability)
+        self._end_idle()  # they may hold the failed model, which serve unloads now
+
+    def release_idle_streams(self) -> None:
+        """From another thread (serve, before it stops the server): end the idle streams."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._end_idle)
+
+    def _end_idle(self) -> None:
+        while self._idle:
+            self._idle.pop().end()
 
     @property
     def client(self):
@@ -65,6 +91,11 @@ class TritonBackend:
         return self._client
 
     async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for stream in idle:
+            stream.end()
+        with contextlib.suppress(asyncio.TimeoutError):  # Triton ends them at once; the loop closes next
+            await asyncio.wait_for(asyncio.gather(*(stream.ended() for stream in idle)), 2)
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -113,45 +144,131 @@ class TritonBackend:
         request: dict[str, Any] = {"model_name": model.name, "inputs": inputs, "parameters": _parameters(model),
                                    "outputs": [grpc_aio.InferRequestedOutput(name) for name in _outputs(model)]}
 
-        async def requests():
-            yield request
-
-        finished = False
         pieces = _Pieces(model, {} if report is None else report)
         self._running.add(generation)  # no await since the check: a failure notice cannot pass between
+        stream: _Stream | None = None
         try:
-            responses = generation.upstream = self.client.stream_infer(requests())
-            async for result, error in responses:
+            stream, (result, error) = await self._start(generation, request, model.name)
+            while True:
                 if error is not None:
                     message = str(error)
                     raise BackendError(message, busy=any(m in message.lower() for m in BUSY_MARKERS))
                 response = result.get_response()
                 text = pieces.new_text(response)
-                if text:
-                    yield text
                 final = response.parameters.get("triton_final_response")
                 if not model.decoupled or (final is not None and final.bool_param):
-                    finished = True
+                    generation.upstream = None  # a failure notice from now on is not this stream's
+                    self._release(stream)
+                    stream = None
+                    if text:
+                        yield text
                     return
-            finished = True
+                if text:
+                    yield text
+                result, error = await stream.receive(model.name)
         except asyncio.CancelledError:
             if generation.failure is None:
                 raise  # the client went away
-            finished = True
             raise BackendError(generation.failure, busy=True) from None
         except Exception as exc:
             if isinstance(exc, BackendError):
                 raise
             if generation.failure is not None:
                 raise BackendError(generation.failure, busy=True) from None
-            if type(exc).__name__ == "AioRpcError" or "grpc" in type(exc).__module__:
+            if _is_rpc_error(exc):
                 raise BackendError(f"Triton gRPC: {exc}", busy="UNAVAILABLE" in str(exc)) from exc
             raise
         finally:
             self._running.discard(generation)
-            if not finished and generation.upstream is not None:
-                with contextlib.suppress(Exception):
-                    generation.upstream.cancel()
+            if stream is not None:  # not ended by its final response: cancelling it cancels the request
+                stream.cancel()
+
+    async def _start(self, generation: FrontCall, request: dict[str, Any], model: str) -> tuple[_Stream, Any]:
+        """The request sent on a pooled stream (or a new one), and the stream with its first response."""
+        stream, reused = (self._idle.pop(), True) if self._idle else (_Stream(self.client), False)
+        generation.upstream = stream
+        stream.send(request)  # and a pooled stream's idle timer is off
+        try:
+            return stream, await stream.receive(model)
+        except BaseException as exc:  # a cancel too: the caller has no stream to close yet
+            stream.cancel()
+            if not (reused and generation.failure is None and _is_rpc_error(exc)):
+                raise
+        # A pooled stream that ended while idle (a server restart): once more, on a new stream.
+        stream = generation.upstream = _Stream(self.client)
+        stream.send(request)
+        try:
+            return stream, await stream.receive(model)
+        except BaseException:
+            stream.cancel()
+            raise
+
+    def _release(self, stream: _Stream) -> None:
+        draining = self.availability is not None and self.availability.draining
+        if len(self._idle) >= MAX_IDLE_STREAMS or draining:
+            stream.end()
+            return
+        self._idle.append(stream)
+        stream.idle_timer = asyncio.get_running_loop().call_later(self.idle_stream_s, self._end_unused, stream)
+
+    def _end_unused(self, stream: _Stream) -> None:
+        if stream in self._idle:
+            self._idle.remove(stream)
+            stream.end()
+
+
+MAX_IDLE_STREAMS = 64  # the frontend's default max_in_flight: one stream each
+
+
+class _Stream:
+    """One ModelStreamInfer call, fed from a queue so that it can carry generation after generation."""
+
+    def __init__(self, client: Any):
+        self._requests: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._call = client.stream_infer(self._feed())
+        self._responses = aiter(self._call)
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    async def _feed(self) -> AsyncGenerator[dict[str, Any], None]:
+        while (request := await self._requests.get()) is not None:
+            yield request
+
+    def send(self, request: dict[str, Any]) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        self._requests.put_nowait(request)
+
+    def end(self) -> None:
+        """An idle stream: its requests end (the client's half-close), and Triton ends the call."""
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        self._requests.put_nowait(None)
+
+    async def receive(self, model: str) -> tuple[Any, Any]:
+        """The next response, as tritonclient's stream_infer yields it: (result, error)."""
+        try:
+            return await anext(self._responses)
+        except StopAsyncIteration:
+            raise _StreamEnded(f"Triton ended the gRPC stream of model '{model}' before its final response") from None
+
+    async def ended(self) -> None:
+        """Once Triton has ended an ended stream's call."""
+        with contextlib.suppress(Exception):
+            async for _ in self._responses:
+                pass
+
+    def cancel(self) -> None:
+        """Cancel the call (Triton cancels its request); the read in receive() raises CancelledError."""
+        self._call.cancel()
+
+
+class _StreamEnded(Exception):
+    """The stream ended without an error (a server that closed it): retried once, like an RPC error."""
+
+
+def _is_rpc_error(exc: BaseException) -> bool:
+    return isinstance(exc, _StreamEnded) or type(exc).__name__ == "AioRpcError" or "grpc" in type(exc).__module__
 
 
 def _parameters(model: LlmModel) -> dict[str, Any]:

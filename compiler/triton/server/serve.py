@@ -165,6 +165,8 @@ def _stop(server: TritonServer, guard: HttpGuard, relay: GrpcRelay, supervisor: 
 
     with terminal.status("Stopping tritonserver"):
         guard.drain()  # in-flight requests finish; new ones get 503 while Triton drains
+        for front in other_fronts:  # an idle stream of the OpenAI frontend keeps its model loaded
+            front.release_idle_streams()
         if stuck:  # Triton lists the models it still waits for only at verbose level 1
             with contextlib.suppress(OSError):
                 server.update_log_settings({"log_verbose_level": 1})
