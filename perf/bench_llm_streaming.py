@@ -7,8 +7,10 @@ does best), at torch's default thread count and at one thread (what the build gi
 engine of a model this small); the faster of the two is the baseline. Through Triton they are c
 concurrent requests started at once. Every generation is
 greedy and runs `--tokens` new tokens (end_id -1 / min_new_tokens: no early stop). Each level is
-measured path after path, alternating, `--rounds` times; medians are reported with the spread
-(min..max) over the rounds, and the load average at the start and the end.
+measured path after path, alternating, `--rounds` times, each timed run right after an untimed short
+one on the same path (WARM_TOKENS); medians are reported with the spread
+(min..max) over the rounds, and the load average at the start and the end. Each concurrent request
+goes on a gRPC stream of its own, opened before and kept (as perf_analyzer's streaming clients do).
 
     .venv/bin/python perf/bench_llm_streaming.py [--repository DIR] [--model tiny_llm] [--tokens 64] [--rounds 5]
 
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _bench import built_repository, save
+from _bench import GrpcStream, built_repository, save
 from tritonize.resources import back_channel
 from tritonize.terminal import Terminal
 from tritonize.triton.server import TritonServer
@@ -38,6 +40,12 @@ LEVELS = (1, 4, 8)
 # client sets back_channel.MULTI_TOKEN_PARAMETER, so the engine paces the stream (as the OpenAI
 # frontend does).
 PATHS = ("direct_default_threads", "direct_1_thread", "streamed", "streamed_multi_token", "unstreamed")
+# Every timed run follows an untimed one of WARM_TOKENS tokens on the same path and concurrency. On
+# the 2-core VMs here a process that slept runs its next milliseconds several times slower (a plain
+# tokenizer+numpy loop: 0.4 ms back to back, 1.7 ms after 0.2 s asleep, 5.8 ms after 1 s; a request
+# to the ensemble after 1 s idle: TTFT 33 vs 6 ms, every step's execute slower alike), so without it a
+# path's c=1 TTFT is how long the server sat idle while the path before it ran.
+WARM_TOKENS = 4
 THROUGH_TRITON = {"streamed": (True, False), "streamed_multi_token": (True, True), "unstreamed": (False, False)}
 
 
@@ -93,7 +101,7 @@ class Direct:
         return {"tokens_per_s": generated / wall, "ttft_p50_ms": 1000 * (streamer.first - start)}
 
 
-async def one_request(client, model: str, prompt: str, tokens: int, streamed: bool,
+async def one_request(stream: GrpcStream, model: str, prompt: str, tokens: int, streamed: bool,
                       multi_token: bool) -> tuple[float, str]:
     import tritonclient.grpc.aio as grpc
 
@@ -106,29 +114,22 @@ async def one_request(client, model: str, prompt: str, tokens: int, streamed: bo
         tensor = grpc.InferInput(name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
-
-    async def requests():
-        parameters = {"triton_enable_empty_final_response": True,
-                      back_channel().MULTI_TOKEN_PARAMETER: multi_token}
-        yield {"model_name": model, "inputs": inputs, "parameters": parameters}
-
+    parameters = {"triton_enable_empty_final_response": True, back_channel().MULTI_TOKEN_PARAMETER: multi_token}
     start, first, pieces = time.perf_counter(), 0.0, []
-    async for result, error in client.stream_infer(requests()):
-        if error is not None:
-            raise SystemExit(f"{model}: {error}")
+    async for result in stream.generate({"model_name": model, "inputs": inputs, "parameters": parameters}):
         text = result.as_numpy("text_output")
         if text is not None:
             first = first or time.perf_counter() - start
             pieces.append(text.reshape(-1)[0].decode())
-        if result.get_response().parameters["triton_final_response"].bool_param:
-            break
     return first, "".join(pieces)
 
 
-async def through_triton(client, model: str, concurrency: int, tokens: int, path: str) -> dict:
+async def through_triton(streams: list[GrpcStream], model: str, concurrency: int, tokens: int, path: str) -> dict:
+    """`concurrency` requests started at once, each on a stream of its own (opened before)."""
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(concurrency)]
     start = time.perf_counter()
-    results = await asyncio.gather(*(one_request(client, model, p, tokens, *THROUGH_TRITON[path]) for p in prompts))
+    results = await asyncio.gather(*(one_request(stream, model, p, tokens, *THROUGH_TRITON[path])
+                                     for stream, p in zip(streams, prompts)))
     wall = time.perf_counter() - start
     # end_id -1: every generation runs exactly `tokens` tokens, as generate(min_new_tokens) does.
     return {"tokens_per_s": concurrency * tokens / wall, "ttft_p50_ms": 1000 * statistics.median(f for f, _ in results),
@@ -148,17 +149,20 @@ async def measure(args: argparse.Namespace, grpc_url: str, direct: Direct) -> di
     import tritonclient.grpc.aio as grpc
 
     client = grpc.InferenceServerClient(grpc_url)
-    for path in THROUGH_TRITON:  # warm up every path and the direct model
-        await through_triton(client, args.model, 2, args.tokens, path)
+    streams = [GrpcStream(client) for _ in range(max(LEVELS))]
+    for path in THROUGH_TRITON:  # warm up every path and stream, and the direct model
+        await through_triton(streams, args.model, max(LEVELS), args.tokens, path)
     direct.run(2, args.tokens, 1)
     levels: dict = {}
     for concurrency in LEVELS:
         runs: dict[str, list[dict]] = {path: [] for path in PATHS}
         for _ in range(args.rounds):
-            runs["direct_default_threads"].append(direct.run(concurrency, args.tokens, direct.default_threads))
-            runs["direct_1_thread"].append(direct.run(concurrency, args.tokens, 1))
+            for path, threads in (("direct_default_threads", direct.default_threads), ("direct_1_thread", 1)):
+                direct.run(concurrency, WARM_TOKENS, threads)
+                runs[path].append(direct.run(concurrency, args.tokens, threads))
             for path in THROUGH_TRITON:
-                runs[path].append(await through_triton(client, args.model, concurrency, args.tokens, path))
+                await through_triton(streams, args.model, concurrency, WARM_TOKENS, path)
+                runs[path].append(await through_triton(streams, args.model, concurrency, args.tokens, path))
             # Streamed pieces must join to the one-shot text of the same request.
             for path in ("streamed", "streamed_multi_token"):
                 if runs[path][-1]["texts"] != runs["unstreamed"][-1]["texts"]:
@@ -173,6 +177,8 @@ async def measure(args: argparse.Namespace, grpc_url: str, direct: Direct) -> di
                for path in ("streamed", "streamed_multi_token")}}
         levels[f"c{concurrency}"] = medians
         print(f"c={concurrency}: {json.dumps(medians)}", flush=True)
+    for stream in streams:
+        stream.close()
     await client.close()
     return levels
 

@@ -28,16 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from _bench import built_repository, save
+from _bench import GrpcStream, built_repository, save
 from tritonize.resources import back_channel
 from tritonize.terminal import Terminal
 from tritonize.triton.server import free_port, free_ports
 
 PROMPT = "The river runs"
+LEVELS = (1, 8)
 
 
-async def direct(client, model: str, max_tokens: int) -> tuple[float, str]:
-    """One generation over the shared gRPC channel (as the frontend has one), taking multi-token
+async def direct(stream: GrpcStream, model: str, max_tokens: int) -> tuple[float, str]:
+    """One generation on a kept gRPC stream (the frontend pools its streams), taking multi-token
     responses as the frontend does (back_channel.MULTI_TOKEN_PARAMETER): both paths are paced alike."""
     import tritonclient.grpc.aio as grpc
 
@@ -49,21 +50,14 @@ async def direct(client, model: str, max_tokens: int) -> tuple[float, str]:
         tensor = grpc.InferInput(name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
-
-    async def requests():
-        yield {"model_name": model, "inputs": inputs,
-               "parameters": {"triton_enable_empty_final_response": True,
-                              back_channel().MULTI_TOKEN_PARAMETER: True}}
-
+    request = {"model_name": model, "inputs": inputs,
+               "parameters": {"triton_enable_empty_final_response": True, back_channel().MULTI_TOKEN_PARAMETER: True}}
     start, first, pieces = time.perf_counter(), None, []
-    async for result, error in client.stream_infer(requests()):
-        assert error is None, error
+    async for result in stream.generate(request):
         text = result.as_numpy("text_output")
         if text is not None:
             pieces.append(text.reshape(-1)[0].decode())
             first = first or time.perf_counter() - start
-        if result.get_response().parameters["triton_final_response"].bool_param:
-            break
     return first or 0.0, "".join(pieces)
 
 
@@ -82,43 +76,46 @@ async def frontend(session, url: str, model: str, max_tokens: int) -> tuple[floa
     return first or 0.0, "".join(pieces)
 
 
-async def level(path: str, concurrency: int, count: int, grpc_url: str, url: str, model: str,
+async def level(path: str, concurrency: int, count: int, streams: list[GrpcStream], url: str, model: str,
                 max_tokens: int, count_tokens: Callable[[str], int]) -> dict:
-    """tokens/s counts the texts' tokens (the model's tokenizer): a response may carry several."""
+    """tokens/s counts the texts' tokens (the model's tokenizer): a response may carry several.
+    A worker sends its requests one after another: direct ones on a gRPC stream of its own, the
+    frontend's on the session's pooled HTTP connections."""
     import aiohttp
-    import tritonclient.grpc.aio as grpc
 
-    client = grpc.InferenceServerClient(grpc_url)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         queue = list(range(count))
         results: list[tuple[float, str]] = []
 
-        async def worker() -> None:
+        async def worker(stream: GrpcStream) -> None:
             while queue:
                 queue.pop()
                 if path == "frontend":
                     results.append(await frontend(session, url, model, max_tokens))
                 else:
-                    results.append(await direct(client, model, max_tokens))
+                    results.append(await direct(stream, model, max_tokens))
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(streams[i]) for i in range(concurrency)))
         wall = time.perf_counter() - start
-    await client.close()
     return {"tokens_per_s": sum(count_tokens(text) for _, text in results) / wall,
             "ttft_p50_ms": 1000 * statistics.median(f for f, _ in results)}
 
 
 async def measure(args: argparse.Namespace, grpc_url: str, url: str, count_tokens: Callable[[str], int]) -> dict:
     """Everything on one event loop (grpc.aio binds its poller to the first loop it runs on)."""
+    import tritonclient.grpc.aio as grpc
+
     levels: dict = {}
-    for path in ("direct", "frontend"):  # warm up both
-        await level(path, 2, 4, grpc_url, url, args.model, args.max_tokens, count_tokens)
-    for concurrency in (1, 8):
+    client = grpc.InferenceServerClient(grpc_url)
+    streams = [GrpcStream(client) for _ in range(max(LEVELS))]
+    for path in ("direct", "frontend"):  # warm up both, and every stream
+        await level(path, max(LEVELS), 2 * max(LEVELS), streams, url, args.model, args.max_tokens, count_tokens)
+    for concurrency in LEVELS:
         rounds: dict[str, list[dict]] = {"direct": [], "frontend": []}
         for _ in range(args.rounds):
             for path in rounds:
-                rounds[path].append(await level(path, concurrency, args.requests, grpc_url, url, args.model,
+                rounds[path].append(await level(path, concurrency, args.requests, streams, url, args.model,
                                                 args.max_tokens, count_tokens))
         medians = {path: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
                    for path, runs in rounds.items()}
@@ -127,6 +124,9 @@ async def measure(args: argparse.Namespace, grpc_url: str, url: str, count_token
             "ttft_p50_ms": medians["frontend"]["ttft_p50_ms"] - medians["direct"]["ttft_p50_ms"]}
         levels[f"c{concurrency}"] = medians
         print(f"c={concurrency}: {json.dumps(medians)}", flush=True)
+    for stream in streams:
+        stream.close()
+    await client.close()
     return levels
 
 
