@@ -52,6 +52,7 @@ class TritonBackend:
         self.availability = availability
         self._running: set[FrontCall] = set()
         self._idle: list[_Stream] = []  # streams whose last generation ended with its final response
+        self.streams_opened = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         if availability is not None:
             availability.on_fail(self._fail_soon)
@@ -68,7 +69,8 @@ class TritonBackend:
     def _fail_soon(self, models: list[str]) -> None:
         """From the supervisor's thread: end the generations of these models on the frontend's loop."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._fail, set(models))
+            with contextlib.suppress(RuntimeError):  # the frontend's loop has closed: nothing runs
+                self._loop.call_soon_threadsafe(self._fail, set(models))
 
     def _fail(self, models: set[str]) -> None:
         assert self.availability is not None
@@ -78,7 +80,8 @@ class TritonBackend:
     def release_idle_streams(self) -> None:
         """From another thread (serve, before it stops the server): end the idle streams."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._end_idle)
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._end_idle)
 
     def _end_idle(self) -> None:
         while self._idle:
@@ -166,10 +169,12 @@ class TritonBackend:
                 if text:
                     yield text
                 result, error = await stream.receive(model.name)
-        except asyncio.CancelledError:
-            if generation.failure is None:
-                raise  # the client went away
-            raise BackendError(generation.failure, busy=True) from None
+        except asyncio.CancelledError as exc:
+            if generation.failure is not None:
+                raise BackendError(generation.failure, busy=True) from None
+            if _cancelled_under_us(exc):  # grpc cancelled the call itself (a write that failed)
+                raise BackendError("Triton gRPC: the stream was cancelled", busy=True) from None
+            raise  # the client went away
         except Exception as exc:
             if isinstance(exc, BackendError):
                 raise
@@ -185,23 +190,27 @@ class TritonBackend:
 
     async def _start(self, generation: FrontCall, request: dict[str, Any], model: str) -> tuple[_Stream, Any]:
         """The request sent on a pooled stream (or a new one), and the stream with its first response."""
-        stream, reused = (self._idle.pop(), True) if self._idle else (_Stream(self.client), False)
+        stream, reused = (self._idle.pop(), True) if self._idle else (self._open(), False)
         generation.upstream = stream
         stream.send(request)  # and a pooled stream's idle timer is off
         try:
             return stream, await stream.receive(model)
         except BaseException as exc:  # a cancel too: the caller has no stream to close yet
             stream.cancel()
-            if not (reused and generation.failure is None and _is_rpc_error(exc)):
+            if not (reused and generation.failure is None and (_is_rpc_error(exc) or _cancelled_under_us(exc))):
                 raise
         # A pooled stream that ended while idle (a server restart): once more, on a new stream.
-        stream = generation.upstream = _Stream(self.client)
+        stream = generation.upstream = self._open()
         stream.send(request)
         try:
             return stream, await stream.receive(model)
         except BaseException:
             stream.cancel()
             raise
+
+    def _open(self) -> _Stream:
+        self.streams_opened += 1
+        return _Stream(self.client)
 
     def _release(self, stream: _Stream) -> None:
         draining = self.availability is not None and self.availability.draining
@@ -265,6 +274,13 @@ class _Stream:
 
 class _StreamEnded(Exception):
     """The stream ended without an error (a server that closed it): retried once, like an RPC error."""
+
+
+def _cancelled_under_us(exc: BaseException) -> bool:
+    """A CancelledError that no one cancelled this task for: grpc aio cancels a call whose request
+    write failed, and its read raises CancelledError."""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python >= 3.11; 3.10 cannot tell
+    return isinstance(exc, asyncio.CancelledError) and cancelling is not None and cancelling() == 0
 
 
 def _is_rpc_error(exc: BaseException) -> bool:
