@@ -7,6 +7,7 @@ model.py with this environment's packages.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -251,6 +252,37 @@ def test_stop_leaves_no_process(tmp_path, tiny_repo):
         assert len(_process_group(server.pid)) >= 2  # the server and the model's python stub
     assert server.process.returncode == 0  # SIGTERM: a clean shutdown, not the SIGKILL fallback
     assert _process_group(server.pid) == []
+
+
+def _regions_mapped_by(pgid: int) -> set[str]:
+    """The python backend's shared-memory regions the processes of group pgid map."""
+    from tritonize.triton.server.process import PYTHON_BACKEND_SHM_PREFIX
+
+    regions = set()
+    for pid in _process_group(pgid):
+        with contextlib.suppress(OSError):
+            regions |= {line.rsplit("/", 1)[-1].split()[0] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+                        if PYTHON_BACKEND_SHM_PREFIX in line}
+    return regions
+
+
+def test_a_killed_server_leaves_no_shared_memory(tmp_path, tiny_repo, monkeypatch):
+    """SIGKILL leaves the python backend's /dev/shm regions behind (nothing unlinks them); stop()
+    removes those no process maps, and leaves a running server's alone."""
+    from tritonize.triton.server import process
+
+    monkeypatch.setattr(process, "ORPHAN_MIN_AGE_S", 0.0)
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo / "double", repo / "double")
+    with TritonServer(repo, log_path=tmp_path / "other.log") as other, \
+            TritonServer(repo, log_path=tmp_path / "killed.log") as killed:
+        others, regions = _regions_mapped_by(other.pid), _regions_mapped_by(killed.pid)
+        assert regions and others and not regions & others
+        os.killpg(killed.pid, signal.SIGKILL)
+        assert killed.stop() == -9
+        assert [name for name in regions if (process.SHM_DIR / name).exists()] == []
+        assert all((process.SHM_DIR / name).exists() for name in others)  # mapped: in use
+        assert other.metadata()["name"] == "triton"
 
 
 def test_serve_runs_until_sigterm_then_stops_the_server(tiny_repo, tmp_path):

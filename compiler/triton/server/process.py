@@ -29,6 +29,61 @@ class ServerError(TritonizeError):
     """tritonserver could not start, did not become ready, or a model in the repository failed to load."""
 
 
+# The python backend's shared memory with each stub, /dev/shm/<prefix><uuid> (the prefix:
+# triton-inference-server/python_backend r24.10, src/python_be.cc, backend_state->
+# shared_memory_region_prefix; a uuid a stub in tritonserver 2.51's "Starting Python backend stub"
+# log lines). The server unlinks a region when its model unloads; a killed server leaves them all
+# (354 of 1 MB after a day of this project's tests that kill servers and stubs).
+PYTHON_BACKEND_SHM_PREFIX = "triton_python_backend_shm_region_"
+SHM_DIR = Path("/dev/shm")
+ORPHAN_MIN_AGE_S = 10.0  # a region a starting server created an instant ago may not be mapped yet
+
+
+def remove_orphaned_shm_regions(shm_dir: Path = SHM_DIR) -> list[str]:
+    """Unlink the python backend's regions that no process maps (their server and stubs are dead),
+    older than ORPHAN_MIN_AGE_S; the names removed. Nothing is removed when the memory map of a
+    tritonserver or a stub cannot be read (another user's): it may be using them."""
+    now = time.time()
+    try:
+        candidates = [p for p in shm_dir.glob(PYTHON_BACKEND_SHM_PREFIX + "*")
+                      if now - p.stat().st_mtime > ORPHAN_MIN_AGE_S]
+    except OSError:
+        return []
+    if not candidates:
+        return []
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text(errors="replace")
+        except FileNotFoundError:  # the process ended meanwhile
+            continue
+        except OSError:
+            if _may_map_regions(maps.parent):
+                return []
+            continue
+        mapped.update(line.rsplit("/", 1)[-1].split(" ")[0] for line in text.splitlines()
+                      if PYTHON_BACKEND_SHM_PREFIX in line)
+    removed = []
+    for region in candidates:
+        if region.name not in mapped:
+            with contextlib.suppress(FileNotFoundError):
+                region.unlink()
+                removed.append(region.name)
+    return removed
+
+
+def _may_map_regions(process: Path) -> bool:
+    """Whether a process whose memory map is unreadable may be a tritonserver or one of its stubs
+    (only they map the backend's regions: clients may not register shared memory under its prefix)."""
+    try:
+        name = (process / "comm").read_text().strip()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return name.startswith(("tritonserver", "triton_python"))
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("", 0))
@@ -207,7 +262,10 @@ class TritonServer:
         # The group id is the server's pid (start_new_session): this reaches stubs it left behind.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
-        return process.wait()
+        code = process.wait()
+        if code != 0:  # killed or crashed: nothing unlinked its stubs' shared memory
+            remove_orphaned_shm_regions()
+        return code
 
     def log_text(self) -> str:
         """This run's server log (stdout and stderr)."""
