@@ -88,28 +88,24 @@ def serving(repository: Path, models: list[str], log: Path) -> Iterator[tuple[in
 class GrpcStream:
     """One tritonclient gRPC ModelStreamInfer call that carries one request after another, as
     perf_analyzer's and genai-perf's streaming clients keep a stream per concurrency slot (and the
-    OpenAI frontend pools its streams): a call's set-up (~1-2 ms of Python on 2 cores) is the
-    client's cost, not the server's, and stays out of the time to first token.
+    OpenAI frontend pools its streams, on the same tritonize.openai.backend.RequestStream): a call's
+    set-up (~1-2 ms of Python on 2 cores) is the client's cost, not the server's, and stays out of
+    the time to first token.
 
         stream = GrpcStream(client)              # client: tritonclient.grpc.aio.InferenceServerClient
         async for result in stream.generate(request):   # until the request's final response
     """
 
     def __init__(self, client):
-        import asyncio
+        from tritonize.openai.backend import RequestStream
 
-        self._requests: asyncio.Queue = asyncio.Queue()
-        self._responses = aiter(client.stream_infer(self._feed()))
-
-    async def _feed(self):
-        while (request := await self._requests.get()) is not None:
-            yield request
+        self._stream = RequestStream(client)
 
     async def generate(self, request: dict):
         """The request's results (it must ask for triton_enable_empty_final_response)."""
-        self._requests.put_nowait(request)
+        self._stream.send(request)
         while True:
-            result, error = await anext(self._responses)
+            result, error = await self._stream.receive(request["model_name"])
             if error is not None:
                 raise SystemExit(f"{request['model_name']}: {error}")
             yield result
@@ -117,4 +113,4 @@ class GrpcStream:
                 return
 
     def close(self) -> None:
-        self._requests.put_nowait(None)
+        self._stream.end()

@@ -256,13 +256,12 @@ def test_stop_leaves_no_process(tmp_path, tiny_repo):
 
 def _regions_mapped_by(pgid: int) -> set[str]:
     """The python backend's shared-memory regions the processes of group pgid map."""
-    from tritonize.triton.server.process import PYTHON_BACKEND_SHM_PREFIX
+    from tritonize.triton.server.process import regions_in_memory_map
 
-    regions = set()
+    regions: set[str] = set()
     for pid in _process_group(pgid):
         with contextlib.suppress(OSError):
-            regions |= {line.rsplit("/", 1)[-1].split()[0] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
-                        if PYTHON_BACKEND_SHM_PREFIX in line}
+            regions |= regions_in_memory_map(Path(f"/proc/{pid}/maps").read_text())
     return regions
 
 

@@ -51,7 +51,7 @@ class TritonBackend:
         self._client = None
         self.availability = availability
         self._running: set[FrontCall] = set()
-        self._idle: list[_Stream] = []  # streams whose last generation ended with its final response
+        self._idle: list[RequestStream] = []  # streams whose last generation ended with its final response
         self.streams_opened = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         if availability is not None:
@@ -83,9 +83,11 @@ class TritonBackend:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._end_idle)
 
-    def _end_idle(self) -> None:
-        while self._idle:
-            self._idle.pop().end()
+    def _end_idle(self) -> list[RequestStream]:
+        ended, self._idle = self._idle, []
+        for stream in ended:
+            stream.end()
+        return ended
 
     @property
     def client(self):
@@ -94,9 +96,7 @@ class TritonBackend:
         return self._client
 
     async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for stream in idle:
-            stream.end()
+        idle = self._end_idle()
         with contextlib.suppress(asyncio.TimeoutError):  # Triton ends them at once; the loop closes next
             await asyncio.wait_for(asyncio.gather(*(stream.ended() for stream in idle)), 2)
         if self._client is not None:
@@ -149,7 +149,7 @@ class TritonBackend:
 
         pieces = _Pieces(model, {} if report is None else report)
         self._running.add(generation)  # no await since the check: a failure notice cannot pass between
-        stream: _Stream | None = None
+        stream: RequestStream | None = None
         try:
             stream, (result, error) = await self._start(generation, request, model.name)
             while True:
@@ -188,31 +188,25 @@ class TritonBackend:
             if stream is not None:  # not ended by its final response: cancelling it cancels the request
                 stream.cancel()
 
-    async def _start(self, generation: FrontCall, request: dict[str, Any], model: str) -> tuple[_Stream, Any]:
+    async def _start(self, generation: FrontCall, request: dict[str, Any], model: str) -> tuple[RequestStream, Any]:
         """The request sent on a pooled stream (or a new one), and the stream with its first response."""
-        stream, reused = (self._idle.pop(), True) if self._idle else (self._open(), False)
-        generation.upstream = stream
-        stream.send(request)  # and a pooled stream's idle timer is off
-        try:
-            return stream, await stream.receive(model)
-        except BaseException as exc:  # a cancel too: the caller has no stream to close yet
-            stream.cancel()
-            if not (reused and generation.failure is None and (_is_rpc_error(exc) or _cancelled_under_us(exc))):
-                raise
-        # A pooled stream that ended while idle (a server restart): once more, on a new stream.
-        stream = generation.upstream = self._open()
-        stream.send(request)
-        try:
-            return stream, await stream.receive(model)
-        except BaseException:
-            stream.cancel()
-            raise
+        for attempt in (1, 2):  # a pooled stream that ended while idle (a server restart): once more, on a new one
+            reused = attempt == 1 and bool(self._idle)
+            stream = generation.upstream = self._idle.pop() if reused else self._open()
+            stream.send(request)  # and a pooled stream's idle timer is off
+            try:
+                return stream, await stream.receive(model)
+            except BaseException as exc:  # a cancel too: the caller has no stream to close yet
+                stream.cancel()
+                if not (reused and generation.failure is None and (_is_rpc_error(exc) or _cancelled_under_us(exc))):
+                    raise
+        raise AssertionError("a new stream's attempt returns or raises")
 
-    def _open(self) -> _Stream:
+    def _open(self) -> RequestStream:
         self.streams_opened += 1
-        return _Stream(self.client)
+        return RequestStream(self.client)
 
-    def _release(self, stream: _Stream) -> None:
+    def _release(self, stream: RequestStream) -> None:
         draining = self.availability is not None and self.availability.draining
         if len(self._idle) >= MAX_IDLE_STREAMS or draining:
             stream.end()
@@ -220,7 +214,7 @@ class TritonBackend:
         self._idle.append(stream)
         stream.idle_timer = asyncio.get_running_loop().call_later(self.idle_stream_s, self._end_unused, stream)
 
-    def _end_unused(self, stream: _Stream) -> None:
+    def _end_unused(self, stream: RequestStream) -> None:
         if stream in self._idle:
             self._idle.remove(stream)
             stream.end()
@@ -229,8 +223,9 @@ class TritonBackend:
 MAX_IDLE_STREAMS = 64  # the frontend's default max_in_flight: one stream each
 
 
-class _Stream:
-    """One ModelStreamInfer call, fed from a queue so that it can carry generation after generation."""
+class RequestStream:
+    """One ModelStreamInfer call, fed from a queue so that it can carry request after request (also
+    the LLM benchmarks' client, perf/_bench.py GrpcStream)."""
 
     def __init__(self, client: Any):
         self._requests: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()

@@ -61,8 +61,7 @@ def remove_orphaned_shm_regions(shm_dir: Path = SHM_DIR) -> list[str]:
             if _may_map_regions(maps.parent):
                 return []
             continue
-        mapped.update(line.rsplit("/", 1)[-1].split(" ")[0] for line in text.splitlines()
-                      if PYTHON_BACKEND_SHM_PREFIX in line)
+        mapped |= regions_in_memory_map(text)
     removed = []
     for region in candidates:
         if region.name not in mapped:
@@ -70,6 +69,11 @@ def remove_orphaned_shm_regions(shm_dir: Path = SHM_DIR) -> list[str]:
                 region.unlink()
                 removed.append(region.name)
     return removed
+
+
+def regions_in_memory_map(maps: str) -> set[str]:
+    """The python backend's regions a /proc/PID/maps text maps ("... /dev/shm/NAME [(deleted)]")."""
+    return {line.rsplit("/", 1)[-1].split(" ")[0] for line in maps.splitlines() if PYTHON_BACKEND_SHM_PREFIX in line}
 
 
 def _may_map_regions(process: Path) -> bool:
