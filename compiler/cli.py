@@ -33,6 +33,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file (model.yaml)."),
                                                 help="Override the spec's runtime: embedded or container."),
           check: bool = typer.Option(False, "--check", help="Write nothing; exit 4 listing the files that differ "
                                                            "when the repository is not what SPEC builds."),
+          strict: bool = typer.Option(False, "--strict", help="With --check: also fail on the values another CPU "
+                                                             "rounds differently (models torch trains in the build)."),
           lock_timeout: float = typer.Option(600.0, "--lock-timeout", min=0,
                                              help="Seconds to wait for another build of the same output."),
           verbose: bool = typer.Option(False, "--verbose", "-v",
@@ -40,12 +42,15 @@ def build(spec: Path = typer.Argument(..., help="The spec file (model.yaml)."),
     """Convert, verify and emit every model of SPEC into a Triton model repository (and, when SPEC has
     a `deploy:` block, its deployment files into deploy/ beside SPEC)."""
     try:
+        if strict and not check:
+            raise TritonizeError("it applies to --check only", loc=("--strict",),
+                                 fix="add --check, or leave --strict out")
         if check:
-            from .buildcheck import check_build, report
+            from .buildcheck import check_build, failures, report
 
             committed, found = check_build(spec, output, runtime=runtime, terminal=terminal)
-            report(committed, spec, found, terminal)
-            raise typer.Exit(STALE_EXIT if found else 0)
+            report(committed, spec, found, terminal, strict=strict)
+            raise typer.Exit(STALE_EXIT if failures(found, strict) else 0)
         from .deploy import deploy_built
         from .pipeline import build as build_repository
 

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 # Before torch loads (tritonize imports it lazily, the tests at collection): the kernels the
-# Makefile pins, so the demo trains to the committed goldens' bytes on AVX-512 and AVX2 machines.
+# Makefile pins, so the demo trains to the committed goldens' bytes on AVX-512 and AVX2 machines
+# of the CPU kind that built them (other CPUs: tritonize.buildcheck.machine_independent).
 os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
 os.environ.setdefault("MKL_CBWR", "AVX2")
 

@@ -53,8 +53,10 @@ def test_check_lists_changed_missing_and_extra_files(spec: Path, capsys):
     assert _tree(repository) == before  # nothing written
 
 
-def _binary_repository(root: Path, content: bytes, *, committed_file: bytes | None, recorded: bytes) -> Path:
-    """A repository whose model has a binary 1/model.onnx hashed in the manifest as `recorded`."""
+def _binary_repository(root: Path, content: bytes, *, committed_file: bytes | None, recorded: bytes,
+                       framework: str | None = None, sample: float = 0.5) -> Path:
+    """A repository whose model has a binary 1/model.onnx hashed in the manifest as `recorded`
+    (and one recorded sample output)."""
     import hashlib
 
     (root / "m" / "1").mkdir(parents=True)
@@ -64,7 +66,8 @@ def _binary_repository(root: Path, content: bytes, *, committed_file: bytes | No
     manifest_file.write(Manifest.model_validate({
         "tritonize": "0.1.0", "spec": "model.yaml", "input_hash": "sha256:0", "runtime": "embedded", "tools": {},
         "perf": {"tolerance": 0.1, "latency_tolerance": 0.25},
-        "models": {"m": {"kind": "onnx", "files": {"1/model.onnx": digest}}}}), root)
+        "models": {"m": {"kind": "onnx", "framework": framework, "files": {"1/model.onnx": digest},
+                         "samples": {"inputs": {}, "outputs": {"y": {"datatype": "FP32", "shape": [1], "data": [sample]}}}}}}), root)
     return root
 
 
@@ -80,6 +83,33 @@ def test_check_compares_uncommitted_binaries_by_manifest_hash(tmp_path):
     assert [d.path for d in differences(built, tampered)] == ["m/1/model.onnx"]
     current = _binary_repository(tmp_path / "current", b"new", committed_file=None, recorded=b"new")
     assert differences(built, current) == []
+
+
+@pytest.mark.parametrize("framework, stale", [("pytorch", False), ("huggingface", False), ("sklearn", True)])
+def test_check_tells_values_another_cpu_rounds_from_a_stale_repository(tmp_path, framework, stale):
+    """A model torch trained in the build on another CPU: other weights (hash) and outputs in the
+    last bits, and nothing else, is `rounded`, which fails only --strict; for any other framework
+    the same difference is a stale repository."""
+    from tritonize.buildcheck import failures
+
+    built = _binary_repository(tmp_path / "built", b"", committed_file=None, recorded=b"here",
+                               framework=framework, sample=0.5000001)
+    other_cpu = _binary_repository(tmp_path / "other", b"", committed_file=None, recorded=b"there",
+                                   framework=framework, sample=0.5)
+    found = {d.path: d.kind for d in differences(built, other_cpu)}
+    assert found == ({MANIFEST_NAME: "differs", "m/1/model.onnx": "differs"} if stale else
+                     {MANIFEST_NAME: "rounded", "m/1/model.onnx": "rounded"})
+    assert bool(failures(differences(built, other_cpu), strict=False)) == stale
+    assert len(failures(differences(built, other_cpu), strict=True)) == 2
+    # What decides the trained values is still compared exactly: here the spec's inputs.
+    manifest = (tmp_path / "other" / MANIFEST_NAME)
+    manifest.write_text(manifest.read_text().replace('"sha256:0"', '"sha256:1"'))
+    assert {d.path: d.kind for d in differences(built, other_cpu)}[MANIFEST_NAME] == "differs"
+
+
+def test_strict_without_check_is_a_user_error(spec: Path, capsys):
+    assert main(["build", str(spec), "--strict"]) == 2
+    assert "--strict: it applies to --check only (fix: add --check, or leave --strict out)" in capsys.readouterr().err
 
 
 TEMPLATES = [(CI_DIR / "github" / "tritonize.yml", "vendor.github-workflows"),
