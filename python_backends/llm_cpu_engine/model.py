@@ -37,7 +37,8 @@ model can detokenize incrementally; cancel_key STRING[1] (decoupled; empty other
 the postprocessing or BLS model sends back when the client went away (back_channel.py).
 
 A cancelled request (its key sent back, or, called directly, Triton's cancellation) leaves the
-batch before the next decoding step, answers CANCELLED and logs how many tokens it got.
+batch before the next decoding step, logs how many tokens it got and ends: decoupled, with a plain
+final response (see _finish), else with a CANCELLED error.
 
 Each request is checked on its own (prompt and output lengths, sampling values: temperature finite
 and >= 0, top_k >= 0, top_p in [0, 1]): a bad one answers 400 / INVALID_ARGUMENT naming the input,
@@ -381,9 +382,12 @@ class TritonPythonModel:
         if r.cancelled:
             # Read by tests/test_openai.py: how far a generation went after its client left.
             pb_utils.Logger.log_info(f"{CANCELLED_LOG} after {len(r.generated)} of {r.max_new} tokens")
-            self._send(r.sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                "the request was cancelled", pb_utils.TritonError.CANCELLED)),
-                pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            # A plain final response, not a CANCELLED error (no one reads it): in tritonserver 2.51 a
+            # step's error ends a streaming ensemble while its postprocessing steps are still in
+            # flight, and their completions are then never counted (core's ensemble_scheduler.cc
+            # PrepareSteps before triton-inference-server/core 5280db8, #466), so the ensemble's
+            # request stayed in flight for good: a stop waited its whole exit timeout and failed.
+            self._send(r.sender, None, pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         elif r.failure:
             self._send(r.sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(r.failure)),
                        pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)

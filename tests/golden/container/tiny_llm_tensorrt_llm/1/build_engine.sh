@@ -8,7 +8,7 @@
 #       bash /models/tiny_llm_tensorrt_llm/1/build_engine.sh
 #
 # or run `tritonize build --stage engines` where TensorRT-LLM is installed.
-# Cache key (checkpoint hash + TensorRT-LLM version + flags + GPU): sha256:575b0d5823d88c38157da87ca336903f8cac7d8897b33c252c6458df9e69a468
+# Cache key (checkpoint hash + TensorRT-LLM version + flags + GPU): sha256:f0f94660272dc4d013554b80964d9f19d6dafab0233d8e9aac1172f07c6a6f27
 set -euo pipefail
 cd "$(dirname "$0")"
 trtllm-build \
@@ -26,4 +26,4 @@ trtllm-build \
     --use_fused_mlp enable \
     --use_paged_context_fmha enable \
     --multiple_profiles enable
-echo "sha256:575b0d5823d88c38157da87ca336903f8cac7d8897b33c252c6458df9e69a468" > engine/tritonize-engine-key
+echo "sha256:f0f94660272dc4d013554b80964d9f19d6dafab0233d8e9aac1172f07c6a6f27" > engine/tritonize-engine-key
