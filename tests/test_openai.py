@@ -244,12 +244,92 @@ def test_llamaindex_openai_like(frontend, server):
     ("/completions", {"model": "tiny_llm", "prompt": [1, 2]}, 400, "prompt"),
     ("/chat/completions", {"model": "tiny_llm", "messages": []}, 400, "messages"),
     ("/completions", {"model": "tiny_llm", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("/completions", {"model": "tiny_llm", "prompt": "x", "stop": 0}, 400, "stop"),
+    ("/completions", {"model": 5, "prompt": "x"}, 400, "model"),
+    ("/completions", {"model": "tiny_llm", "prompt": "x", "stream": True, "stream_options": {"include_usage": "no"}},
+     400, "stream_options.include_usage"),
+    ("/chat/completions", {"model": "tiny_llm", "messages": [{"role": "user", "content": "x"}],
+                           "tool_choice": "required"}, 400, "tool_choice"),
+    ("/chat/completions", {"model": "tiny_llm", "messages": [{"role": "user", "content": "x"}],
+                           "modalities": ["text", "audio"]}, 400, "modalities"),
+    ("/chat/completions", {"model": "tiny_llm", "messages": [{"role": "user", "content": "x"}],
+                           "reasoning_effort": "high"}, 400, "reasoning_effort"),
+    ("/chat/completions", {"model": "tiny_llm", "messages": [{"role": "wizard", "content": "x"}]},
+     400, "messages[0].role"),
+    ("/chat/completions", {"model": "tiny_llm", "messages": [{"role": "user"}]}, 400, "messages[0].content"),
+    ("/chat/completions", {"model": "tiny_llm", "messages": [{"role": "user", "content": []}]},
+     400, "messages[0].content"),
+    ("/chat/completions", {"model": "tiny_llm", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+     400, "messages[0].content[0].text"),
 ])
 def test_bad_requests_answer_openai_errors(frontend, path, body, status, param):
     response = post(frontend, path, body)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
+
+
+NESTED = b'{"model": "tiny_llm", "prompt": "x", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+@pytest.mark.parametrize(("body", "headers"), [
+    ('{"model": "tiny_llm", "prompt": "\\ud800abc", "max_tokens": 4}', {}),  # a lone surrogate
+    ('{"model": "tiny_llm", "prompt": "x", "stop": ["\\udc00"]}', {}),
+    ('{"model": "tiny_llm", "prompt": "x"}', {"Content-Type": "application/json; charset=bogus"}),
+    ('{"model": "tiny_llm", "prompt": "x", "max_tokens": ' + "9" * 5000 + "}", {}),  # over int's 4300 digits
+    (NESTED, {}),
+    (b'{"model": "tiny_llm", "prompt": "\xff"}', {}),  # not UTF-8
+], ids=["surrogate-prompt", "surrogate-stop", "bogus-charset", "huge-integer", "deep-nesting", "not-utf8"])
+def test_malformed_bodies_are_400s_in_openai_shape(frontend, body, headers):
+    """Bodies that Python's JSON and codecs reject in other ways than JSONDecodeError were 500s."""
+    headers = {"Content-Type": "application/json", **headers}
+    response = requests.post(f"{frontend.url}/completions", data=body, headers=headers, timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert post(frontend, "/completions", {"model": "tiny_llm", "prompt": PROMPT, "max_tokens": 2}).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/v1/models/nope", 404), ("GET", "/v1/embeddings", 404), ("POST", "/v1/responses", 404),
+    ("GET", "/v1/completions", 405), ("PUT", "/v1/chat/completions", 405), ("POST", "/v1/models", 405),
+])
+def test_unknown_paths_models_and_methods_answer_openai_errors(frontend, method, path, status):
+    response = requests.request(method, f"http://127.0.0.1:{frontend.port}{path}", json={}, timeout=60)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    if path == "/v1/models/nope":
+        assert error["code"] == "model_not_found" and "tiny_llm" in error["message"]
+
+
+def test_a_prompt_too_long_to_fit_is_refused_before_it_is_tokenized(frontend):
+    """Megabytes of prompt were tokenized on the event loop before the length check (11 s for 7.8 MB,
+    every other request waiting); now the characters alone refuse it, and others are not held up."""
+    import concurrent.futures
+
+    huge = "ab " * 2_000_000
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        refused = pool.submit(post, frontend, "/completions", {"model": "tiny_llm", "prompt": huge})
+        time.sleep(0.05)
+        start = time.perf_counter()
+        small = post(frontend, "/completions", {"model": "tiny_llm", "prompt": PROMPT, "max_tokens": 2})
+        small_s = time.perf_counter() - start
+        response = refused.result()
+    assert small.status_code == 200
+    assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
+    assert "6000000 characters" in response.json()["error"]["message"]
+    assert small_s < 5, f"a small request took {small_s:.1f} s next to the huge one"
+
+
+def test_temperature_samples_as_openai_does(frontend, server):
+    """temperature > 0 samples (OpenAI's top_p defaults to 1), though the spec's request defaults are
+    greedy (top_k 1): a sampled answer differs from the greedy one for some seed, and a seed repeats."""
+    greedy = ensemble_answer(server, "tiny_llm", PROMPT)["text_output"]
+    body = {"model": "tiny_llm", "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 1.5}
+    sampled = [post(frontend, "/completions", {**body, "seed": seed}).json()["choices"][0]["text"] for seed in (1, 2, 3)]
+    assert any(text != greedy for text in sampled), sampled
+    assert post(frontend, "/completions", {**body, "seed": 2}).json()["choices"][0]["text"] == sampled[1]
+    assert post(frontend, "/completions", {**body, "temperature": 0}).json()["choices"][0]["text"] == greedy
 
 
 def test_prompt_longer_than_max_input_len_names_both_numbers(frontend):
@@ -271,6 +351,10 @@ def test_chat_without_a_template_says_how_to_add_one(frontend):
 def test_api_keys_and_busy(guarded):
     body = {"model": "tiny_llm", "prompt": PROMPT, "max_tokens": 4}
     assert post(guarded, "/completions", body).status_code == 401
+    for path in ("/v1/models", "/v1/models/tiny_llm"):  # were 500s
+        response = requests.get(f"http://127.0.0.1:{guarded.port}{path}", headers={"Authorization": "Bearer x"},
+                                timeout=60)
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
     assert post(guarded, "/completions", body, {"Authorization": "Bearer wrong"}).json()["error"]["code"] == \
         "invalid_api_key"
     auth = {"Authorization": "Bearer secret-two"}
@@ -286,6 +370,23 @@ def test_api_keys_and_busy(guarded):
             busy = post(guarded, "/completions", body, auth)
         assert busy.status_code == 503 and busy.json()["error"]["type"] == "server_error"
         assert "limit 1" in busy.json()["error"]["message"]
+
+
+def test_a_stalled_body_gets_408_and_frees_its_slot(guarded, monkeypatch):
+    """A client that sends its headers and stalls held one of max_in_flight (here 1) for good."""
+    from tritonize.openai import app
+
+    monkeypatch.setattr(app, "BODY_TIMEOUT_S", 1.0)
+    auth = {"Authorization": "Bearer secret-one"}
+    with socket.create_connection(("127.0.0.1", guarded.port)) as held:
+        held.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer secret-one\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        held.settimeout(10)
+        answer = held.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b'"code": "request_timeout"' in answer
+    body = {"model": "tiny_llm", "prompt": PROMPT, "max_tokens": 2}
+    assert post(guarded, "/completions", body, auth).status_code == 200  # the slot is free again
 
 
 # The engine logs how far a cancelled generation went (python_backends/llm_cpu_engine/model.py).

@@ -23,7 +23,16 @@ from ..optional import optional
 from .backend import BackendError, TritonBackend
 from .metrics import FrontendMetrics
 from .models import ChatTemplateMissing, LlmModel, discover_models
-from .protocol import ApiError, Generation, StopScanner, messages_of_chat, parse_generation, prompt_of_completion
+from .protocol import (
+    ApiError,
+    Generation,
+    StopScanner,
+    check_prompt_size,
+    messages_of_chat,
+    parse_generation,
+    prompt_of_completion,
+    shown,
+)
 
 if TYPE_CHECKING:
     from ..triton.server.availability import Availability
@@ -31,6 +40,12 @@ if TYPE_CHECKING:
 web = optional("aiohttp.web", purpose="the OpenAI-compatible frontend", extra="openai", package="aiohttp")
 
 DEFAULT_MAX_IN_FLIGHT = 64  # requests the frontend runs at once before answering 503
+# How long a request's body may take to arrive (408 after): a client that sends its headers and then
+# stalls would otherwise hold one of the max_in_flight slots for good.
+BODY_TIMEOUT_S = 30.0
+# Prompts longer than this (characters) are tokenized off the event loop, so that a long one does
+# not hold up the other requests' streams (tokenizing ~1 MB takes ~1 s here).
+TOKENIZE_INLINE_CHARS = 16384
 
 
 # A line of the deploy gateway's key file (tritonize.deploy.gateway.api_keys_map): "Bearer KEY" client;
@@ -70,8 +85,10 @@ class _Handlers:
 
     def model(self, body: dict[str, Any]) -> LlmModel:
         name = body.get("model")
-        if not isinstance(name, str):
+        if name is None:
             raise ApiError(400, "model is required", param="model", code="missing_required_parameter")
+        if not isinstance(name, str):
+            raise ApiError(400, f"model must be a string, got {shown(name)}", param="model", code="invalid_value")
         if name not in self.models:
             raise ApiError(404, f"The model '{name}' does not exist; served: {', '.join(sorted(self.models)) or 'none'}",
                            param="model", code="model_not_found")
@@ -80,9 +97,20 @@ class _Handlers:
     @staticmethod
     async def body(request: Any) -> dict[str, Any]:
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
+            raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s",
+                           code="request_timeout") from None
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise ApiError(413, f"the request body is larger than {request.client_max_size} bytes",
+                           code="request_too_large") from exc
+        try:
+            text = raw.decode(request.charset or "utf-8")
+            body = json.loads(text)
+            # json.loads takes lone UTF-16 surrogates ("\ud800"), which no tokenizer or encoder takes.
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except (LookupError, ValueError, RecursionError) as exc:  # a bad charset, UTF-8, JSON, surrogate
+            raise ApiError(400, f"the request body is not valid JSON text: {shown(str(exc), 120)}") from None
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
         return body
@@ -138,9 +166,13 @@ class _Handlers:
                     prompt = model.render_chat(messages_of_chat(body))
                 except ChatTemplateMissing as exc:
                     raise ApiError(400, str(exc), param="messages", code="chat_template_missing") from exc
-                generation = parse_generation(body, model, prompt, "messages")
             else:
-                generation = parse_generation(body, model, prompt_of_completion(body), "prompt")
+                prompt = prompt_of_completion(body)
+            param = "messages" if chat else "prompt"
+            check_prompt_size(model, prompt, param)
+            tokens = model.count_prompt_tokens(prompt) if len(prompt) <= TOKENIZE_INLINE_CHARS else \
+                await asyncio.to_thread(model.count_prompt_tokens, prompt)
+            generation = parse_generation(body, model, prompt, param, tokens)
         except ApiError as error:
             self.metrics.request(model_name, endpoint, error.status)
             return web.json_response(error.body(), status=error.status)
@@ -155,6 +187,9 @@ class _Handlers:
             return web.json_response(error.body(), status=error.status)
         except (asyncio.CancelledError, ConnectionResetError):
             status = 499  # the client went away; the generation was cancelled with the stream
+            raise
+        except Exception:
+            status = 500  # a bug: openai_errors answers it in OpenAI's shape
             raise
         finally:
             self.metrics.in_flight.labels(model.name).dec()
@@ -313,10 +348,37 @@ def _id(chat: bool) -> str:
     return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
 
 
+def _openai_errors() -> Any:
+    """Middleware: every error answered in OpenAI's shape, aiohttp's own included (unknown path 404,
+    wrong method 405) and bugs (500, logged with their traceback)."""
+    import logging
+
+    @web.middleware
+    async def openai_errors(request: Any, handler: Any) -> Any:
+        try:
+            return await handler(request)
+        except ApiError as error:
+            return web.json_response(error.body(), status=error.status)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            message = {404: f"Invalid URL ({request.method} {request.path})",
+                       405: f"method {request.method} is not allowed on {request.path}"}.get(exc.status, exc.reason)
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return web.json_response(ApiError(exc.status, message).body(), status=exc.status, headers=headers)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            logging.getLogger("tritonize.openai").exception("internal error on %s %s", request.method, request.path)
+            return web.json_response(ApiError(500, "internal error in the frontend (logged)").body(), status=500)
+
+    return openai_errors
+
+
 def create_app(models: dict[str, LlmModel], backend: TritonBackend, *, api_keys: frozenset[str] | None = None,
                max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, metrics: FrontendMetrics | None = None) -> Any:
     handlers = _Handlers(models, backend, metrics or FrontendMetrics(), api_keys, max_in_flight)
-    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=[_openai_errors()])
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/models/{model}", handlers.get_model)
     app.router.add_post("/v1/completions", handlers.completions)
@@ -343,7 +405,7 @@ class Frontend:
                                  file=repository, fix="build a model with an `llm` block, or drop --openai")
         self.api_keys = read_api_keys(api_keys_file) if api_keys_file else None
         for model in self.models.values():  # load each tokenizer now, not on the event loop of a first request
-            model.tokenizer  # noqa: B018
+            model.max_token_chars  # noqa: B018  (loads the tokenizer, reads its vocabulary)
         self.grpc_url, self.host, self.port, self.max_in_flight = grpc_url, host, port, max_in_flight
         self.metrics = FrontendMetrics()
         self.backend = TritonBackend(grpc_url, availability)

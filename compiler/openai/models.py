@@ -54,6 +54,7 @@ class LlmModel:
     llmapi: bool = False              # an LLM API model, not an ensemble
     _tokenizer: Any = None
     _template: Any = None             # chat_template compiled once (jinja compiles in ms, per request on the event loop)
+    _max_token_chars: int | None = None
 
     @property
     def seed_input(self) -> str:
@@ -69,6 +70,15 @@ class LlmModel:
         if self._tokenizer is None:
             self._tokenizer = tokenizers.Tokenizer.from_file(str(self.tokenizer_dir / "tokenizer.json"))
         return self._tokenizer
+
+    @property
+    def max_token_chars(self) -> int:
+        """The most characters a token of the vocabulary stands for (its entry's length bounds the
+        text it decodes to: byte-level entries hold a character per byte, SentencePiece ones one
+        for the space)."""
+        if self._max_token_chars is None:
+            self._max_token_chars = max((len(token) for token in self.tokenizer.get_vocab()), default=1)
+        return self._max_token_chars
 
     def count_prompt_tokens(self, text: str) -> int:
         """Tokens the preprocessing will feed the engine for this prompt (same tokenizer, same BOS rule)."""
