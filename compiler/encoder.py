@@ -166,6 +166,15 @@ def encoder_plan(block: EncoderSpec, hf_dir: Path, config: dict[str, Any]) -> En
     if task == "text-classification":
         id2label = config.get("id2label") or {}
         count = len(id2label) or int(config.get("num_labels", 2))
+        problem = config.get("problem_type")
+        if problem in ("regression", "multi_label_classification") or count == 1:
+            # The served head is softmax + argmax (transformers' pipeline: single_label_classification);
+            # a regression head's value or a multi-label head's sigmoid would come out wrong.
+            kind = problem or "one-label (sigmoid)"
+            raise SpecError(f"encoder task text-classification serves single-label heads (softmax scores, argmax "
+                            f"label); this model's config.json has a {kind} head with {count} labels",
+                            loc=("encoder", "task"), fix="serve it with task: feature-extraction and apply the head "
+                                                         "in a later step, or use a single-label classifier")
         labels = tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(count))
     return EncoderPlan(task, pooling or "mean", bool(normalize), block.max_length, labels)
 
@@ -186,12 +195,21 @@ def _load(hf_dir: Path, plan: EncoderPlan) -> tuple[Any, Any]:
             else transformers.AutoModel)
     try:
         # Eager attention: the exported graph is plain MatMul/Softmax, what every ONNX runtime runs.
-        network = auto.from_pretrained(str(hf_dir), attn_implementation="eager").eval()
+        network, loading = auto.from_pretrained(str(hf_dir), attn_implementation="eager", output_loading_info=True)
     except (ValueError, KeyError, OSError) as exc:
         raise ConversionError(f"transformers cannot load {hf_dir.name} for {plan.task}: "
                               f"{str(exc).strip().splitlines()[0]}", loc=("source",),
                               fix="use an encoder model directory (BERT, RoBERTa, DistilBERT, XLM-R ...)") from None
-    return tokenizer, network
+    # A checkpoint without a classification head (a base model) loads with one initialized at random
+    # (transformers' notice is silenced above). Not checked for feature-extraction: AutoModel may miss
+    # a pooler that the checkpoint's own class leaves out (RoBERTa's), which mean/cls pooling never uses.
+    missing = sorted(loading.get("missing_keys") or []) if plan.task == "text-classification" else []
+    if missing:
+        raise ConversionError(f"{hf_dir.name} has no trained weights for {', '.join(missing[:3])}"
+                              f"{' ...' if len(missing) > 3 else ''}: its text-classification head would be "
+                              "random", loc=("source",),
+                              fix="save a model with a trained head (after fine-tuning), or use task: feature-extraction")
+    return tokenizer, network.eval()
 
 
 def _pool(hidden: Any, mask: Any, plan: EncoderPlan) -> Any:

@@ -99,6 +99,21 @@ def pool():
 def not_fitted():
     from sklearn.linear_model import LogisticRegression
     return LogisticRegression()
+
+
+def svc_without_probability():
+    from sklearn.svm import SVC
+    return SVC().fit(*_iris())
+
+
+def nested_heads():
+    import torch
+
+    class Nested(torch.nn.Module):
+        def forward(self, x):
+            return x, (x.softmax(dim=1), x.sum(dim=1))
+
+    return Nested().eval()
 '''
 
 
@@ -237,6 +252,14 @@ def test_unfitted_estimator_is_a_user_error(workdir):
         convert(spec.models[0], spec)
 
 
+def test_classifier_without_predict_proba_is_a_user_error(workdir):
+    """SVC() has no predict_proba to check its probabilities against: that was an AttributeError."""
+    spec = make_spec(workdir, [{"name": "svc", "source": {"framework": "sklearn",
+                                                          "factory": "converter_factories:svc_without_probability"}}])
+    with pytest.raises(ConversionError, match=r"the SVC has no predict_proba .*fit SVC with probability=True"):
+        convert(spec.models[0], spec)
+
+
 # -- xgboost / lightgbm -------------------------------------------------------------------------
 
 def test_xgboost_classifier_from_factory_and_saved_file(workdir, factories):
@@ -351,6 +374,15 @@ def test_pytorch_output_count_mismatch(workdir):
                                                                   "factory": "converter_factories:two_heads"},
                                 "inputs": TORCH_INPUTS, "outputs": [{"name": "only", "dtype": "FP32", "dims": [4]}]}])
     with pytest.raises(ConversionError, match="declares 1 outputs but forward\\(\\) returns 2"):
+        convert(spec.models[0], spec)
+
+
+def test_pytorch_nested_outputs_are_a_user_error(workdir):
+    """forward() -> (x, (a, b)): the exporter flattens it to three outputs named after two (a traceback)."""
+    spec = make_spec(workdir, [{"name": "nested", "source": {"framework": "pytorch",
+                                                             "factory": "converter_factories:nested_heads"},
+                                "inputs": TORCH_INPUTS}])
+    with pytest.raises(ConversionError, match=r"item 1 is a tuple, not a tensor.*return a flat tuple of tensors"):
         convert(spec.models[0], spec)
 
 

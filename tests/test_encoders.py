@@ -205,6 +205,34 @@ def test_max_length_beyond_positions_is_a_located_error(encoder_repo, tmp_path):
         in str(error.value)
 
 
+@pytest.mark.parametrize(("head", "message"), [
+    ({"num_labels": 1, "problem_type": "regression"}, "has a regression head with 1 labels"),
+    ({"num_labels": 3, "problem_type": "multi_label_classification"},
+     "has a multi_label_classification head with 3 labels"),
+    (None, "has no trained weights for classifier.bias, classifier.weight"),  # a base model, no head
+], ids=["regression", "multi-label", "no-head"])
+def test_heads_the_softmax_classifier_would_serve_wrong_are_user_errors(encoder_repo, tmp_path, head, message):
+    """A regression head answered LABEL_0 with score 1.0, a multi-label one softmax scores, a base
+    model a random head: each with `check` passing against tritonize's own softmax."""
+    import transformers as t
+
+    from tritonize.errors import TritonizeError
+
+    source = tmp_path / "m"
+    if head is None:
+        source = encoder_repo[0] / "bert"  # a BertModel: no classifier weights
+    else:
+        config = t.BertConfig(vocab_size=200, max_position_embeddings=64, **SMALL, **head)
+        t.BertForSequenceClassification(config).save_pretrained(source)
+        _wordpiece().save_pretrained(source)
+    spec = {"models": [{"name": "m", "source": {"framework": "huggingface", "path": str(source)},
+                        "encoder": {"task": "text-classification", "max_length": 16}}]}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(TritonizeError, match=message):
+        build(tmp_path / "model.yaml", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_check_replays_the_recorded_texts(encoder_repo, served):
     """`tritonize check` sends the manifest's sample texts to every ensemble and encoder and compares
     with transformers' recorded answers (labels exact, floats within the verification tolerance)."""

@@ -67,6 +67,12 @@ class PyTorchConverter(Converter):
             raise ConversionError(f"model '{model.name}': forward() returned {type(first).__name__}",
                                   loc=("source",),
                                   fix="return a tensor or a tuple of tensors")
+        nested = [i for i, value in enumerate(first if isinstance(first, (tuple, list)) else ())
+                  if not isinstance(value, torch.Tensor)]
+        if nested:  # the exporter would flatten them into more outputs than the names given
+            raise ConversionError(f"model '{model.name}': forward() returns a {type(first).__name__} whose item "
+                                  f"{nested[0]} is a {type(first[nested[0]]).__name__}, not a tensor",
+                                  loc=("source",), fix="return a flat tuple of tensors (one per output)")
         output_names = self._output_names(model, count, spec)
         dynamic_axes: dict[str, dict[int, str]] = {}
         for tensor in model.inputs:

@@ -209,6 +209,12 @@ class SklearnConverter(Converter):
                                       f"not {dtype}", loc=("inputs", 0, "dtype"), fix="write dtype: FP32")
             inputs = [Column(input_name, input_name, dtype)]
             initial_types = [(input_name, getattr(skl2onnx_types, _TENSOR_TYPES[dtype])([None, features]))]
+        if kind == "classifier" and not hasattr(final, "predict_proba"):  # what the probabilities are checked with
+            raise ConversionError(f"model '{model.name}': the {type(final).__name__} has no predict_proba "
+                                  "(an SVC fitted with probability=False, or a classifier without one), which "
+                                  "its served probabilities are checked against", loc=("source",),
+                                  fix="fit SVC with probability=True, or wrap the classifier in "
+                                      "sklearn.calibration.CalibratedClassifierCV")
         # ZipMap turns probabilities into a sequence of maps, which Triton cannot serve.
         options = {id(final): {"zipmap": False}} if kind == "classifier" else None
         try:
