@@ -83,6 +83,24 @@ def test_perturbed_probabilities_raise_with_the_numbers(forest):
     assert "raise verify.atol to 0.02" in message and "\n" not in message
 
 
+def test_a_wrong_conversion_suggests_no_tolerance(forest):
+    """Errors the size of the values on most samples, or most labels differing, are a wrong
+    conversion: the fix must not be a tolerance that would accept it (a trial user was told to
+    raise atol to 500, or max_label_mismatch to 1.5)."""
+    model, converted = forest
+    samples = samples_for(model, converted)
+    wrong = perturbed(converted, "probabilities", lambda p: 1 - p)
+    with pytest.raises(ConversionError) as failure:
+        verify(wrong, samples, model.verify)
+    message = failure.value.one_line()
+    assert "the conversion is wrong, no tolerance to raise" in message and "raise verify.atol" not in message
+    shifted = perturbed(converted, "label", lambda labels: (labels + 1) % 3)
+    with pytest.raises(ConversionError) as failure:
+        verify(shifted, samples, model.verify)
+    message = failure.value.one_line()
+    assert "100% of the samples differ" in message and "max_label_mismatch" not in message
+
+
 def test_raised_tolerance_accepts_the_same_error(forest):
     model, converted = forest
     wrong = perturbed(converted, "probabilities", lambda p: p + np.float32(0.01))
