@@ -219,7 +219,11 @@ def _pool(hidden: Any, mask: Any, plan: EncoderPlan) -> Any:
     else:
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled, p=2.0, dim=1) if plan.normalize else pooled
+    if not plan.normalize:
+        return pooled
+    # torch.nn.functional.normalize's arithmetic (L2 norm, eps 1e-12), broadcast rather than
+    # expand_as: its Expand node left the exported embeddings' dims unknown ([-1] in the config).
+    return pooled / pooled.norm(p=2.0, dim=1, keepdim=True).clamp(min=1e-12)
 
 
 def _export_module(network: Any, plan: EncoderPlan) -> Any:

@@ -195,6 +195,17 @@ def test_sklearn_regressor_output_is_named_prediction(workdir):
     assert report.passed
 
 
+def test_unbatched_regressor_builds(workdir):
+    """max_batch_size 0: skl2onnx answers [N, 1] for sklearn's [N]. That was a loop of fixes: "ONNX
+    answered [4, 1], source answered [4]", then, with dims [-1], "write dims: [-1, 1]", then again."""
+    model = {"name": "ridge_unbatched", "max_batch_size": 0,
+             "source": {"framework": "sklearn", "factory": "converter_factories:ridge"},
+             "inputs": [{"name": "input", "dtype": "FP32", "dims": [-1, 10], "range": [-0.2, 0.2]}]}
+    _, converted, report = converted_and_verified(workdir, model)
+    assert signature(converted.outputs) == [("prediction", "FP32", [-1, 1], None)]
+    assert report.passed
+
+
 def test_sklearn_from_joblib_file_with_renamed_input(workdir):
     import joblib
     from sklearn.datasets import load_iris
@@ -229,6 +240,19 @@ def test_spec_dims_that_contradict_the_graph_are_rejected(workdir):
                                 "outputs": [{"name": "label", "dtype": "INT64", "dims": [1]},
                                             {"name": "probabilities", "dtype": "FP32", "dims": [4]}]}])
     with pytest.raises(ConversionError, match=r"^outputs\[1\].dims: .*write dims: \[3\]"):
+        convert(spec.models[0], spec)
+
+
+def test_spec_outputs_that_name_graph_outputs_match_by_name(workdir):
+    """Declaring just `probabilities` (the classifier's second output) was matched with `label` by
+    position: "dtype FP32 does not match the graph's INT64 for 'label'"."""
+    model = {"name": "probabilities_only", "source": {"framework": "sklearn", "factory": "converter_factories:logistic"},
+             "outputs": [{"name": "probabilities", "dtype": "FP32", "dims": [3]}]}
+    _, converted, report = converted_and_verified(workdir, model)
+    assert [(t.name, t.dtype) for t in converted.outputs] == [("label", "INT64"), ("probabilities", "FP32")]
+    assert report.passed
+    spec = make_spec(workdir, [{**model, "outputs": [{"name": "probabilities", "dtype": "FP32", "dims": [4]}]}])
+    with pytest.raises(ConversionError, match=r"^outputs\[0\].dims: .*write dims: \[3\]"):  # where the spec wrote it
         convert(spec.models[0], spec)
 
 

@@ -184,6 +184,13 @@ def test_repository_layout_and_manifest(encoder_repo):
     assert (repo / "bert_encoder" / "1" / "model.onnx").is_file()
     built = manifest.load(repo)
     assert built.models["bert"].steps == ["bert_tokenizer", "bert_encoder"]
+    from tritonize.triton.config import parse_pbtxt
+
+    # Every embedding has the hidden size as its dims, normalized (bert) or not: normalize's export
+    # once left them unknown (-1).
+    for name in ("bert", "roberta", "distilbert"):
+        [output] = parse_pbtxt((repo / f"{name}_encoder" / "config.pbtxt").read_text()).output
+        assert list(output.dims) == [32], (name, list(output.dims))
     verification = built.models["roberta_cls_encoder"].verification
     assert verification["passed"] and verification["outputs"]["label"]["compare"] == "exact"
 

@@ -99,8 +99,9 @@ def finish(model: ModelSpec, spec: Spec, onnx_model: onnx_types.ModelProto, *, t
     fix_batch_output_shapes(onnx_model, model_name=model.name)
     batching = model.max_batch_size > 0
     graph = signature(onnx_model, model.name, batching)
-    renames = {**_spec_renames(model, spec, graph.inputs, model.inputs, "inputs"),
-               **_spec_renames(model, spec, graph.outputs, model.outputs, "outputs")}
+    declared_inputs, declared_outputs = _by_name(graph.inputs, model.inputs), _by_name(graph.outputs, model.outputs)
+    renames = {**_spec_renames(model, spec, graph.inputs, declared_inputs, "inputs", model.inputs),
+               **_spec_renames(model, spec, graph.outputs, declared_outputs, "outputs", model.outputs)}
     rename_tensors(onnx_model, renames)
     canonicalize(onnx_model, graph_name=model.name, producer=tool,
                  producer_version=producer_version if producer_version is not None else tools.get(tool, ""))
@@ -111,7 +112,7 @@ def finish(model: ModelSpec, spec: Spec, onnx_model: onnx_types.ModelProto, *, t
         raise ConversionError(f"model '{model.name}': the ONNX graph fails onnx.checker: {first}", loc=("source",),
                               fix="re-export the model with a supported opset") from None
     final = signature(onnx_model, model.name, batching)
-    inputs, outputs = _merged(final.inputs, model.inputs), _merged(final.outputs, model.outputs)
+    inputs, outputs = _merged(final.inputs, declared_inputs), _merged(final.outputs, declared_outputs)
     if reference is not None:
         reference = _client_reference(reference, renames, inputs, outputs, final.batch_axis)
     return ConvertedModel(
@@ -121,10 +122,24 @@ def finish(model: ModelSpec, spec: Spec, onnx_model: onnx_types.ModelProto, *, t
         choices={renames.get(name, name): values for name, values in (choices or {}).items()})
 
 
+def _by_name(graph: list[TensorSpec], declared: list[TensorSpec] | None) -> list[TensorSpec] | None:
+    """The spec's tensors in the graph's order when each names a graph tensor (the graph's own
+    tensor stands in for those left out: a spec may declare just `probabilities`), else as given
+    (matched by position: the graph's tensors are renamed to the spec's names)."""
+    if not declared:
+        return declared
+    graph_names = [tensor.name for tensor in graph]
+    names = [tensor.name for tensor in declared]
+    if not set(names) <= set(graph_names) or names == graph_names[:len(names)]:
+        return declared
+    by_name = {tensor.name: tensor for tensor in declared}
+    return [by_name.get(tensor.name, tensor) for tensor in graph]
+
+
 def _spec_renames(model: ModelSpec, spec: Spec, graph: list[TensorSpec], declared: list[TensorSpec] | None,
-                  kind: str) -> dict[str, str]:
-    """Spec tensors match graph tensors by position; names may differ (the graph is renamed),
-    data types must agree and dims must fit the graph's."""
+                  kind: str, written: list[TensorSpec] | None) -> dict[str, str]:
+    """Spec tensors match graph tensors by position (after _by_name); names may differ (the graph is
+    renamed), data types must agree and dims must fit the graph's."""
     if not declared:
         return {}
     if len(declared) > len(graph):
@@ -132,7 +147,8 @@ def _spec_renames(model: ModelSpec, spec: Spec, graph: list[TensorSpec], declare
                               f"{len(graph)} ({', '.join(t.name for t in graph)})", loc=(kind,),
                               fix=f"declare at most {len(graph)} {kind}")
     for index, (wanted, actual) in enumerate(zip(declared, graph)):
-        where = (kind, index)
+        # Errors point at the tensor as the spec wrote it (written: before _by_name's reordering).
+        where = (kind, next((i for i, tensor in enumerate(written or []) if tensor is wanted), index))
         if wanted.dtype != actual.dtype:
             raise ConversionError(f"dtype {wanted.dtype} does not match the graph's {actual.dtype} for "
                                   f"'{actual.name}'", loc=(*where, "dtype"),
@@ -166,6 +182,16 @@ def _merged(graph: list[TensorSpec], declared: list[TensorSpec] | None) -> list[
     return merged
 
 
+def _filled(client_shape: list[int], shape: tuple[int, ...]) -> list[int] | None:
+    """client_shape with its -1s taken from `shape`, when the two differ only in axes of size 1
+    (the same data), else None."""
+    known, given = [d for d in client_shape if d != 1], [d for d in shape if d != 1]
+    if len(known) != len(given) or any(k != -1 and k != g for k, g in zip(known, given)):
+        return None
+    sizes = iter(g for k, g in zip(known, given) if k == -1)
+    return [next(sizes) if d == -1 else d for d in client_shape]
+
+
 def _client_reference(reference: Reference, renames: dict[str, str], inputs: list[TensorSpec],
                       outputs: list[TensorSpec], batch_axis: bool) -> Reference:
     """Wrap a converter's reference (graph names and shapes, source dtypes) so that it takes and
@@ -197,6 +223,8 @@ def _client_reference(reference: Reference, renames: dict[str, str], inputs: lis
             if tensor.reshape is not None or (min(client_shape, default=1) > 0 and
                                               array.size == int(np.prod(client_shape))):
                 array = array.reshape(client_shape)
+            elif (filled := _filled(client_shape, array.shape)) is not None:
+                array = array.reshape(filled)  # unbatched: [N] for dims [-1, 1] (a regressor's)
             result[tensor.name] = array
         return result
 
