@@ -193,9 +193,9 @@ def check(repository: Path = typer.Argument(..., help="The repository the server
 @app.command()
 def schema():
     """Print the JSON Schema of the spec (model.yaml)."""
-    from .spec import Spec
+    from .spec.models import spec_json_schema
 
-    print(json.dumps(Spec.model_json_schema(), indent=2))
+    print(json.dumps(spec_json_schema(), indent=2))
 
 
 @app.command()

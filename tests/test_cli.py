@@ -21,6 +21,18 @@ def test_schema_is_the_spec_json_schema(capsys):
     schema = json.loads(capsys.readouterr().out)
     assert schema["required"] == ["models"]
     assert {"repository", "runtime", "container", "models", "ensembles"} <= set(schema["properties"])
+    # Bounds in JSON Schema's keywords (pydantic wrote "ge"/"le" for some, which validators ignore):
+    # the committed spec validates, and a negative max_batch_size does not.
+    import jsonschema
+    import yaml
+
+    assert '"ge"' not in json.dumps(schema) and '"le"' not in json.dumps(schema)
+    assert schema["$defs"]["ModelSpec"]["properties"]["max_batch_size"]["minimum"] == 0
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "model.yaml").read_text())
+    jsonschema.validate(spec, schema)
+    spec["models"][0]["max_batch_size"] = -1
+    with pytest.raises(jsonschema.ValidationError, match="less than the minimum of 0"):
+        jsonschema.validate(spec, schema)
 
 
 def test_build_output(spec: Path, capsys):

@@ -418,3 +418,26 @@ class Spec(StrictModel):
 
     def resolve(self, relative: str) -> Path:
         return (self.base_dir / relative).resolve()
+
+
+# pydantic writes a bound it cannot put into the core schema (one that follows a BeforeValidator,
+# as the spec's integers do) under its own name ("ge"), which JSON Schema validators and editors
+# ignore; these are JSON Schema's keywords for them (draft 2020-12, validation vocabulary).
+_JSON_SCHEMA_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The JSON Schema of model.yaml (`tritonize schema`), with standard keywords only."""
+    def standard(node: Any, names: bool = False) -> Any:
+        if isinstance(node, list):
+            return [standard(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        # In "properties" and "$defs" the keys are names, not keywords.
+        return {(key if names or not isinstance(value, (int, float)) else _JSON_SCHEMA_BOUNDS.get(key, key)):
+                standard(value, names=not names and key in ("properties", "$defs"))
+                for key, value in node.items()}
+
+    schema: dict[str, Any] = standard(Spec.model_json_schema())
+    return schema
+
