@@ -226,6 +226,12 @@ def _pool(hidden: Any, mask: Any, plan: EncoderPlan) -> Any:
     return pooled / pooled.norm(p=2.0, dim=1, keepdim=True).clamp(min=1e-12)
 
 
+# Architectures that build their attention mask from the 2-D one in their own code and take no 4-D
+# mask (DeBERTa: "size of tensor a (32) must match b (16)"); verification at another batch size
+# than the trace's catches a mask that tracing froze.
+OWN_MASK_MODEL_TYPES = {"deberta", "deberta-v2"}
+
+
 def _export_module(network: Any, plan: EncoderPlan) -> Any:
     class Encoder(torch.nn.Module):  # type: ignore[name-defined]  # torch is an optional module
         """input_ids, attention_mask -> pooled embeddings, or classification logits.
@@ -240,9 +246,12 @@ def _export_module(network: Any, plan: EncoderPlan) -> Any:
             self.network = network
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            additive = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * torch.finfo(torch.float32).min
-            additive = additive.expand(-1, 1, input_ids.shape[1], -1)
-            answer = self.network(input_ids=input_ids, attention_mask=additive)
+            if network.config.model_type in OWN_MASK_MODEL_TYPES:
+                answer = self.network(input_ids=input_ids, attention_mask=attention_mask)
+            else:
+                additive = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * torch.finfo(torch.float32).min
+                additive = additive.expand(-1, 1, input_ids.shape[1], -1)
+                answer = self.network(input_ids=input_ids, attention_mask=additive)
             if plan.task == "text-classification":
                 return answer.logits
             return _pool(answer.last_hidden_state, attention_mask, plan)

@@ -240,6 +240,27 @@ def test_heads_the_softmax_classifier_would_serve_wrong_are_user_errors(encoder_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("task", ["feature-extraction", "text-classification"])
+def test_deberta_v2_builds_and_verifies(tmp_path, task):
+    """DeBERTa builds its attention mask itself and takes no 4-D one: its export failed with "size
+    of tensor a (32) must match b (16)". Verification runs at other batch sizes than the trace's."""
+    import transformers as t
+
+    config = t.DebertaV2Config(vocab_size=200, max_position_embeddings=64, **SMALL,
+                               **({"id2label": LABELS, "label2id": {v: k for k, v in LABELS.items()}}
+                                  if task == "text-classification" else {}))
+    cls = t.DebertaV2ForSequenceClassification if task == "text-classification" else t.DebertaV2Model
+    cls(config).eval().save_pretrained(tmp_path / "deberta")
+    _wordpiece().save_pretrained(tmp_path / "deberta")
+    spec = {"repository": "repo", "models": [{"name": "deberta", "source": {"framework": "huggingface", "path": "deberta"},
+                                              "encoder": {"task": task, "max_length": 16}, "verify": {"samples": 16}}]}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    from tritonize import manifest
+
+    result = build(tmp_path / "model.yaml")
+    assert manifest.load(result.repository).models["deberta_encoder"].verification["passed"]
+
+
 def test_check_replays_the_recorded_texts(encoder_repo, served):
     """`tritonize check` sends the manifest's sample texts to every ensemble and encoder and compares
     with transformers' recorded answers (labels exact, floats within the verification tolerance)."""
