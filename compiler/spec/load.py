@@ -12,7 +12,7 @@ from ..errors import Loc, SpecError, TritonizeError
 from ..frameworks import FRAMEWORKS
 from ..resources import builtin_backend_names
 from .llm import validate_llm_blocks
-from .models import RUNTIMES, Spec
+from .models import RUNTIMES, FixableValueError, Spec
 from .source import SpecSource
 from .yaml_loader import load_yaml_with_lines
 
@@ -63,6 +63,8 @@ def describe_validation_error(exc: ValidationError, root: type[BaseModel]) -> tu
         fix = f"use one of: {error.get('ctx', {}).get('expected', '')}"
     elif kind.endswith("_type") or kind.endswith("_parsing"):
         message = f"{message}, got {error['input']!r}"
+    elif isinstance(original := error.get("ctx", {}).get("error"), FixableValueError):
+        fix = original.fix
     return loc, message, fix
 
 

@@ -78,6 +78,14 @@ ModelName = Annotated[str, AfterValidator(_model_name)]
 TensorName = Annotated[str, AfterValidator(_tensor_name)]
 
 
+class FixableValueError(ValueError):
+    """A validator's error with the fix to print after it (spec.load.describe_validation_error)."""
+
+    def __init__(self, message: str, fix: str):
+        super().__init__(message)
+        self.fix = fix
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, validate_default=True)
 
@@ -239,9 +247,11 @@ class ModelSpec(StrictModel):
     def _cross_fields(self) -> ModelSpec:
         fw = self.source.framework
         if fw in ("python",) and (self.inputs is None or self.outputs is None):
-            raise ValueError("a python model must declare its inputs and outputs")
+            raise FixableValueError("a python model must declare its inputs and outputs",
+                                    "add inputs: and outputs: lists (name, dtype, dims) to the model")
         if fw == "pytorch" and self.inputs is None:
-            raise ValueError("a pytorch model must declare its inputs (name, dtype, dims) for export")
+            raise FixableValueError("a pytorch model must declare its inputs (name, dtype, dims) for export",
+                                    "add inputs: [{name: x, dtype: FP32, dims: [...]}], one per forward() argument")
         for block in ("llm", "encoder"):
             if fw != "huggingface" and getattr(self, block) is not None:
                 raise ValueError(f"'{block}' applies only to source.framework: huggingface")
@@ -252,12 +262,14 @@ class ModelSpec(StrictModel):
                              "label and scores): remove inputs/outputs")
         if self.dynamic_batching is not None:
             if self.max_batch_size == 0:
-                raise ValueError("dynamic_batching needs max_batch_size > 0")
+                raise FixableValueError("dynamic_batching needs max_batch_size > 0",
+                                        "set max_batch_size (e.g. 8), or drop dynamic_batching")
             for size in self.dynamic_batching.preferred_batch_size:
                 if size > self.max_batch_size:
                     raise ValueError(f"preferred_batch_size {size} exceeds max_batch_size {self.max_batch_size}")
         if self.response_cache and self.decoupled:
-            raise ValueError("response_cache cannot be used with a decoupled model")
+            raise FixableValueError("response_cache cannot be used with a decoupled model",
+                                    "drop response_cache, or decoupled")
         self._check_serving()
         _check_sample_names(self.sample_inputs, self.inputs)
         for tensors, kind in ((self.inputs, "inputs"), (self.outputs, "outputs")):
