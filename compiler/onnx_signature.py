@@ -149,8 +149,8 @@ def fix_batch_output_shapes(model: onnx.ModelProto, probe: dict[str, np.ndarray]
     runner = session(model)
     names = [o.name for o in model.graph.output]
     try:
-        at_two = runner.run(names, probe)
-        at_three = runner.run(names, {k: np.concatenate([v, v[:1]]) for k, v in probe.items()}) if batched else at_two
+        at_two = runner.run(names, probe, quiet_run())
+        at_three = runner.run(names, {k: np.concatenate([v, v[:1]]) for k, v in probe.items()}, quiet_run()) if batched else at_two
     except Exception as exc:  # onnxruntime's own exception types derive from Exception only
         raise ConversionError(f"model '{model_name or model.graph.name}': onnxruntime cannot run the converted graph on "
                               f"{', '.join(f'{k} {list(v.shape)}' for k, v in probe.items())}: "
@@ -236,6 +236,14 @@ def _session_options():
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
+    return options
+
+
+def quiet_run():
+    """RunOptions that keep onnxruntime's own log line (coloured, multi-line) of a failing run off the
+    terminal: the caller reports the failure in one line."""
+    options = onnxruntime.RunOptions()
+    options.log_severity_level = 4
     return options
 
 

@@ -169,11 +169,11 @@ def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: 
 
 def run_onnx(converted: ConvertedModel, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One deterministic onnxruntime run; inputs and outputs shaped as clients see them."""
-    from .onnx_signature import session
+    from .onnx_signature import quiet_run, session
 
     feeds = {t.name: _to_graph(samples[t.name], t, converted.batch_axis) for t in converted.inputs if t.name in samples}
     try:
-        answers = session(converted.onnx_model).run([t.name for t in converted.outputs], feeds)
+        answers = session(converted.onnx_model).run([t.name for t in converted.outputs], feeds, quiet_run())
     except Exception as exc:  # onnxruntime's own exception types derive from Exception only
         raise ConversionError(f"model '{converted.name}': onnxruntime cannot run the ONNX graph: "
                               f"{str(exc).strip().splitlines()[0]}", loc=(),

@@ -101,6 +101,14 @@ def not_fitted():
     return LogisticRegression()
 
 
+def xgb_on_named_columns():
+    import pandas
+    from xgboost import XGBClassifier
+    features, labels = _iris()
+    frame = pandas.DataFrame(features, columns=["sepal_length", "sepal_width", "petal_length", "petal_width"])
+    return XGBClassifier(n_estimators=3, max_depth=2, n_jobs=1).fit(frame, labels)
+
+
 def svc_without_probability():
     from sklearn.svm import SVC
     return SVC().fit(*_iris())
@@ -297,6 +305,15 @@ def test_xgboost_classifier_from_factory_and_saved_file(workdir, factories):
     _, from_file, file_report = converted_and_verified(
         workdir, {"name": "iris_xgb_file", "source": {"framework": "xgboost", "path": "iris_xgb.json"}})
     assert signature(from_file.outputs) == signature(converted.outputs) and file_report.passed
+
+
+def test_xgboost_fitted_on_named_columns_says_how_to_fix_it(workdir):
+    """onnxmltools takes f0, f1, ... feature names only; the fix offered was "use an objective
+    onnxmltools supports", which has nothing to do with it."""
+    spec = make_spec(workdir, [{"name": "named", "source": {"framework": "xgboost",
+                                                            "factory": "converter_factories:xgb_on_named_columns"}}])
+    with pytest.raises(ConversionError, match=r"fix: fit on a numpy array, or clear the names"):
+        convert(spec.models[0], spec)
 
 
 def test_xgboost_regressor_from_saved_file(workdir):

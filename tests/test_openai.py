@@ -22,6 +22,7 @@ import urllib.request
 import numpy as np
 import pytest
 import requests
+from tokenizers import Tokenizer
 
 from test_llm import shared_tiny_llm
 from tritonize.openai import Frontend
@@ -202,6 +203,13 @@ def test_stop_strings_cut_the_text_and_finish_with_stop(frontend, server):
     client = openai.OpenAI(base_url=frontend.url, api_key="unused")
     answer = client.completions.create(model="tiny_llm", prompt=PROMPT, max_tokens=24, temperature=0, stop=[stop])
     assert (answer.choices[0].text, answer.choices[0].finish_reason) == (expected, "stop")
+    # Usage counts the stop string as generated, as OpenAI does: the tokens of the text up to its end
+    # (the demo's 24.10 ensemble reports no token count, so the frontend counts the text's).
+    tokenizer = Tokenizer.from_file(str(frontend.models["tiny_llm"].tokenizer_dir / "tokenizer.json"))
+    through_stop = full[:full.index(stop) + len(stop)]
+    assert answer.usage.completion_tokens == len(tokenizer.encode(through_stop, add_special_tokens=False).ids)
+    at_once = client.completions.create(model="tiny_llm", prompt=PROMPT, max_tokens=24, temperature=0, stop=full[:3])
+    assert at_once.choices[0].text == "" and at_once.usage.completion_tokens >= 1  # was 0: the empty text's
     streamed = client.completions.create(model="tiny_llm", prompt=PROMPT, max_tokens=24, temperature=0, stop=stop,
                                          stream=True)
     assert "".join(c.choices[0].text for c in streamed) == expected

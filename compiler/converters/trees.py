@@ -45,9 +45,14 @@ def _convert_trees(model: ModelSpec, spec: Spec, *, framework_packages: tuple[st
         onnx_model = convert(source, initial_types=[(input_name, onnxmltools_types.FloatTensorType([None, n_features]))],
                              target_opset=ONNXMLTOOLS_OPSET, **(extra_kwargs or {}))
     except (RuntimeError, NotImplementedError, TypeError, ValueError, AttributeError) as exc:
+        message = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # onnxmltools reads XGBoost's split features as f0, f1, ...: a booster fitted on a DataFrame
+        # names them after its columns (its error: "feature names should follow pattern 'f%d'").
+        fix = ("fit on a numpy array, or clear the names before saving (booster.feature_names = None)"
+               if "f%d" in message or "feature names" in message.lower() else
+               "use an objective onnxmltools supports (regression, binary, multiclass)")
         raise ConversionError(f"model '{model.name}': onnxmltools cannot convert this {model.source.framework} model: "
-                              f"{str(exc).splitlines()[0]}", loc=("source",),
-                              fix="use an objective onnxmltools supports (regression, binary, multiclass)") from None
+                              f"{message}", loc=("source",), fix=fix) from None
     if patch is not None:
         patch(onnx_model)
     def reference(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -224,7 +224,7 @@ class _Handlers:
             raise ApiError(503 if exc.busy else 500, f"the model server failed: {exc}",
                            code="server_busy" if exc.busy else "backend_error") from exc
         finally:  # a cancelled stream's rate counts too
-            tokens = self._generated_tokens(model, report, emitted)
+            tokens = self._generated_tokens(model, report, emitted + [scanner.hit])
             if pieces > 1 and last > start:
                 metrics.tokens_per_second.observe(tokens / (last - start))
             if tokens > 1 and last > first:  # a response may carry several tokens: the request's mean
@@ -244,7 +244,9 @@ class _Handlers:
     def _generated_tokens(model: LlmModel, report: dict[str, Any], emitted: list[str]) -> int:
         """The completion's tokens. Not the number of streamed responses: the CPU engine sends a
         paced stream several tokens a response (python_backends/llm_cpu_engine/back_channel.py),
-        as TensorRT-LLM does with speculative decoding."""
+        as TensorRT-LLM does with speculative decoding. Counted from the text (emitted: the pieces
+        returned and a stop string found, which OpenAI counts as generated) when the model does
+        not say."""
         if "tokens" in report:  # the engine's own count (return_num_output_tokens)
             return int(report["tokens"])
         if "responses" in report:  # an LLM API model: one response a decoding step, empty ones too

@@ -247,14 +247,16 @@ class StopScanner:
         self.stops = stops
         self.pending = ""
         self.stopped = False
+        self.hit = ""  # the stop string found: generated, so counted in usage, but not returned
 
     def feed(self, piece: str) -> str:
         if not self.stops:
             return piece
         self.pending += piece
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for s in self.stops if (i := self.pending.find(s)) >= 0]
         if hits:
-            out, self.pending, self.stopped = self.pending[:min(hits)], "", True
+            at, self.hit = min(hits)
+            out, self.pending, self.stopped = self.pending[:at], "", True
             return out
         hold = 0
         for stop in self.stops:
