@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import manifest as manifest_file
+from .llm.build import QUANTIZATION_REPORT_NAME, masked_quantization_report
 from .terminal import Terminal
 
 # The files a build emits as text (and that are committed); the rest are binaries.
@@ -34,8 +34,6 @@ TEXT_SUFFIXES = {".pbtxt", ".py", ".json", ".txt", ".sh", ".md", ".jinja", ".mod
 
 MACHINE_ROUNDED_FRAMEWORKS = {"pytorch", "huggingface"}
 MACHINE_ROUNDED = "<rounded by the building machine's CPU>"
-QUANTIZATION_REPORT = "checkpoint/tritonize-quantization.json"
-QUANTIZATION_ERRORS = ("max_logit_error", "mean_logit_error", "token_agreement")
 ENGINE_KEY = re.compile(rb"sha256:[0-9a-f]{64}")  # build_engine.sh's cache key hashes the checkpoint
 
 
@@ -104,24 +102,9 @@ def machine_independent(relative: str, content: bytes) -> bytes:
     """A text file of a repository with the values that the building CPU rounds (module docstring)
     replaced by MACHINE_ROUNDED: equal for two builds that differ in nothing else."""
     if relative == manifest_file.MANIFEST_NAME:
-        manifest = json.loads(content)
-        for entry in manifest["models"].values():
-            if entry.get("framework") not in MACHINE_ROUNDED_FRAMEWORKS:
-                continue
-            entry["files"] = {path: MACHINE_ROUNDED for path in entry["files"]}
-            for output in entry.get("samples", {}).get("outputs", {}).values():
-                output["data"] = MACHINE_ROUNDED
-            for check in entry.get("verification", {}).get("outputs", {}).values():
-                check.update(max_abs_error=MACHINE_ROUNDED, max_rel_error=MACHINE_ROUNDED)
-            if "quantization" in entry:
-                entry["quantization"].update({key: MACHINE_ROUNDED for key in QUANTIZATION_ERRORS})
-            if "engine" in entry:
-                entry["engine"]["cache_key"] = MACHINE_ROUNDED
-        return json.dumps(manifest, indent=2, sort_keys=True).encode()
-    if relative.endswith(QUANTIZATION_REPORT):
-        quantization = json.loads(content)
-        quantization.update({key: MACHINE_ROUNDED for key in QUANTIZATION_ERRORS})
-        return json.dumps(quantization, indent=2, sort_keys=True).encode()
+        return manifest_file.masked(content, MACHINE_ROUNDED_FRAMEWORKS, MACHINE_ROUNDED)
+    if relative.endswith(f"checkpoint/{QUANTIZATION_REPORT_NAME}"):
+        return masked_quantization_report(content, MACHINE_ROUNDED)
     if relative.endswith("/build_engine.sh"):
         return ENGINE_KEY.sub(MACHINE_ROUNDED.encode(), content)
     return content

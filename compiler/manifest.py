@@ -161,6 +161,32 @@ class Manifest(_Record):
         return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True) + "\n"
 
 
+# The quantization errors (of the manifest entry and the checkpoint's report) that the calibrating
+# machine's rounding decides.
+QUANTIZATION_ERRORS = ("max_logit_error", "mean_logit_error", "token_agreement")
+
+
+def masked(content: bytes, frameworks: set[str], placeholder: str) -> bytes:
+    """A manifest's JSON with the values that the building machine computes for the models of these
+    frameworks (their files' hashes, recorded outputs, verification and quantization errors, engine
+    cache key) replaced by placeholder (tritonize.buildcheck: another CPU rounds them differently)."""
+    manifest = json.loads(content)
+    for entry in manifest["models"].values():
+        if entry.get("framework") not in frameworks:
+            continue
+        entry["files"] = {path: placeholder for path in entry["files"]}
+        for output in entry.get("samples", {}).get("outputs", {}).values():
+            output["data"] = placeholder
+        for check in entry.get("verification", {}).get("outputs", {}).values():
+            check.update(max_abs_error=placeholder, max_rel_error=placeholder)
+        if "quantization" in entry:
+            entry["quantization"].update({key: placeholder for key in QUANTIZATION_ERRORS})
+        if "engine" in entry:
+            entry["engine"]["cache_key"] = placeholder
+    return json.dumps(manifest, indent=2, sort_keys=True).encode()
+
+
+
 def path_of(repository: Path) -> Path:
     return Path(repository) / MANIFEST_NAME
 

@@ -36,6 +36,16 @@ from . import repository as repo
 from .quantize import torch, transformers
 from .targets import Release
 
+QUANTIZATION_REPORT_NAME = "tritonize-quantization.json"  # next to the checkpoint: its measured errors
+
+
+def masked_quantization_report(content: bytes, placeholder: str) -> bytes:
+    """A quantization report with the errors the calibrating machine's rounding decides replaced by
+    placeholder (tritonize.buildcheck)."""
+    report = json.loads(content)
+    report.update({key: placeholder for key in manifest_file.QUANTIZATION_ERRORS})
+    return json.dumps(report, indent=2, sort_keys=True).encode()
+
 # The CPU engine's checkpoint loaders: the served model, so part of the checkpoint cache key.
 LOADER_FILES = ("trtllm_checkpoint.py", "hf_checkpoint.py")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -250,7 +260,7 @@ def _checkpoint(model: ModelSpec, spec: Spec, llm: LlmSpec, hf_dir: Path, termin
     target = cache_root(spec) / "checkpoints" / key.removeprefix("sha256:")[:32]
     what_kind = "HuggingFace (LLM API)" if hf_export else "TensorRT-LLM"
     loader = _served_model_loader("hf_checkpoint" if hf_export else "trtllm_checkpoint")
-    report_path = target / "tritonize-quantization.json"
+    report_path = target / QUANTIZATION_REPORT_NAME
     if (target / "config.json").is_file() and (report_path.is_file() or quant.mode == "none"):
         terminal.success(f"{model.name}: {what_kind} checkpoint unchanged, reused from cache ({target})")
     else:
