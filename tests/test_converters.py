@@ -109,6 +109,13 @@ def xgb_on_named_columns():
     return XGBClassifier(n_estimators=3, max_depth=2, n_jobs=1).fit(frame, labels)
 
 
+def scaler_xgb_pipeline():
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from xgboost import XGBClassifier
+    return make_pipeline(StandardScaler(), XGBClassifier(n_estimators=5, max_depth=2, random_state=0, n_jobs=1)).fit(*_iris())
+
+
 def svc_without_probability():
     from sklearn.svm import SVC
     return SVC().fit(*_iris())
@@ -497,6 +504,31 @@ def test_missing_model_file(workdir):
     spec = Spec.model_validate({"models": [{"name": "gone", "source": {"framework": "xgboost", "path": "gone.json"}}]})
     spec._source = SpecSource(workdir / "model.yaml")
     with pytest.raises(ConversionError, match=r"model file not found: gone.json"):
+        convert(spec.models[0], spec)
+
+
+def test_xgboost_and_lightgbm_estimators_convert_as_sklearn(workdir):
+    """A Pipeline ending in an XGBClassifier, and an LGBMRegressor pickled with joblib: skl2onnx had
+    no converter for either (one of the commonest ways such models are saved)."""
+    import joblib
+    from lightgbm import LGBMRegressor
+    from sklearn.datasets import load_diabetes
+
+    model = {"name": "scaler_xgb", "source": {"framework": "sklearn", "factory": "converter_factories:scaler_xgb_pipeline"}}
+    _, converted, report = converted_and_verified(workdir, model)
+    assert [(t.name, t.dtype) for t in converted.outputs] == [("label", "INT64"), ("probabilities", "FP32")]
+    assert report.passed
+    features, targets = load_diabetes(return_X_y=True)
+    joblib.dump(LGBMRegressor(n_estimators=5, num_leaves=4, verbose=-1, n_jobs=1).fit(features, targets),
+                workdir / "lgbm.joblib")
+    _, converted, report = converted_and_verified(workdir, {"name": "lgbm_joblib",
+                                                            "source": {"framework": "sklearn", "path": "lgbm.joblib"},
+                                                            "inputs": [{"name": "input", "dtype": "FP32", "dims": [10],
+                                                                        "range": [-0.2, 0.2]}]})
+    assert [(t.name, t.dtype) for t in converted.outputs] == [("prediction", "FP32")] and report.passed
+    # The lightgbm framework reads booster files; for a pickle it says which framework takes it.
+    spec = make_spec(workdir, [{"name": "as_lightgbm", "source": {"framework": "lightgbm", "path": "lgbm.joblib"}}])
+    with pytest.raises(ConversionError, match=r"or write framework: sklearn for a pickled scikit-learn-API estimator"):
         convert(spec.models[0], spec)
 
 

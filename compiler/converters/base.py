@@ -83,8 +83,13 @@ def source_file(model: ModelSpec, spec: Spec, suffixes: tuple[str, ...]) -> Path
         raise ConversionError(f"model file not found: {model.source.path}", loc=where,
                               fix="give a path relative to the spec file")
     if path.suffix.lower() not in suffixes:
+        pickled = path.suffix.lower() in (".joblib", ".pkl", ".pickle") and model.source.framework in ("xgboost", "lightgbm")
+        # A pickled XGBClassifier/LGBMRegressor... is a scikit-learn estimator, which the sklearn
+        # converter takes (converters/sklearn.py register_booster_converters).
         raise ConversionError(f"'{path.name}' is not a {model.source.framework} model file", loc=where,
-                              fix=f"use a file ending in {', '.join(suffixes)}")
+                              fix=f"use a file ending in {', '.join(suffixes)}" +
+                                  (", or write framework: sklearn for a pickled scikit-learn-API estimator"
+                                   if pickled else ""))
     return path
 
 

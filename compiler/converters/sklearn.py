@@ -29,6 +29,7 @@ from .base import ONNX_ML_OPSET, ONNX_OPSET, ConvertedModel, Converter, finish, 
 _PURPOSE = "converting a scikit-learn model"
 sklearn_base = optional("sklearn.base", purpose=_PURPOSE, extra="sklearn", package="scikit-learn")
 skl2onnx = optional("skl2onnx", purpose=_PURPOSE, extra="sklearn")
+skl2onnx_shapes = optional("skl2onnx.common.shape_calculator", purpose=_PURPOSE, extra="sklearn", package="skl2onnx")
 skl2onnx_types = optional("skl2onnx.common.data_types", purpose=_PURPOSE, extra="sklearn", package="skl2onnx")
 sklearn_compose = optional("sklearn.compose", purpose=_PURPOSE, extra="sklearn", package="scikit-learn")
 joblib = optional("joblib", purpose="loading a saved scikit-learn model", extra="sklearn")
@@ -215,6 +216,7 @@ class SklearnConverter(Converter):
                                   "its served probabilities are checked against", loc=("source",),
                                   fix="fit SVC with probability=True, or wrap the classifier in "
                                       "sklearn.calibration.CalibratedClassifierCV")
+        register_booster_converters()
         # ZipMap turns probabilities into a sequence of maps, which Triton cannot serve.
         options = {id(final): {"zipmap": False}} if kind == "classifier" else None
         try:
@@ -245,6 +247,31 @@ class SklearnConverter(Converter):
                            choices=choices)
         converted.summary = f"sklearn {kind} {describe(estimator)}, {features} features: {converted.signature}"
         return converted
+
+
+def register_booster_converters() -> None:
+    """Teach skl2onnx XGBoost's and LightGBM's scikit-learn estimators (alone, saved with joblib, or
+    the last step of a Pipeline) with onnxmltools' converters, where those packages are installed:
+    skl2onnx's own recipe (onnx/sklearn-onnx docs/tutorial/plot_gexternal_xgboost.py and
+    plot_gexternal_lightgbm.py, update_registered_converter). Without it skl2onnx had "no converter"
+    for a StandardScaler -> XGBClassifier pipeline."""
+    from importlib import import_module
+
+    for package, converter_module, converter, prefix in (
+            ("xgboost", "onnxmltools.convert.xgboost.operator_converters.XGBoost", "convert_xgboost", "XGBoost"),
+            ("lightgbm", "onnxmltools.convert.lightgbm.operator_converters.LightGbm", "convert_lightgbm", "LightGbm")):
+        try:
+            estimators = import_module(package)
+            convert = getattr(import_module(converter_module), converter)
+        except ImportError:  # that framework (or onnxmltools) is not installed: nothing to teach
+            continue
+        classifier, regressor = (getattr(estimators, f"{'XGB' if package == 'xgboost' else 'LGBM'}{kind}")
+                                 for kind in ("Classifier", "Regressor"))
+        skl2onnx.update_registered_converter(
+            classifier, f"{prefix}{classifier.__name__}", skl2onnx_shapes.calculate_linear_classifier_output_shapes,
+            convert, options={"nocl": [True, False], "zipmap": [True, False, "columns"]})
+        skl2onnx.update_registered_converter(
+            regressor, f"{prefix}{regressor.__name__}", skl2onnx_shapes.calculate_linear_regressor_output_shapes, convert)
 
 
 def unconvertible(model: ModelSpec, estimator: Any, exc: Exception) -> ConversionError:
