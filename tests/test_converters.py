@@ -269,6 +269,10 @@ def test_spec_outputs_that_name_graph_outputs_match_by_name(workdir):
     spec = make_spec(workdir, [{**model, "outputs": [{"name": "probabilities", "dtype": "FP32", "dims": [4]}]}])
     with pytest.raises(ConversionError, match=r"^outputs\[0\].dims: .*write dims: \[3\]"):  # where the spec wrote it
         convert(spec.models[0], spec)
+    # A name the graph does not have renames by position, and a mismatch says so.
+    spec = make_spec(workdir, [{**model, "outputs": [{"name": "probs", "dtype": "FP32", "dims": [3]}]}])
+    with pytest.raises(ConversionError, match=r"matched by position; the graph's outputs: label, probabilities"):
+        convert(spec.models[0], spec)
 
 
 def test_unbatched_model_keeps_the_graph_batch_dim_in_dims(workdir):

@@ -155,9 +155,13 @@ def _spec_renames(model: ModelSpec, spec: Spec, graph: list[TensorSpec], declare
         # Errors point at the tensor as the spec wrote it (written: before _by_name's reordering).
         where = (kind, next((i for i, tensor in enumerate(written or []) if tensor is wanted), index))
         if wanted.dtype != actual.dtype:
+            by_position = "" if wanted.name == actual.name else (
+                f" (an {kind[:-1]} named otherwise than the graph's is matched by position; the graph's {kind}: "
+                f"{', '.join(t.name for t in graph)})")
             raise ConversionError(f"dtype {wanted.dtype} does not match the graph's {actual.dtype} for "
-                                  f"'{actual.name}'", loc=(*where, "dtype"),
-                                  fix=f"write dtype: {actual.dtype}")
+                                  f"'{actual.name}'{by_position}", loc=(*where, "dtype"),
+                                  fix=f"write dtype: {actual.dtype}" if not by_position else
+                                  f"name the {kind[:-1]} after the graph's, or declare them in the graph's order")
         # Compare what the graph sees: a spec without reshape is taken as client dims.
         if wanted.reshape is None and wanted.dims == actual.dims:
             continue

@@ -53,8 +53,12 @@ def feature_input(model: ModelSpec, spec: Spec) -> tuple[str, str]:
     if model.inputs:
         first = model.inputs[0]
         if first.dtype not in ("FP32", "FP64"):
+            fix = "write dtype: FP32"
+            if first.dtype == "STRING" and model.source.framework == "sklearn":  # e.g. a OneHotEncoder's strings
+                fix = ("fit the pipeline on a pandas DataFrame with a ColumnTransformer: it takes one input per "
+                       "column, STRING ones included")
             raise ConversionError(f"model '{model.name}': a {model.source.framework} model takes FP32 (or FP64) "
-                                  f"features, not {first.dtype}", loc=("inputs", 0, "dtype"), fix="write dtype: FP32")
+                                  f"features, not {first.dtype}", loc=("inputs", 0, "dtype"), fix=fix)
         return first.name, first.dtype
     return "input", "FP32"
 
