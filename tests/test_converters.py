@@ -116,6 +116,15 @@ def scaler_xgb_pipeline():
     return make_pipeline(StandardScaler(), XGBClassifier(n_estimators=5, max_depth=2, random_state=0, n_jobs=1)).fit(*_iris())
 
 
+def onehot_on_strings():
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+    colours = np.array([["red"], ["green"], ["blue"], ["red"], ["green"], ["blue"]])
+    return make_pipeline(OneHotEncoder(), LogisticRegression()).fit(colours, [0, 1, 0, 0, 1, 0])
+
+
 def svc_without_probability():
     from sklearn.svm import SVC
     return SVC().fit(*_iris())
@@ -292,6 +301,15 @@ def test_unfitted_estimator_is_a_user_error(workdir):
     spec = make_spec(workdir, [{"name": "unfitted", "source": {"framework": "sklearn",
                                                                "factory": "converter_factories:not_fitted"}}])
     with pytest.raises(ConversionError, match="not fitted"):
+        convert(spec.models[0], spec)
+
+
+def test_encoder_fitted_on_a_string_array_points_to_a_column_transformer(workdir):
+    """skl2onnx's own "invalid literal for int()" came with "use an estimator skl2onnx supports"."""
+    spec = make_spec(workdir, [{"name": "onehot", "source": {"framework": "sklearn",
+                                                             "factory": "converter_factories:onehot_on_strings"}}])
+    with pytest.raises(ConversionError, match=r"an encoder fitted on strings.*fix: fit the pipeline on a pandas "
+                                              r"DataFrame with a ColumnTransformer"):
         convert(spec.models[0], spec)
 
 

@@ -287,6 +287,12 @@ def unconvertible(model: ModelSpec, estimator: Any, exc: Exception) -> Conversio
                                f"(no converter for it in skl2onnx {installed_versions('skl2onnx').get('skl2onnx')})",
                                loc=("source",), fix="replace that estimator with one skl2onnx supports (see "
                                                      "skl2onnx's supported_converters())")
+    if "invalid literal for int()" in message or "could not convert string to float" in message:
+        # An encoder fitted on a numpy array of strings: skl2onnx reads its categories as numbers.
+        return ConversionError(f"model '{model.name}': skl2onnx cannot convert {type(estimator).__name__}: {message} "
+                               "(an encoder fitted on strings, fed as one numeric tensor)", loc=("source",),
+                               fix="fit the pipeline on a pandas DataFrame with a ColumnTransformer: it takes one "
+                                   "input per column, STRING ones included")
     return ConversionError(f"model '{model.name}': skl2onnx cannot convert {type(estimator).__name__}: {message}",
                            loc=("source",), fix="use an estimator skl2onnx supports (see skl2onnx's supported list)")
 
