@@ -6,12 +6,13 @@ written. Text files (configs, model.py, the manifest) are compared byte for byte
 content hashes the manifests record: the freshly built manifest against the committed one, and a
 committed binary that is present against its own manifest's hash.
 
-Values the building machine's CPU computes for models that torch trains or calibrates during the
-build (MACHINE_ROUNDED_FRAMEWORKS) are kept apart: another CPU rounds their float arithmetic
-differently in the last bits. An Intel Xeon with AVX-512 built the demo's digits_mlp (trained in
-examples/torch_mlp.py) and tiny_llm (FP8-calibrated) to other weights than the AMD EPYC machines
-that built the committed model_repo/, so to other ONNX/checkpoint hashes, recorded outputs,
-verification and quantization errors, and engine cache key; pinning torch's and MKL's kernels
+Values the building machine's CPU computes with torch are kept apart: another CPU rounds their
+float arithmetic differently in the last bits. They are the recorded outputs and errors of the
+MACHINE_ROUNDED_FRAMEWORKS' models, and the weights (file hashes, engine cache key) of those the
+build trains or calibrates itself (trained_in_build). An Intel Xeon with AVX-512 built the demo's
+digits_mlp (trained in examples/torch_mlp.py) and tiny_llm (FP8-calibrated) to other weights than
+the AMD EPYC machines that built the committed model_repo/, so to other ONNX/checkpoint hashes,
+recorded outputs, verification and quantization errors, and engine cache key; pinning torch's and MKL's kernels
 (ATEN_CPU_CAPABILITY, MKL_CBWR) did not make them agree. A difference in nothing but those values
 is `rounded`: reported, not a failure unless `--strict`. Whatever decides those values is still
 compared exactly: the spec and its sources (the manifest's input_hash) and the tool versions.
@@ -24,6 +25,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import manifest as manifest_file
 from .llm.build import QUANTIZATION_REPORT_NAME, masked_quantization_report
@@ -60,10 +62,33 @@ def check_build(spec_path: Path, output: Path | None = None, *, runtime: str | N
         built = Path(work) / "repository"
         with terminal.status(f"building {spec_path} into a temporary directory to compare with {committed}"):
             build(spec_path, built, force=True, runtime=runtime, terminal=Terminal(quiet=True))
-        return committed, differences(built, committed)
+        return committed, differences(built, committed, trained_in_build(spec))
 
 
-def differences(built: Path, committed: Path) -> list[Difference]:
+def trained_in_build(spec: Any) -> frozenset[str]:
+    """The spec's models whose weights the build itself computes with torch: a pytorch or huggingface
+    factory (it may train, as examples/torch_mlp.py does) or an LLM it quantizes (FP8 calibration).
+    A model exported from a saved file is the same bytes on every CPU."""
+    return frozenset(model.name for model in spec.models if model.source.framework in MACHINE_ROUNDED_FRAMEWORKS
+                     and (model.source.factory is not None
+                          or (model.llm is not None and model.llm.quantization.mode != "none")))
+
+
+def rounded_entries(repository: Path, trained: frozenset[str]) -> frozenset[str]:
+    """The manifest entries built from weights the build computed: the trained models and the steps
+    of their ensembles (an LLM's engine holds its checkpoint)."""
+    manifest = manifest_file.read(repository)
+    if manifest is None:
+        return frozenset()
+    names = trained | {step for name in trained if name in manifest.models for step in manifest.models[name].steps or []}
+    return frozenset(name for name in names if name in manifest.models
+                     and manifest.models[name].framework in MACHINE_ROUNDED_FRAMEWORKS)
+
+
+def differences(built: Path, committed: Path, trained: frozenset[str] = frozenset()) -> list[Difference]:
+    """How committed differs from built; `trained`: the spec models whose weights the build computes
+    (trained_in_build), whose files' hashes may be `rounded`."""
+    rounded = rounded_entries(built, trained)
     built_files, committed_files = _files(built), _files(committed) if committed.is_dir() else {}
     built_hashes = _manifest_hashes(built)
     committed_hashes = _manifest_hashes(committed)
@@ -80,17 +105,16 @@ def differences(built: Path, committed: Path) -> list[Difference]:
         if text:
             new, old = built_files[relative].read_bytes(), committed_files[relative].read_bytes()
             if new != old:
-                rounded = machine_independent(relative, new) == machine_independent(relative, old)
-                found.append(Difference(relative, "rounded" if rounded else "differs", _short_diff(old, new, relative)))
+                same = machine_independent(relative, new, rounded) == machine_independent(relative, old, rounded)
+                found.append(Difference(relative, "rounded" if same else "differs", _short_diff(old, new, relative)))
         elif relative not in built_hashes and \
                 built_files[relative].read_bytes() != committed_files[relative].read_bytes():
             found.append(Difference(relative, "differs", "binary content"))
-    rounded_models = _machine_rounded_models(built)
     for relative, digest in sorted(built_hashes.items()):
         if relative not in committed_hashes:
             continue  # the manifest itself differs and is listed; so is the file when committed
         if committed_hashes[relative] != digest:
-            kind = "rounded" if relative.split("/", 1)[0] in rounded_models else "differs"
+            kind = "rounded" if relative.split("/", 1)[0] in rounded else "differs"
             found.append(Difference(relative, kind, "content hash in the manifest"))
         elif relative in committed_files and not committed_files[relative].is_dir() and \
                 _sha256(committed_files[relative]) != digest:
@@ -98,22 +122,17 @@ def differences(built: Path, committed: Path) -> list[Difference]:
     return _unique(found)
 
 
-def machine_independent(relative: str, content: bytes) -> bytes:
+def machine_independent(relative: str, content: bytes, rounded: frozenset[str]) -> bytes:
     """A text file of a repository with the values that the building CPU rounds (module docstring)
-    replaced by MACHINE_ROUNDED: equal for two builds that differ in nothing else."""
+    replaced by MACHINE_ROUNDED: equal for two builds that differ in nothing else. `rounded`: the
+    entries built from weights the build computed (rounded_entries)."""
     if relative == manifest_file.MANIFEST_NAME:
-        return manifest_file.masked(content, MACHINE_ROUNDED_FRAMEWORKS, MACHINE_ROUNDED)
+        return manifest_file.masked(content, MACHINE_ROUNDED_FRAMEWORKS, rounded, MACHINE_ROUNDED)
     if relative.endswith(f"checkpoint/{QUANTIZATION_REPORT_NAME}"):
         return masked_quantization_report(content, MACHINE_ROUNDED)
-    if relative.endswith("/build_engine.sh"):
+    if relative.endswith("/build_engine.sh") and relative.split("/", 1)[0] in rounded:
         return ENGINE_KEY.sub(MACHINE_ROUNDED.encode(), content)
     return content
-
-
-def _machine_rounded_models(repository: Path) -> set[str]:
-    manifest = manifest_file.read(repository)
-    return set() if manifest is None else {
-        name for name, entry in manifest.models.items() if entry.framework in MACHINE_ROUNDED_FRAMEWORKS}
 
 
 def _files(root: Path) -> dict[str, Path]:
@@ -163,8 +182,8 @@ def report(committed: Path, spec_path: Path, found: list[Difference], terminal: 
         terminal.success(f"{committed} is what {spec_path} builds")
         if found:
             terminal.warning(f"{len(found)} files differ only in values this machine's CPU rounds differently "
-                             f"(the weights, outputs and errors of models torch trains or calibrates in the build): "
-                             f"{', '.join(d.path for d in found)}; `--check --strict` fails on them")
+                             f"(torch models' recorded outputs and errors, the weights of those the build trains or "
+                             f"calibrates): {', '.join(d.path for d in found)}; `--check --strict` fails on them")
         return
     terminal.error(f"{committed} is not what {spec_path} builds: {len(failing)} files differ "
                    f"(rebuild with `tritonize build {spec_path}` and commit the result)")

@@ -34,7 +34,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file (model.yaml)."),
           check: bool = typer.Option(False, "--check", help="Write nothing; exit 4 listing the files that differ "
                                                            "when the repository is not what SPEC builds."),
           strict: bool = typer.Option(False, "--strict", help="With --check: also fail on the values another CPU "
-                                                             "rounds differently (models torch trains in the build)."),
+                                                             "rounds differently (torch models' recorded outputs, and "
+                                                             "the weights of those the build trains)."),
           lock_timeout: float = typer.Option(600.0, "--lock-timeout", min=0,
                                              help="Seconds to wait for another build of the same output."),
           verbose: bool = typer.Option(False, "--verbose", "-v",

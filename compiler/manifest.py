@@ -166,25 +166,31 @@ class Manifest(_Record):
 QUANTIZATION_ERRORS = ("max_logit_error", "mean_logit_error", "token_agreement")
 
 
-def masked(content: bytes, frameworks: set[str], placeholder: str) -> bytes:
-    """A manifest's JSON with the values that the building machine computes for the models of these
-    frameworks (their files' hashes, recorded outputs, verification and quantization errors, engine
-    cache key) replaced by placeholder (tritonize.buildcheck: another CPU rounds them differently)."""
-    manifest = json.loads(content)
-    for entry in manifest["models"].values():
-        if entry.get("framework") not in frameworks:
+def masked(content: bytes, frameworks: set[str], trained: frozenset[str], placeholder: str) -> bytes:
+    """A manifest's JSON with the values that the building machine computes replaced by placeholder
+    (tritonize.buildcheck: another CPU rounds them differently): for the models of these frameworks
+    the recorded outputs and the verification and quantization errors; for the `trained` entries
+    (weights the build computes) also their files' hashes and the engine cache key. A manifest that
+    is not one (a merge conflict, another format) is returned as it is: it then differs."""
+    try:
+        manifest = json.loads(content)
+        entries = manifest["models"].items()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return content
+    for name, entry in entries:
+        if not isinstance(entry, dict) or entry.get("framework") not in frameworks:
             continue
-        entry["files"] = {path: placeholder for path in entry["files"]}
-        for output in entry.get("samples", {}).get("outputs", {}).values():
+        for output in ((entry.get("samples") or {}).get("outputs") or {}).values():
             output["data"] = placeholder
-        for check in entry.get("verification", {}).get("outputs", {}).values():
+        for check in ((entry.get("verification") or {}).get("outputs") or {}).values():
             check.update(max_abs_error=placeholder, max_rel_error=placeholder)
-        if "quantization" in entry:
+        if isinstance(entry.get("quantization"), dict):
             entry["quantization"].update({key: placeholder for key in QUANTIZATION_ERRORS})
-        if "engine" in entry:
-            entry["engine"]["cache_key"] = placeholder
+        if name in trained:
+            entry["files"] = {path: placeholder for path in entry.get("files") or {}}
+            if isinstance(entry.get("engine"), dict):
+                entry["engine"]["cache_key"] = placeholder
     return json.dumps(manifest, indent=2, sort_keys=True).encode()
-
 
 
 def path_of(repository: Path) -> Path:

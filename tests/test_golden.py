@@ -12,7 +12,8 @@ import pytest
 
 import tritonize
 from tritonize import manifest as manifest_file
-from tritonize.buildcheck import machine_independent
+from tritonize.buildcheck import machine_independent, rounded_entries, trained_in_build
+from tritonize.spec import load_spec
 from tritonize.terminal import Terminal
 from tritonize.triton.rules import check_repository
 
@@ -21,10 +22,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TEXT_SUFFIXES = {".pbtxt", ".py", ".json", ".txt", ".sh", ".md", ".jinja", ".model"}
 
 
-def text_files(repository: Path) -> dict[str, bytes]:
+def text_files(repository: Path, rounded: frozenset[str]) -> dict[str, bytes]:
     """The text files, with the values the building CPU rounds replaced (tritonize.buildcheck: the
     golden files came from other CPUs than some that run this test)."""
-    return {name: machine_independent(name, p.read_bytes())
+    return {name: machine_independent(name, p.read_bytes(), rounded)
             for p in sorted(repository.rglob("*"))
             if p.is_file() and p.suffix in TEXT_SUFFIXES and not p.name.startswith(".")
             for name in [p.relative_to(repository).as_posix()]}
@@ -51,8 +52,11 @@ def test_rebuild_matches_committed_text_files(request, build: str, golden: Path)
              if golden_tools.get(name) != version}
     assert not drift, (f"installed tool versions differ from the golden build's (installed, golden): {drift}; "
                        "install the pinned ones with `make setup` (constraints.txt), or `make lock golden`")
-    built = text_files(request.getfixturevalue(build))
-    committed = text_files(golden)
+    # digits_mlp (trained by its factory) and tiny_llm (FP8-calibrated): their weights' hashes too.
+    trained = trained_in_build(load_spec(REPO_ROOT / "model.yaml"))
+    assert trained == {"digits_mlp", "tiny_llm"}
+    built = text_files(request.getfixturevalue(build), rounded_entries(request.getfixturevalue(build), trained))
+    committed = text_files(golden, rounded_entries(golden, trained))
     assert sorted(built) == sorted(committed), "file set differs: run `make golden` and review"
     changed = [name for name in built if built[name] != committed[name]]
     assert not changed, f"rebuilt files differ from the committed ones: {changed} (run `make golden` and review)"
