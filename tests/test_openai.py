@@ -310,6 +310,30 @@ def test_unknown_paths_models_and_methods_answer_openai_errors(frontend, method,
         assert error["code"] == "model_not_found" and "tiny_llm" in error["message"]
 
 
+def test_a_bug_mid_stream_ends_the_stream_with_an_error_event(frontend, monkeypatch):
+    """After the 200 a second response (the middleware's JSON 500) would garble the event stream."""
+    from tritonize.openai import app
+
+    original, calls = app.SseChunks.text, []
+
+    def failing(self, text):
+        calls.append(text)
+        if len(calls) == 2:
+            raise RuntimeError("a bug in the frontend")
+        return original(self, text)
+
+    monkeypatch.setattr(app.SseChunks, "text", failing)
+    body = {"model": "tiny_llm", "prompt": PROMPT, "max_tokens": MAX_TOKENS, "stream": True}
+    response = requests.post(f"{frontend.url}/completions", json=body, timeout=60)
+    assert response.status_code == 200
+    events = [line for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and json.loads(events[-2][6:])["error"]["type"] == "server_error"
+    assert "HTTP/1.1" not in response.text  # no second response inside the stream
+    monkeypatch.setattr(app.SseChunks, "text", original)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{frontend.port}/metrics").read().decode()
+    assert 'tritonize_openai_requests_total{endpoint="completions",model="tiny_llm",status="500"}' in metrics
+
+
 def test_a_prompt_too_long_to_fit_is_refused_before_it_is_tokenized(frontend):
     """Megabytes of prompt were tokenized on the event loop before the length check (11 s for 7.8 MB,
     every other request waiting); now the characters alone refuse it, and others are not held up."""

@@ -194,6 +194,8 @@ def _merged(graph: list[TensorSpec], declared: list[TensorSpec] | None) -> list[
 def _filled(client_shape: list[int], shape: tuple[int, ...]) -> list[int] | None:
     """client_shape with its -1s taken from `shape`, when the two differ only in axes of size 1
     (the same data), else None."""
+    if client_shape.count(-1) == 1 and len(shape) == 1 and all(d in (-1, 1) for d in client_shape):
+        return [shape[0] if d == -1 else 1 for d in client_shape]  # [N] for [-1, 1], one sample too
     known, given = [d for d in client_shape if d != 1], [d for d in shape if d != 1]
     if len(known) != len(given) or any(k != -1 and k != g for k, g in zip(known, given)):
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import secrets
 import threading
@@ -171,7 +172,7 @@ class _Handlers:
             param = "messages" if chat else "prompt"
             check_prompt_size(model, prompt, param)
             tokens = model.count_prompt_tokens(prompt) if len(prompt) <= TOKENIZE_INLINE_CHARS else \
-                await asyncio.to_thread(model.count_prompt_tokens, prompt)
+                await asyncio.to_thread(model.count_prompt_tokens, prompt, in_thread=True)
             generation = parse_generation(body, model, prompt, param, tokens)
         except ApiError as error:
             self.metrics.request(model_name, endpoint, error.status)
@@ -188,6 +189,9 @@ class _Handlers:
         except (asyncio.CancelledError, ConnectionResetError):
             status = 499  # the client went away; the generation was cancelled with the stream
             raise
+        except _StreamFailed as failed:  # a bug after the 200: the stream carries the error
+            status = 500
+            return failed.response
         except Exception:
             status = 500  # a bug: openai_errors answers it in OpenAI's shape
             raise
@@ -295,6 +299,12 @@ class _Handlers:
             except ApiError as error:  # after the 200: the error goes in the stream, as OpenAI does
                 await response.write(_event(error.body()) + DONE)
                 return response
+            except (asyncio.CancelledError, ConnectionResetError):
+                raise
+            except Exception:  # a bug after the 200: in the stream too (a second response would garble it)
+                logging.getLogger("tritonize.openai").exception("internal error in a stream of %s", model.name)
+                await response.write(_event(ApiError(500, "internal error in the frontend (logged)").body()) + DONE)
+                raise _StreamFailed(response) from None
         end = chunks.finish(state["finish_reason"])
         if generation.include_usage:
             end += _event({**head, "choices": [], "usage": self._usage(model, generation, state)})
@@ -304,6 +314,14 @@ class _Handlers:
 
 
 DONE = b"data: [DONE]\n\n"
+
+
+class _StreamFailed(Exception):
+    """A stream that failed after its 200, its error written into it (the response to return)."""
+
+    def __init__(self, response: Any):
+        super().__init__("the stream failed")
+        self.response = response
 
 
 def _event(payload: dict[str, Any]) -> bytes:
@@ -353,8 +371,6 @@ def _id(chat: bool) -> str:
 def _openai_errors() -> Any:
     """Middleware: every error answered in OpenAI's shape, aiohttp's own included (unknown path 404,
     wrong method 405) and bugs (500, logged with their traceback)."""
-    import logging
-
     @web.middleware
     async def openai_errors(request: Any, handler: Any) -> Any:
         try:

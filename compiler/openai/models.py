@@ -55,6 +55,7 @@ class LlmModel:
     _tokenizer: Any = None
     _template: Any = None             # chat_template compiled once (jinja compiles in ms, per request on the event loop)
     _max_token_chars: int | None = None
+    greedy_defaults: bool = True      # the spec's sampling defaults (a request without them) are greedy
 
     @property
     def seed_input(self) -> str:
@@ -80,9 +81,13 @@ class LlmModel:
             self._max_token_chars = max((len(token) for token in self.tokenizer.get_vocab()), default=1)
         return self._max_token_chars
 
-    def count_prompt_tokens(self, text: str) -> int:
-        """Tokens the preprocessing will feed the engine for this prompt (same tokenizer, same BOS rule)."""
-        return len(self.tokenizer.encode(text, add_special_tokens=False).ids) + int(self.add_bos_token)
+    def count_prompt_tokens(self, text: str, *, in_thread: bool = False) -> int:
+        """Tokens the preprocessing will feed the engine for this prompt (same tokenizer, same BOS rule).
+        in_thread: encode_batch, which releases the GIL while it works (tokenizers' encode holds it),
+        so that the event loop runs on while a long prompt is tokenized in another thread."""
+        encoding = self.tokenizer.encode_batch([text], add_special_tokens=False)[0] if in_thread else \
+            self.tokenizer.encode(text, add_special_tokens=False)
+        return len(encoding.ids) + int(self.add_bos_token)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
@@ -136,8 +141,15 @@ def discover_models(repository: str | Path) -> dict[str, LlmModel]:
             name=name, decoupled=bool(entry.decoupled), max_input_len=int(limits["max_input_len"]),
             max_output_len=int(limits["max_output_len"]), inputs=frozenset(t.name for t in ensemble.input),
             tokenizer_dir=tokenizer_dir, add_bos_token=params.get("add_bos_token", "false") == "true",
-            special_tokens=special, chat_template=template)
+            special_tokens=special, chat_template=template, greedy_defaults=_greedy(params))
     return models
+
+
+def _greedy(params: dict[str, str]) -> bool:
+    """Whether the default_top_k/default_top_p parameters (the spec's sampling) are greedy, as TRT-LLM
+    reads them: top_k 1, or neither top_k nor top_p set."""
+    top_k, top_p = int(params.get("default_top_k", "1")), float(params.get("default_top_p", "0"))
+    return top_k == 1 or (top_k == 0 and top_p == 0)
 
 
 def _llmapi_model(repository: Path, name: str, decoupled: bool, checkpoint: str | None) -> LlmModel:
@@ -160,7 +172,7 @@ def _llmapi_model(repository: Path, name: str, decoupled: bool, checkpoint: str 
                     max_output_len=int(args["max_seq_len"]) - int(args["max_input_len"]),
                     inputs=frozenset(t.name for t in config.input), tokenizer_dir=tokenizer_dir,
                     add_bos_token=params.get("add_bos_token", "false") == "true", special_tokens=special,
-                    chat_template=template, llmapi=True)
+                    chat_template=template, llmapi=True, greedy_defaults=_greedy(params))
 
 
 def _latest_version(model_dir: Path) -> Path:

@@ -182,10 +182,11 @@ def _sampling_inputs(body: dict[str, Any], model: LlmModel) -> dict[str, np.ndar
     if temperature is not None and float(temperature[0, 0]) == 0.0:
         # OpenAI's temperature 0 is greedy; TRT-LLM reads greedy from top_k 1.
         inputs["top_k"] = np.array([[1]], dtype=np.int32)
-    elif temperature is not None:
+    elif temperature is not None and model.greedy_defaults:
         # OpenAI's temperature > 0 samples from the whole distribution (its top_p defaults to 1).
-        # TRT-LLM samples only when top_k or top_p says so (top_k 0 with top_p 0 is greedy), and the
-        # spec's request defaults are greedy (top_k 1): what the client left out is set to OpenAI's.
+        # TRT-LLM samples only when top_k or top_p says so (top_k 0 with top_p 0 is greedy): where the
+        # spec's request defaults are greedy (the demo's top_k 1), what the client left out is set to
+        # OpenAI's; sampling defaults the spec sets (top_k 40, ...) stay.
         if "top_k" not in inputs and model.input_name("top_k") is not None:
             inputs["top_k"] = np.array([[0]], dtype=np.int32)
         if "top_p" not in inputs and model.input_name("top_p") is not None:
