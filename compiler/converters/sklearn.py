@@ -12,6 +12,7 @@ sklearn method named there, called on features in the dtype the model was fitted
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -220,7 +221,7 @@ class SklearnConverter(Converter):
                                   "its served probabilities are checked against", loc=("source",),
                                   fix="fit SVC with probability=True, or wrap the classifier in "
                                       "sklearn.calibration.CalibratedClassifierCV")
-        register_booster_converters()
+        register_booster_converters(estimator)
         # ZipMap turns probabilities into a sequence of maps, which Triton cannot serve.
         options = {id(final): {"zipmap": False}} if kind == "classifier" else None
         try:
@@ -253,29 +254,42 @@ class SklearnConverter(Converter):
         return converted
 
 
-def register_booster_converters() -> None:
-    """Teach skl2onnx XGBoost's and LightGBM's scikit-learn estimators (alone, saved with joblib, or
-    the last step of a Pipeline) with onnxmltools' converters, where those packages are installed:
-    skl2onnx's own recipe (onnx/sklearn-onnx docs/tutorial/plot_gexternal_xgboost.py and
-    plot_gexternal_lightgbm.py, update_registered_converter). Without it skl2onnx had "no converter"
-    for a StandardScaler -> XGBClassifier pipeline."""
+# The boosters with a scikit-learn API: package -> (class prefix, onnxmltools converter module and
+# function, the alias prefix skl2onnx's examples register them under).
+BOOSTERS = {
+    "xgboost": ("XGB", "onnxmltools.convert.xgboost.operator_converters.XGBoost", "convert_xgboost", "XGBoost"),
+    "lightgbm": ("LGBM", "onnxmltools.convert.lightgbm.operator_converters.LightGbm", "convert_lightgbm", "LightGbm"),
+}
+
+
+def register_booster_converters(estimator: Any) -> None:
+    """Teach skl2onnx the XGBoost and LightGBM scikit-learn estimators a model holds (alone, saved
+    with joblib, or inside a Pipeline) with onnxmltools' converters: skl2onnx's own recipe
+    (onnx/sklearn-onnx docs/tutorial/plot_gexternal_xgboost.py and plot_gexternal_lightgbm.py,
+    update_registered_converter). Without it skl2onnx had "no converter" for a StandardScaler ->
+    XGBClassifier pipeline. A model without them imports neither package."""
+    parts = [estimator, *(estimator.get_params(deep=True).values() if hasattr(estimator, "get_params") else ())]
+    for package in {type(part).__module__.split(".")[0] for part in parts} & BOOSTERS.keys():
+        _register_booster(package)
+
+
+@functools.cache
+def _register_booster(package: str) -> None:
+    """Once a process: skl2onnx keeps what it is taught."""
     from importlib import import_module
 
-    for package, converter_module, converter, prefix in (
-            ("xgboost", "onnxmltools.convert.xgboost.operator_converters.XGBoost", "convert_xgboost", "XGBoost"),
-            ("lightgbm", "onnxmltools.convert.lightgbm.operator_converters.LightGbm", "convert_lightgbm", "LightGbm")):
-        try:
-            estimators = import_module(package)
-            convert = getattr(import_module(converter_module), converter)
-        except ImportError:  # that framework (or onnxmltools) is not installed: nothing to teach
-            continue
-        classifier, regressor = (getattr(estimators, f"{'XGB' if package == 'xgboost' else 'LGBM'}{kind}")
-                                 for kind in ("Classifier", "Regressor"))
-        skl2onnx.update_registered_converter(
-            classifier, f"{prefix}{classifier.__name__}", skl2onnx_shapes.calculate_linear_classifier_output_shapes,
-            convert, options={"nocl": [True, False], "zipmap": [True, False, "columns"]})
-        skl2onnx.update_registered_converter(
-            regressor, f"{prefix}{regressor.__name__}", skl2onnx_shapes.calculate_linear_regressor_output_shapes, convert)
+    prefix, converter_module, converter, alias = BOOSTERS[package]
+    estimators = import_module(package)
+    try:
+        convert = getattr(import_module(converter_module), converter)
+    except ImportError:  # no onnxmltools: skl2onnx then says it has no converter for the estimator
+        return
+    classifier, regressor = getattr(estimators, f"{prefix}Classifier"), getattr(estimators, f"{prefix}Regressor")
+    skl2onnx.update_registered_converter(
+        classifier, f"{alias}{classifier.__name__}", skl2onnx_shapes.calculate_linear_classifier_output_shapes,
+        convert, options={"nocl": [True, False], "zipmap": [True, False, "columns"]})
+    skl2onnx.update_registered_converter(
+        regressor, f"{alias}{regressor.__name__}", skl2onnx_shapes.calculate_linear_regressor_output_shapes, convert)
 
 
 def unconvertible(model: ModelSpec, estimator: Any, exc: Exception) -> ConversionError:

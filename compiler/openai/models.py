@@ -82,15 +82,15 @@ class LlmModel:
         return self._max_token_chars
 
     def count_prompt_tokens(self, text: str, *, in_thread: bool = False) -> int:
-        """Tokens the preprocessing will feed the engine for this prompt (same tokenizer, same BOS rule).
-        in_thread: encode_batch, which releases the GIL while it works (tokenizers' encode holds it),
-        so that the event loop runs on while a long prompt is tokenized in another thread."""
+        """Tokens the preprocessing will feed the engine for this prompt (same tokenizer, same BOS rule)."""
+        return self.count_tokens(text, in_thread=in_thread) + int(self.add_bos_token)
+
+    def count_tokens(self, text: str, *, in_thread: bool = False) -> int:
+        """in_thread: encode_batch, which releases the GIL while it works (tokenizers' encode holds it),
+        so that the event loop runs on while a long text is tokenized in another thread."""
         encoding = self.tokenizer.encode_batch([text], add_special_tokens=False)[0] if in_thread else \
             self.tokenizer.encode(text, add_special_tokens=False)
-        return len(encoding.ids) + int(self.add_bos_token)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        return len(encoding.ids)
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         if not self.chat_template:
