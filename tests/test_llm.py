@@ -537,7 +537,8 @@ def test_openai_under_serve_ends_the_streams_of_a_killed_engine_and_serves_again
                 break
             assert answer.status_code == 503 and answer.json()["error"]["code"] == "server_busy", answer.text
             time.sleep(0.2)
-        assert answer.status_code == 200 and answer.json()["choices"][0]["text"] == expected[PROMPTS[0]][1]
+        assert answer.status_code == 200 and answer.json()["choices"][0]["text"] == expected[PROMPTS[0]][1], \
+            (answer.text, serving.out.read_text()[-3000:])
     finally:
         serving.stop()
     assert serving.process.returncode == 0, serving.out.read_text()[-3000:]
@@ -605,7 +606,13 @@ def test_streams_of_a_killed_engine_end_with_an_error_and_the_engine_serves_agai
         assert not any(isinstance(end, TimeoutError) for end in grpc_ends), (grpc_ends, grpc_results)
         grpc_cut = [end for end in grpc_ends if end is not None]
         assert grpc_cut, grpc_results  # at least one was running (or waiting) when the engine died
-        assert all(end.status() == "StatusCode.UNAVAILABLE" and "being reloaded" in end.message() for end in grpc_cut)
+        # UNAVAILABLE "being reloaded" from the supervisor; any UNAVAILABLE if tritonserver itself
+        # went down meanwhile (seen: the python backend's abort while the dead stub's model reloads;
+        # serve restarts the server and says so).
+        restarted = "tritonserver exited unexpectedly" in serving.out.read_text()
+        assert all(end.status() == "StatusCode.UNAVAILABLE" and ("being reloaded" in end.message() or restarted)
+                   for end in grpc_cut), ([(end.status(), end.message()) for end in grpc_cut],
+                                          serving.out.read_text()[-3000:])
         # The others ran to their final response before the kill: the full greedy text.
         assert all("".join(pieces) == expected[PROMPTS[index % 3]][1]
                    for index, (pieces, end) in enumerate(zip(grpc_results, grpc_ends)) if end is None)
@@ -616,7 +623,8 @@ def test_streams_of_a_killed_engine_end_with_an_error_and_the_engine_serves_agai
             time.sleep(0.2)
         answer = requests.post(serving.url + "/v2/models/tiny_llm/generate", timeout=60,
                                json={"text_input": PROMPTS[0], "max_tokens": MAX_TOKENS})
-        assert answer.status_code == 200 and answer.json()["text_output"] == expected[PROMPTS[0]][1]
+        assert answer.status_code == 200 and answer.json()["text_output"] == expected[PROMPTS[0]][1], \
+            (answer.text, serving.out.read_text()[-3000:])
         assert time.monotonic() - killed < 60
     finally:
         serving.stop()

@@ -362,6 +362,38 @@ class GrpcStream:
         self.client.close()
 
 
+def test_a_stub_in_the_middle_of_exiting_is_listed_as_dead_not_dropped(tmp_path):
+    """A killed stub spends a few ms exiting (state R or D, its cmdline already empty) before it is
+    a zombie. Listed as nothing, it fell out of the supervisor's known stubs, and the zombie that
+    followed was never taken for a death. Real processes named like the stub, children of this one."""
+    stub = tmp_path / "triton_python_backend_stub"  # cat, blocked reading, with the stub's name
+    stub.write_bytes(Path("/bin/cat").read_bytes())
+    stub.chmod(0o755)
+    model_py = tmp_path / "repo" / "engine" / "1" / "model.py"
+    model_py.parent.mkdir(parents=True)
+    os.mkfifo(model_py)  # cat waits in open() for a writer
+    # argv as the python backend starts a stub (argv[1], the model's file, names the model), and
+    # one with no argv at all, as the kernel shows an exiting process (comm is still the stub's).
+    running = subprocess.Popen([str(stub), str(model_py)])
+    exiting = subprocess.Popen(["bash", "-c", f'exec -a "" "{stub}"'], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stubs = python_stubs(os.getpid(), tmp_path / "repo")
+            if running.pid in stubs and exiting.pid in stubs:
+                break
+            time.sleep(0.05)
+        assert stubs[running.pid].model == "engine" and not stubs[running.pid].zombie, stubs
+        assert stubs[exiting.pid].zombie, stubs  # dead or dying: the pid is matched with the known stub
+        running.kill()
+        running.wait()  # reaped: a stub Triton stopped itself, which vanishes
+        assert running.pid not in python_stubs(os.getpid(), tmp_path / "repo")
+    finally:
+        for process in (running, exiting):
+            process.kill()
+            process.wait()
+
+
 def test_a_reload_through_the_repository_api_is_not_taken_for_a_dead_stub(serve):
     """Model Analyzer's remote mode reloads a model with a config override for every config it
     tries: Triton finalizes and reaps the old instance's stub (and the load's model-level stub).

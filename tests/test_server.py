@@ -254,6 +254,41 @@ def test_stop_leaves_no_process(tmp_path, tiny_repo):
     assert _process_group(server.pid) == []
 
 
+SLOW_INIT_MODEL = """
+import time
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(60)
+
+    def execute(self, requests):
+        return []
+"""
+
+
+def test_a_repository_call_ends_as_soon_as_the_server_dies_under_it(tmp_path, tiny_repo):
+    """A python stub started by a load through the repository API inherits tritonserver's sockets,
+    that load's connection among them: when the server dies, the call must end then (ServerExited),
+    not when the orphaned stub does, nor after its timeout."""
+    import threading
+
+    from tritonize.triton.server.process import ServerExited
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo / "double", repo / "double")
+    _write_model(repo, "slow_init", DOUBLE_CONFIG.replace('"double"', '"slow_init"'), SLOW_INIT_MODEL)
+    with TritonServer(repo, log_path=tmp_path / "server.log", model_control="explicit",
+                      extra_args=["--load-model=double"]) as server:
+        killer = threading.Timer(3.0, os.kill, (server.pid, signal.SIGKILL))  # the server alone: not its stubs
+        killer.start()
+        started = time.monotonic()
+        with pytest.raises(ServerExited, match="exited \\(code -9\\) during load of 'slow_init'"):
+            server.control("load", "slow_init", timeout_s=60)
+        assert time.monotonic() - started < 3.0 + 2.0
+        killer.join()
+
+
 def _regions_mapped_by(pgid: int) -> set[str]:
     """The python backend's shared-memory regions the processes of group pgid map."""
     from tritonize.triton.server.process import regions_in_memory_map

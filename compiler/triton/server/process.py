@@ -9,9 +9,11 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
+from typing import Any
 from pathlib import Path
 
 from ...errors import TritonizeError
@@ -23,10 +25,16 @@ MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 STUB_FAILURE_GRACE_S = 10.0  # an initialize() error makes the server exit by itself within a few s
 LOOPBACK = "127.0.0.1"
 EXIT_TIMEOUT_S = 30  # tritonserver's own default for --exit-timeout-secs
+CONTROL_WATCH_S = 0.2  # how often a repository API call looks whether the server is still running
 
 
 class ServerError(TritonizeError):
     """tritonserver could not start, did not become ready, or a model in the repository failed to load."""
+
+
+class ServerExited(ConnectionError):
+    """tritonserver exited while a repository API call waited for its answer (an OSError, as a
+    refused connection is)."""
 
 
 # The python backend's shared memory with each stub, /dev/shm/<prefix><uuid> (the prefix:
@@ -295,12 +303,35 @@ class TritonServer:
         return json.loads(self.control("index"))
 
     def control(self, action: str, model: str | None = None, timeout_s: float = 120) -> bytes:
-        """POST /v2/repository[/models/MODEL]/ACTION (index, load, unload) with the key, if any."""
+        """POST /v2/repository[/models/MODEL]/ACTION (index, load, unload) with the key, if any.
+
+        Raises ServerExited as soon as the server exits meanwhile: a python stub that a load
+        through this API starts inherits tritonserver's sockets (23 seen, this request's
+        connection among them), so a server that dies (seen: the python backend's abort, a
+        boost lock_exception, while the model of a killed stub reloads) leaves the connection open
+        and the answer would be waited for the whole timeout."""
         path = "/v2/repository" + (f"/models/{model}" if model else "") + f"/{action}"
         headers = {"Content-Type": "application/json", **(self.restricted.headers if self.restricted else {})}
         request = urllib.request.Request(f"http://{self.http_url}{path}", data=b"{}", method="POST", headers=headers)
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.read()
+        answer: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                    answer["body"] = response.read()
+            except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+                answer["error"] = error
+
+        worker = threading.Thread(target=call, name=f"tritonserver-{action}", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(CONTROL_WATCH_S)
+            if worker.is_alive() and self.process is not None and self.process.poll() is not None:
+                raise ServerExited(f"tritonserver exited (code {self.process.returncode}) during {action}"
+                                   + (f" of '{model}'" if model else ""))
+        if "error" in answer:
+            raise answer["error"]
+        return answer["body"]
 
     def update_log_settings(self, settings: dict) -> None:
         """POST /v2/logging (e.g. {"log_verbose_level": 1}) with the key, if any."""

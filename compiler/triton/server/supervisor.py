@@ -37,7 +37,7 @@ from ...terminal import Terminal
 from .availability import Availability
 from .guard import counter_text
 from .logs import last_line_hint
-from .process import ServerError, TritonServer
+from .process import ServerError, ServerExited, TritonServer
 
 POLL_S = 0.2
 ZOMBIE_CONFIRM_S = 0.05  # far longer than Triton's exit-to-waitpid gap, short next to POLL_S
@@ -45,6 +45,7 @@ RESTART_POLICIES = ("on-failure", "no")
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
 STABLE_AFTER_S = 60.0  # a server up this long resets the backoff
 RELOAD_ATTEMPTS = 3
+STATE_ATTEMPTS = 3
 STUB_NAME = "triton_python_backend_stub"
 
 
@@ -60,7 +61,7 @@ class Stub:
 
 
 def python_stubs(server_pid: int, repository: Path) -> dict[int, Stub]:
-    """The server's python-backend stub children by pid, zombies included."""
+    """The server's python-backend stub children by pid, zombies (and stubs exiting) included."""
     stubs: dict[int, Stub] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -77,7 +78,11 @@ def python_stubs(server_pid: int, repository: Path) -> dict[int, Stub]:
                 name = comm.read().decode(errors="replace").strip()
         except (OSError, IndexError, ValueError):
             continue  # exited while being read
-        if zombie:  # a zombie has no cmdline left: it is known by pid from an earlier listing
+        # A zombie has no cmdline left, nor has a process in the middle of exiting (still R or D
+        # for a few ms, longer on a loaded machine): both are known by pid from an earlier listing.
+        # Dropping the exiting one lost the death: the next listing's zombie was then unknown (seen
+        # about once in ten kills under load; the model then failed every request for good).
+        if zombie or (not argv and STUB_NAME.startswith(name)):
             stubs[int(entry.name)] = Stub(int(entry.name), "", "", True)
         elif argv and (argv[0].endswith(STUB_NAME) or STUB_NAME.startswith(name)):
             model = _model_of(argv[1] if len(argv) > 1 else "", repository)
@@ -203,7 +208,11 @@ class Supervisor:
         # 15 s: the index below is the first call to the server).
         suspects = list(dict.fromkeys(stub.model for stub in dead))
         self._fail_requests(suspects)
-        models = [m for m in suspects if self._state(m) == "READY"]
+        states = {m: self._state(m) for m in suspects}
+        models = [m for m in suspects if states[m] == "READY"]
+        for model in (m for m in suspects if m not in models and states[m] != "?"):  # ?: the server exited
+            self.terminal.warning(f"a python-backend stub of model '{model}' died while the model is "
+                                  f"{states[model]}: not reloading it")
         affected = self._affected(models)
         for name in set(self._affected(suspects)) - set(affected):  # unloaded on purpose (API, with the key)
             self.availability.recovering.pop(name, None)
@@ -266,13 +275,22 @@ class Supervisor:
         return failed
 
     def _state(self, model: str) -> str:
-        try:
-            for entry in self.server.repository_index():
-                if entry.get("name") == model and entry.get("state") == "READY":
-                    return "READY"
-        except (OSError, ValueError):
-            pass
-        return "?"
+        """The model's state in the repository index; READY when the index cannot be read
+        (STATE_ATTEMPTS tries): a dead stub's model is then recovered rather than left failing
+        every request (Triton's API can be slow to answer while the dead stub holds requests)."""
+        for attempt in range(1, STATE_ATTEMPTS + 1):
+            try:
+                states = {entry.get("name"): entry.get("state") for entry in self.server.repository_index()}
+                return states.get(model) or "UNAVAILABLE"
+            except ServerExited:
+                return "?"  # watch() restarts it
+            except (OSError, ValueError) as error:
+                if attempt == STATE_ATTEMPTS:
+                    self.terminal.warning(f"the repository index did not answer ({error}); "
+                                          f"taking model '{model}' for READY")
+                else:
+                    time.sleep(0.5 * attempt)
+        return "READY"
 
     # -- a dead server ------------------------------------------------------------------------------
     def _restart_server(self) -> None:
