@@ -172,7 +172,7 @@ def encoder_plan(block: EncoderSpec, hf_dir: Path, config: dict[str, Any]) -> En
             # a regression head's value or a multi-label head's sigmoid would come out wrong.
             kind = problem or "one-label (sigmoid)"
             raise SpecError(f"encoder task text-classification serves single-label heads (softmax scores, argmax "
-                            f"label); this model's config.json has a {kind} head with {count} labels",
+                            f"label); this model's config.json has a {kind} head with {count} label{'s' if count != 1 else ''}",
                             loc=("encoder", "task"), fix="serve it with task: feature-extraction and apply the head "
                                                          "in a later step, or use a single-label classifier")
         labels = tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(count))

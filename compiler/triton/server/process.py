@@ -13,8 +13,8 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from ...errors import TritonizeError
 from .access import RestrictedApis
