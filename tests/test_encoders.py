@@ -213,7 +213,7 @@ def test_max_length_beyond_positions_is_a_located_error(encoder_repo, tmp_path):
 
 
 @pytest.mark.parametrize(("head", "message"), [
-    ({"num_labels": 1, "problem_type": "regression"}, "has a regression head with 1 label (fix:"),
+    ({"num_labels": 1, "problem_type": "regression"}, r"has a regression head with 1 label \(fix:"),
     ({"num_labels": 3, "problem_type": "multi_label_classification"},
      "has a multi_label_classification head with 3 labels"),
     (None, "has no trained weights for classifier.bias, classifier.weight"),  # a base model, no head

@@ -17,7 +17,8 @@ explicit model-control mode with the repository API behind the key (access.py), 
   config it tries, and the model-level stub a python model's load starts and finalizes) with
   `waitpid` right after the stub exits (python_backend r24.10 src/stub_launcher.cc,
   `TerminateStub`), so those vanish; one killed from outside stays a zombie until its model is
-  unloaded. A stub that merely vanished is therefore not a death, and a zombie is checked again
+  unloaded (a stub still exiting, its cmdline already gone, is listed with the zombies). A stub
+  that merely vanished is therefore not a death, and a zombie is checked again
   `ZOMBIE_CONFIRM_S` later so the instant between a finalized stub's exit and Triton's `waitpid`
   is not taken for one (seen: taking vanished stubs for dead ones reloaded a model after every
   reload, its own included, in an endless loop, and undid Model Analyzer's config override);
