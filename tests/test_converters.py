@@ -550,14 +550,14 @@ def test_xgboost_and_lightgbm_estimators_convert_as_sklearn(workdir):
     assert [(t.name, t.dtype) for t in converted.outputs] == [("prediction", "FP32")] and report.passed
     # The lightgbm framework reads booster files; for a pickle it says which framework takes it.
     spec = make_spec(workdir, [{"name": "as_lightgbm", "source": {"framework": "lightgbm", "path": "lgbm.joblib"}}])
-    with pytest.raises(ConversionError, match=r"or write framework: sklearn for a pickled scikit-learn-API estimator"):
+    with pytest.raises(ConversionError, match=r"fix: write framework: sklearn for a pickled scikit-learn-API estimator"):
         convert(spec.models[0], spec)
 
 
 def test_wrong_file_kind(workdir):
     (workdir / "model.bin").write_bytes(b"\0")
     spec = make_spec(workdir, [{"name": "wrong_kind", "source": {"framework": "lightgbm", "path": "model.bin"}}])
-    with pytest.raises(ConversionError, match=r"not a lightgbm model file.*\.txt"):
+    with pytest.raises(ConversionError, match=r"not a model file of framework lightgbm \(it reads \.txt\).*fix: use a file ending in \.txt"):
         convert(spec.models[0], spec)
 
 

@@ -54,6 +54,30 @@ def mixed_array():
     return Pipeline([("pre", _column_transformer([0, 1], [2, 3])), ("reg", Ridge())]).fit(X.to_numpy(dtype=object), y)
 
 
+def strict_frame():
+    """A OneHotEncoder that refuses unknown categories (its default): the graph's probe run took empty
+    strings and failed the build ("Unknown Category")."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    X = frame()[["age", "city"]]
+    return Pipeline([("pre", ColumnTransformer([("num", StandardScaler(), ["age"]), ("cat", OneHotEncoder(), ["city"])])),
+                     ("clf", LogisticRegression(max_iter=500))]).fit(X, X["city"] == "nice")
+
+
+TEXTS = ["a good movie", "a bad movie", "great film", "awful film", "good, GREAT story!", "bad and awful plot",
+         "the actors were good", "the plot was bad"]
+
+
+def tfidf_text():
+    """Raw texts in, as a sentiment classifier takes them."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    return make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(TEXTS * 5, [1, 0, 1, 0, 1, 0, 1, 0] * 5)
+
+
 def forest3():
     from sklearn.ensemble import RandomForestRegressor
     X = np.random.default_rng(0).random((80, 4))
@@ -120,6 +144,8 @@ def cnn():
 MODELS = [
     {"name": "mixed_frame", "source": {"framework": "sklearn", "factory": "kinds:mixed_frame"}},
     {"name": "mixed_array", "source": {"framework": "sklearn", "factory": "kinds:mixed_array"}},
+    {"name": "strict_frame", "source": {"framework": "sklearn", "factory": "kinds:strict_frame"}},
+    {"name": "tfidf_text", "source": {"framework": "sklearn", "factory": "kinds:tfidf_text"}},
     {"name": "forest3", "source": {"framework": "sklearn", "factory": "kinds:forest3"},
      "outputs": [{"name": "prediction", "dtype": "FP32", "dims": [3]}]},
     {"name": "iforest", "source": {"framework": "sklearn", "factory": "kinds:iforest"}},
@@ -218,6 +244,47 @@ def test_column_transformer_fitted_on_arrays(kinds, repository, client):
 
 
 @pytest.mark.server
+def test_column_transformer_whose_encoder_refuses_unknown_categories(kinds, repository, client):
+    model = kinds[1].strict_frame()
+    frame = kinds[1].frame()[["age", "city"]].iloc[:16]
+    served = infer(client, "strict_frame", columns(frame))
+    frame = frame.assign(age=frame["age"].astype(np.float32).astype(np.float64))
+    assert served["label"].reshape(-1).tolist() == model.predict(frame).astype(int).tolist()
+    np.testing.assert_allclose(served["probabilities"], model.predict_proba(frame), **TOLERANCE)
+
+
+@pytest.mark.server
+def test_text_pipeline_takes_one_text_a_row(kinds, repository, client):
+    """TfidfVectorizer's tokenizing and lowercasing in onnxruntime, against sklearn's, on texts it
+    was fitted on, with capitals, punctuation and words it never saw."""
+    model = kinds[1].tfidf_text()
+    assert "text STRING[1] -> label INT64, probabilities FP32[2]" in repository.manifest.models["tfidf_text"].source
+    texts = [*kinds[1].TEXTS, "GOOD!!! good... Good", "an unseen sentence", "", "bad-awful, très bad"]
+    served = infer(client, "tfidf_text", {"text": np.array([[t.encode()] for t in texts], dtype=object)})
+    assert served["label"].reshape(-1).tolist() == model.predict(texts).tolist()
+    np.testing.assert_allclose(served["probabilities"], model.predict_proba(texts), **TOLERANCE)
+
+
+def test_text_pipeline_declared_numeric_says_it_takes_texts(kinds):
+    spec = write_spec(kinds[0], [{"name": "t", "source": {"framework": "sklearn", "factory": "kinds:tfidf_text"},
+                                  "inputs": [{"name": "text", "dtype": "FP32", "dims": [1]}]}], "text_fp32.yaml")
+    with pytest.raises(ConversionError, match=r"models\[0\].inputs\[0\]: model 't': its TfidfVectorizer takes one "
+                                              r"text a row, not FP32\[1\] \(fix: write dtype: STRING, dims: \[1\]\)"):
+        build(spec, kinds[0] / "text_fp32_out")
+
+
+def test_one_input_for_columns_picked_by_name_is_a_located_error(kinds):
+    """skl2onnx said "Unable to find column name 'age' among names ['input']"."""
+    spec = write_spec(kinds[0], [{"name": "m", "source": {"framework": "sklearn", "factory": "kinds:mixed_frame"},
+                                  "inputs": [{"name": "input", "dtype": "FP32", "dims": [4]}]}], "one_input.yaml")
+    with pytest.raises(ConversionError, match=r"models\[0\].inputs: model 'm' declares 1 input but its "
+                                              r"ColumnTransformer takes 4 columns by name \(age, income, city, plan\) "
+                                              r"\(fix: declare one input per column \(4\), in that order, or leave "
+                                              r"inputs out to name each after its column\)"):
+        build(spec, kinds[0] / "one_input_out")
+
+
+@pytest.mark.server
 @pytest.mark.parametrize("name,outputs", [
     ("forest3", {"prediction": "predict"}),
     ("iforest", {"label": "predict", "scores": "decision_function"}),
@@ -288,7 +355,7 @@ def test_column_count_mismatch_is_a_located_error(kinds):
                                   "inputs": [{"name": "a", "dtype": "FP32", "dims": [1]},
                                              {"name": "b", "dtype": "FP32", "dims": [1]}]}], "columns.yaml")
     with pytest.raises(ConversionError, match=r"models\[0\].inputs: model 'm' declares 2 inputs but its "
-                                              r"ColumnTransformer takes 4 columns \(age, income, city, plan\)"):
+                                              r"ColumnTransformer takes 4 columns by name \(age, income, city, plan\)"):
         build(spec, kinds[0] / "columns_out")
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ConversionError
-from ..onnx_signature import canonicalize, fix_batch_output_shapes, rename_tensors, signature
+from ..onnx_signature import canonicalize, fix_batch_output_shapes, probe_inputs, rename_tensors, signature
 from ..optional import optional
 from ..samples import NUMPY_DTYPES, as_bytes
 from ..spec import ModelSpec, Spec, TensorSpec
@@ -86,10 +86,12 @@ def source_file(model: ModelSpec, spec: Spec, suffixes: tuple[str, ...]) -> Path
         pickled = path.suffix.lower() in (".joblib", ".pkl", ".pickle") and model.source.framework in ("xgboost", "lightgbm")
         # A pickled XGBClassifier/LGBMRegressor... is a scikit-learn estimator, which the sklearn
         # converter takes (converters/sklearn.py register_booster_converters).
-        raise ConversionError(f"'{path.name}' is not a {model.source.framework} model file", loc=where,
-                              fix=f"use a file ending in {', '.join(suffixes)}" +
-                                  (", or write framework: sklearn for a pickled scikit-learn-API estimator"
-                                   if pickled else ""))
+        endings = " or ".join(suffixes)
+        raise ConversionError(f"'{path.name}' is not a model file of framework {model.source.framework} "
+                              f"(it reads {endings})", loc=where,
+                              fix="write framework: sklearn for a pickled scikit-learn-API estimator such as "
+                                  "XGBClassifier or LGBMRegressor, or save the booster itself with save_model as "
+                                  f"{endings}" if pickled else f"use a file ending in {endings}")
     return path
 
 
@@ -101,7 +103,11 @@ def finish(model: ModelSpec, spec: Spec, onnx_model: onnx_types.ModelProto, *, t
     them, deterministic bytes, and the ONNX checker. The converter then writes `summary`.
     Verification then cross-checks each output's shape with the source framework's answer."""
     rename_tensors(onnx_model, rename_outputs or {})
-    fix_batch_output_shapes(onnx_model, model_name=model.name)
+    probe = probe_inputs(onnx_model)
+    for name, values in (choices or {}).items():  # an encoder that refuses unknown categories
+        if name in probe and values:
+            probe[name] = np.full(probe[name].shape, values[0], dtype=object)
+    fix_batch_output_shapes(onnx_model, probe, model_name=model.name)
     batching = model.max_batch_size > 0
     graph = signature(onnx_model, model.name, batching)
     declared_inputs, declared_outputs = _by_name(graph.inputs, model.inputs), _by_name(graph.outputs, model.outputs)

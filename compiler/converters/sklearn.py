@@ -4,8 +4,10 @@ Inputs: a pipeline that starts with a ColumnTransformer takes one Triton input p
 [1]), named after the columns it was fitted on (`feature_names_in_` of a DataFrame, else x0, x1,
 ...), STRING where a fitted encoder holds string categories, INT64 where it holds integer ones,
 FP32 otherwise; the spec's inputs, declared one per column, rename them and choose FP32/FP64. A
-spec declaring one input takes all columns as one tensor of its dtype. Any other estimator takes
-one feature tensor (FP32 or FP64).
+spec declaring one input takes all columns as one tensor of its dtype (columns picked by
+position). A pipeline that starts with a CountVectorizer or TfidfVectorizer takes one STRING input
+(dims [1], a text a row; "text" unless the spec names it). Any other estimator takes one feature
+tensor (FP32 or FP64).
 
 Outputs, by what the final estimator is (ESTIMATOR_KINDS), each compared in verification with the
 sklearn method named there, called on features in the dtype the model was fitted with.
@@ -33,6 +35,7 @@ skl2onnx = optional("skl2onnx", purpose=_PURPOSE, extra="sklearn")
 skl2onnx_shapes = optional("skl2onnx.common.shape_calculator", purpose=_PURPOSE, extra="sklearn", package="skl2onnx")
 skl2onnx_types = optional("skl2onnx.common.data_types", purpose=_PURPOSE, extra="sklearn", package="skl2onnx")
 sklearn_compose = optional("sklearn.compose", purpose=_PURPOSE, extra="sklearn", package="scikit-learn")
+sklearn_text = optional("sklearn.feature_extraction.text", purpose=_PURPOSE, extra="sklearn", package="scikit-learn")
 joblib = optional("joblib", purpose="loading a saved scikit-learn model", extra="sklearn")
 pandas = optional("pandas", purpose="feeding a model fitted on a pandas DataFrame", extra="sklearn")
 
@@ -140,6 +143,38 @@ def column_transformer(estimator: Any) -> Any | None:
     return first if isinstance(first, sklearn_compose.ColumnTransformer) else None
 
 
+def text_vectorizer(estimator: Any) -> Any | None:
+    """The CountVectorizer (TfidfVectorizer is one) a pipeline starts with: it takes raw texts."""
+    first = estimator.steps[0][1] if hasattr(estimator, "steps") else estimator
+    return first if isinstance(first, sklearn_text.CountVectorizer) else None
+
+
+# onnxruntime's StringNormalizer (the vectorizer's lowercasing) defaults to the en_US.UTF-8
+# locale, which minimal images lack ("Failed to construct locale with name:en_US.UTF-8"); glibc
+# always has C.UTF-8 (onnxruntime 1.x core/providers/cpu/text/string_normalizer.cc).
+TEXT_LOCALE = "C.UTF-8"
+TEXT_SAMPLE_WORDS = 2000  # verification texts are words of the fitted vocabulary, this many at most
+
+
+def text_input(model: ModelSpec, vectorizer: Any) -> Column:
+    if model.inputs and len(model.inputs) > 1:
+        raise ConversionError(f"model '{model.name}' declares {len(model.inputs)} inputs but its "
+                              f"{type(vectorizer).__name__} takes one text a row", loc=("inputs",),
+                              fix="declare one input: {name: text, dtype: STRING, dims: [1]}")
+    declared = model.inputs[0] if model.inputs else None
+    if declared is not None and (declared.dtype != "STRING" or list(declared.dims) != [1]):
+        raise ConversionError(f"model '{model.name}': its {type(vectorizer).__name__} takes one text a row, "
+                              f"not {declared.dtype}{list(declared.dims)}", loc=("inputs", 0),
+                              fix="write dtype: STRING, dims: [1]")
+    vocabulary = getattr(vectorizer, "vocabulary_", None)
+    if vocabulary is None:
+        raise ConversionError(f"model '{model.name}': the {type(vectorizer).__name__} is not fitted (it has no "
+                              "vocabulary_)", loc=("source",), fix="fit the model before saving or returning it")
+    words = sorted(str(word) for word in vocabulary)[:TEXT_SAMPLE_WORDS]
+    name = declared.name if declared is not None else "text"
+    return Column(name, name, "STRING", words)
+
+
 def _encoder(transformer: Any) -> Any | None:
     """The step of a ColumnTransformer entry that holds fitted categories (OneHot/Ordinal encoders)."""
     steps = [step for _, step in transformer.steps] if hasattr(transformer, "steps") else [transformer]
@@ -179,10 +214,16 @@ def columns(transformer: Any, model: ModelSpec) -> list[Column]:
                 raise ConversionError(f"model '{model.name}': column {column.column!r} takes {wanted}, not "
                                       f"{tensor.dtype}", loc=("inputs", index, "dtype"), fix=f"write dtype: {wanted}")
             column.dtype = tensor.dtype
-    elif len(declared) > 1:
-        raise ConversionError(f"model '{model.name}' declares {len(declared)} inputs but its ColumnTransformer "
-                              f"takes {count} columns ({', '.join(str(c.column) for c in found)})", loc=("inputs",),
-                              fix=f"declare one input per column ({count}), or one input for all columns")
+    elif len(declared) > 1 or declared and fitted_on_frame:
+        # Columns picked by name (fitted on a DataFrame) come from one tensor each: a single
+        # feature tensor has no column names (skl2onnx: "Unable to find column name").
+        raise ConversionError(f"model '{model.name}' declares {len(declared)} input{'s' if len(declared) > 1 else ''} "
+                              f"but its ColumnTransformer takes {count} columns "
+                              f"{'by name ' if fitted_on_frame else ''}({', '.join(str(c.column) for c in found)})",
+                              loc=("inputs",),
+                              fix=f"declare one input per column ({count}), in that order, or leave inputs out to "
+                                  "name each after its column" if fitted_on_frame else
+                                  f"declare one input per column ({count}), or one input for all columns")
     return found
 
 
@@ -200,14 +241,24 @@ class SklearnConverter(Converter):
                                   fix="return or save a fitted estimator or Pipeline")
         final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
         kind = estimator_kind(model, final)
-        features = n_features(estimator, model, spec)
+        vectorizer = text_vectorizer(estimator)
         transformer = column_transformer(estimator)
-        per_column = transformer is not None and not (model.inputs and len(model.inputs) == 1)
-        if per_column:
+        # One tensor for all columns only where they are picked by position (fitted on an array).
+        per_column = transformer is not None and not (model.inputs and len(model.inputs) == 1 and
+                                                      not hasattr(transformer, "feature_names_in_"))
+        text_options: dict[int, dict[str, Any]] = {}
+        if vectorizer is not None:
+            inputs = [text_input(model, vectorizer)]
+            features = len(vectorizer.vocabulary_)
+            initial_types = [(inputs[0].name, skl2onnx_types.StringTensorType([None, 1]))]
+            text_options = {id(vectorizer): {"locale": TEXT_LOCALE}}
+        elif per_column:
+            features = n_features(estimator, model, spec)
             inputs = columns(transformer, model)
             initial_types = [(str(c.column), getattr(skl2onnx_types, _TENSOR_TYPES[c.dtype])([None, 1]))
                              for c in inputs]
         else:
+            features = n_features(estimator, model, spec)
             input_name, dtype = (model.inputs[0].name, model.inputs[0].dtype) if transformer is not None and \
                 model.inputs else feature_input(model, spec)
             if dtype not in _TENSOR_TYPES:
@@ -223,7 +274,7 @@ class SklearnConverter(Converter):
                                       "sklearn.calibration.CalibratedClassifierCV")
         register_booster_converters(estimator)
         # ZipMap turns probabilities into a sequence of maps, which Triton cannot serve.
-        options = {id(final): {"zipmap": False}} if kind == "classifier" else None
+        options = {**({id(final): {"zipmap": False}} if kind == "classifier" else {}), **text_options} or None
         try:
             onnx_model = skl2onnx.convert_sklearn(
                 estimator, initial_types=initial_types, options=options,
@@ -245,7 +296,8 @@ class SklearnConverter(Converter):
         renames.update({i.name: c.name for i, c in zip(onnx_model.graph.input, inputs)})
         methods = {outputs[name][0]: outputs[name][1] for name in graph_outputs}
         reference = _reference(estimator, inputs, methods, fitted_dtype(final),
-                               frame=per_column and hasattr(transformer, "feature_names_in_"))
+                               frame=per_column and hasattr(transformer, "feature_names_in_"),
+                               texts=vectorizer is not None)
         choices = {c.name: c.categories for c in inputs if c.categories}
         converted = finish(model, spec, onnx_model, tool="skl2onnx", reference=reference,
                            tools=installed_versions("scikit-learn", "skl2onnx", "pandas"), rename_outputs=renames,
@@ -311,15 +363,18 @@ def unconvertible(model: ModelSpec, estimator: Any, exc: Exception) -> Conversio
                            loc=("source",), fix="use an estimator skl2onnx supports (see skl2onnx's supported list)")
 
 
-def _reference(estimator: Any, inputs: list[Column], methods: dict[str, str], dtype: type, frame: bool):
+def _reference(estimator: Any, inputs: list[Column], methods: dict[str, str], dtype: type, frame: bool,
+               texts: bool = False):
     """sklearn's answer for each output, from the method ESTIMATOR_KINDS names, on the samples in the
-    dtype and container (DataFrame or array) the estimator was fitted with."""
+    dtype and container (DataFrame, array, or a list of texts) the estimator was fitted with."""
     def column_values(column: Column, array: np.ndarray) -> np.ndarray:
         if column.dtype == "STRING":
             return as_str(array).astype(object)
         return array.astype(np.int64 if column.dtype == "INT64" else dtype)
 
     def features_of(samples: dict[str, np.ndarray]) -> Any:
+        if texts:
+            return list(as_str(samples[inputs[0].name][:, 0]))
         if frame:
             return pandas.DataFrame({c.column: column_values(c, samples[c.name][:, 0]) for c in inputs})
         if len(inputs) == 1:
