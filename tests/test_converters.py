@@ -297,6 +297,16 @@ def test_unbatched_model_keeps_the_graph_batch_dim_in_dims(workdir):
         convert(spec.models[0], spec)
 
 
+def test_more_inputs_than_the_graph_has_names_the_graph_tensor_with_its_shape(workdir):
+    """The one feature tensor takes the spec's first name: "the graph has 1 (a)" read as a typo."""
+    spec = make_spec(workdir, [{"name": "two", "source": {"framework": "sklearn", "factory": "converter_factories:logistic"},
+                                "inputs": [{"name": "a", "dtype": "FP32", "dims": [4]},
+                                           {"name": "b", "dtype": "FP32", "dims": [1]}]}])
+    with pytest.raises(ConversionError, match=r"model 'two' declares 2 inputs but the ONNX graph has 1 \(a FP32\[4\]\)"
+                                              r".*fix: declare at most 1 input\)"):
+        convert(spec.models[0], spec)
+
+
 def test_unfitted_estimator_is_a_user_error(workdir):
     spec = make_spec(workdir, [{"name": "unfitted", "source": {"framework": "sklearn",
                                                                "factory": "converter_factories:not_fitted"}}])
@@ -424,6 +434,20 @@ def test_pytorch_torchscript_and_pickled_module_files(workdir, factories):
     spec = make_spec(workdir, [{"name": "weights_only", "source": {"framework": "pytorch", "path": "mlp_weights.pt"},
                                 "inputs": TORCH_INPUTS}])
     with pytest.raises(ConversionError, match="state_dict.*use a factory"):
+        convert(spec.models[0], spec)
+
+
+def test_torchscript_forward_error_names_its_cause(workdir, factories):
+    """TorchScript's error starts with "The following operation failed in the TorchScript
+    interpreter." and a traceback; the cause is its last line."""
+    import torch
+
+    torch.jit.script(factories.mlp()).save(str(workdir / "mlp_script.pt"))
+    wrong = [{**TORCH_INPUTS[0], "dims": [TORCH_INPUTS[0]["dims"][0] + 1]}]
+    spec = make_spec(workdir, [{"name": "script", "source": {"framework": "pytorch", "path": "mlp_script.pt"},
+                                "inputs": wrong}])
+    with pytest.raises(ConversionError, match=r"forward\(\) fails on inputs of the declared dims: RuntimeError: "
+                                              r"mat1 and mat2 shapes cannot be multiplied"):
         convert(spec.models[0], spec)
 
 

@@ -78,6 +78,12 @@ def tfidf_text():
     return make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(TEXTS * 5, [1, 0, 1, 0, 1, 0, 1, 0] * 5)
 
 
+def multilabel_knn():
+    from sklearn.neighbors import KNeighborsClassifier
+    X = np.random.default_rng(0).random((80, 4))
+    return KNeighborsClassifier(3).fit(X, np.c_[X[:, 0] > 0.5, X[:, 1] > 0.5].astype(int))
+
+
 def forest3():
     from sklearn.ensemble import RandomForestRegressor
     X = np.random.default_rng(0).random((80, 4))
@@ -271,6 +277,17 @@ def test_text_pipeline_declared_numeric_says_it_takes_texts(kinds):
     with pytest.raises(ConversionError, match=r"models\[0\].inputs\[0\]: model 't': its TfidfVectorizer takes one "
                                               r"text a row, not FP32\[1\] \(fix: write dtype: STRING, dims: \[1\]\)"):
         build(spec, kinds[0] / "text_fp32_out")
+
+
+def test_multilabel_classifier_is_refused_before_converting(kinds):
+    """Its hints had gone in a circle (write dims [-1, 5], then max_batch_size 0), and what finally
+    built declared probabilities with a frozen batch axis ([2, 2, 2])."""
+    spec = write_spec(kinds[0], [{"name": "ml", "source": {"framework": "sklearn", "factory": "kinds:multilabel_knn"},
+                                  "max_batch_size": 16}], "multilabel.yaml")
+    with pytest.raises(ConversionError, match=r"models\[0\].source: model 'ml': the KNeighborsClassifier is a "
+                                              r"multi-label \(multi-output\) classifier, fitted on a 2-D y.*fix: fit "
+                                              r"one classifier per label"):
+        build(spec, kinds[0] / "multilabel_out")
 
 
 def test_one_input_for_columns_picked_by_name_is_a_located_error(kinds):

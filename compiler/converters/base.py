@@ -155,8 +155,8 @@ def _spec_renames(model: ModelSpec, spec: Spec, graph: list[TensorSpec], declare
         return {}
     if len(declared) > len(graph):
         raise ConversionError(f"model '{model.name}' declares {len(declared)} {kind} but the ONNX graph has "
-                              f"{len(graph)} ({', '.join(t.name for t in graph)})", loc=(kind,),
-                              fix=f"declare at most {len(graph)} {kind}")
+                              f"{len(graph)} ({', '.join(f'{t.name} {t.dtype}{list(t.dims)}' for t in graph)})", loc=(kind,),
+                              fix=f"declare at most {len(graph)} {kind if len(graph) != 1 else kind[:-1]}")
     for index, (wanted, actual) in enumerate(zip(declared, graph)):
         # Errors point at the tensor as the spec wrote it (written: before _by_name's reordering).
         where = (kind, next((i for i, tensor in enumerate(written or []) if tensor is wanted), index))

@@ -117,7 +117,7 @@ class PyTorchConverter(Converter):
             with torch.no_grad():
                 return module(*example)
         except Exception as exc:  # forward() raises whatever the module's code raises
-            error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            error = forward_error(exc)
             batch = 1 if model.max_batch_size > 0 else 0
             for index, tensor in enumerate(model.inputs):
                 shape = list(example[index].shape[batch:])
@@ -172,3 +172,15 @@ class PyTorchConverter(Converter):
                                       fix=f"declare {count} outputs")
             return [t.name for t in model.outputs]
         return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def forward_error(exc: Exception) -> str:
+    """The line of a forward() error that says what failed. TorchScript's starts with "The
+    following operation failed in the TorchScript interpreter." and a traceback of the scripted
+    code, and ends with the cause ("RuntimeError: mat1 and mat2 shapes cannot be multiplied")."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        return lines[-1]
+    return lines[0]

@@ -114,6 +114,13 @@ class Column:
 
 def estimator_kind(model: ModelSpec, final: Any) -> str:
     if sklearn_base.is_classifier(final):
+        classes = getattr(final, "classes_", None)
+        if isinstance(classes, list) or getattr(final, "n_outputs_", 1) > 1:
+            # Fitted on a 2-D y: predict_proba is a list (an array per label), which skl2onnx
+            # declares with a frozen batch axis ([labels, 2, 2] for 2 labels).
+            raise ConversionError(f"model '{model.name}': the {type(final).__name__} is a multi-label (multi-output) "
+                                  "classifier, fitted on a 2-D y; tritonize serves classifiers of one label a row",
+                                  loc=("source",), fix="fit one classifier per label (a model each in the spec)")
         return "classifier"
     if sklearn_base.is_regressor(final):
         return "regressor"
