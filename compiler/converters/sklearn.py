@@ -50,6 +50,9 @@ ESTIMATOR_KINDS: dict[str, dict[str, tuple[str, str]]] = {
 }
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+# Rankers of the boosters' scikit-learn APIs, which skl2onnx cannot convert: their own converter
+# (converters/trees.py) serves their scores.
+RANKERS = {"XGBRanker": "xgboost", "LGBMRanker": "lightgbm"}
 
 
 def feature_input(model: ModelSpec, spec: Spec) -> tuple[str, str]:
@@ -246,6 +249,11 @@ class SklearnConverter(Converter):
             raise ConversionError(f"model '{model.name}': the sklearn source is a {type(estimator).__name__}, "
                                   "not an estimator", loc=("source",),
                                   fix="return or save a fitted estimator or Pipeline")
+        if (package := RANKERS.get(type(estimator).__name__)) and type(estimator).__module__.startswith(package):
+            from .trees import LightGBMConverter, XGBoostConverter  # trees imports this module
+
+            booster_converter = XGBoostConverter() if package == "xgboost" else LightGBMConverter()
+            return booster_converter.convert_source(model, spec, estimator)
         final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
         kind = estimator_kind(model, final)
         vectorizer = text_vectorizer(estimator)
@@ -279,6 +287,16 @@ class SklearnConverter(Converter):
                                   "its served probabilities are checked against", loc=("source",),
                                   fix="fit SVC with probability=True, or wrap the classifier in "
                                       "sklearn.calibration.CalibratedClassifierCV")
+        categorical = getattr(final, "is_categorical_", None)  # HistGradientBoosting*'s native categories
+        if categorical is not None and np.any(categorical):
+            raise ConversionError(f"model '{model.name}': the {type(final).__name__} splits on categorical features, "
+                                  "which skl2onnx's converter reads as numeric thresholds (labels off in verification)",
+                                  loc=("source",), fix="one-hot encode those columns (a OneHotEncoder in a "
+                                                       "ColumnTransformer) instead of categorical_features")
+        if type(final).__module__.split(".")[0] in BOOSTERS:
+            from .trees import refuse_wrong_conversion
+
+            refuse_wrong_conversion(model, final)
         register_booster_converters(estimator)
         # ZipMap turns probabilities into a sequence of maps, which Triton cannot serve.
         options = {**({id(final): {"zipmap": False}} if kind == "classifier" else {}), **text_options} or None

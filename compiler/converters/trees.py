@@ -77,6 +77,43 @@ def _sklearn_api_predict(estimator: Any, classifier: bool) -> Predict:
 
 # Objectives onnxmltools converts with their own output transform; every other one (rank:*,
 # survival:*, ...) is served as the booster's raw margin, `scores` (what XGBRanker.predict answers).
+# Objectives onnxmltools converts into a graph that answers something else (seen: every value
+# off in verification): refused before converting, with what to train instead.
+XGBOOST_WRONG_OBJECTIVES = {
+    "multi:softmax": "onnxmltools answers raw margins as its probabilities; train with objective multi:softprob "
+                     "(the same labels, with probabilities)",
+    "reg:logistic": "onnxmltools leaves out its sigmoid; train an XGBClassifier (binary:logistic), or "
+                    "reg:squarederror",
+}
+LIGHTGBM_WRONG_OBJECTIVES = {
+    "multiclassova": "onnxmltools converts it as softmax multiclass; train with objective multiclass",
+}
+
+
+def refuse_wrong_conversion(model: ModelSpec, source: Any) -> None:
+    """Raise for a booster (or a scikit-learn-API estimator of one) whose conversion is known to
+    answer wrong: an objective above, or more than one regression target (onnxmltools converts one)."""
+    package = type(source).__module__.split(".")[0]
+    if package == "xgboost":
+        booster = source if isinstance(source, xgboost.Booster) else source.get_booster()
+        learner = json.loads(booster.save_config())["learner"]
+        objective = learner["objective"]["name"]
+        targets = int(learner.get("learner_model_param", {}).get("num_target", "1") or 1)
+        wrong = XGBOOST_WRONG_OBJECTIVES.get(objective)
+        if targets > 1:
+            objective, wrong = f"{objective} with {targets} targets", "onnxmltools converts one target; train a model per target"
+    elif package == "lightgbm":
+        booster = source if isinstance(source, lightgbm.Booster) else source.booster_
+        objective = booster.dump_model()["objective"].split()[0]
+        wrong = LIGHTGBM_WRONG_OBJECTIVES.get(objective)
+    else:
+        return
+    if wrong is not None:
+        fix = wrong.split("; ", 1)[1]
+        raise ConversionError(f"model '{model.name}': {package} objective {objective} does not convert to ONNX "
+                              f"faithfully: {wrong.split('; ', 1)[0]}", loc=("source",), fix=fix)
+
+
 XGBOOST_CLASSIFIER_OBJECTIVES = ("binary:", "multi:")
 XGBOOST_REGRESSOR_OBJECTIVES = ("reg:", "count:poisson")
 
@@ -89,6 +126,13 @@ class XGBoostConverter(Converter):
             source = call_factory(model, spec)
         else:
             source = xgboost.Booster(model_file=str(source_file(model, spec, self.suffixes)))
+        return self.convert_source(model, spec, source)
+
+    def convert_source(self, model: ModelSpec, spec: Spec, source: Any) -> ConvertedModel:
+        """A Booster or an estimator of xgboost's scikit-learn API (also a pickled XGBRanker, which
+        the sklearn converter hands over: skl2onnx has no ranker)."""
+        if isinstance(source, (xgboost.Booster, xgboost.XGBModel)):
+            refuse_wrong_conversion(model, source)
         if isinstance(source, xgboost.XGBRanker):
             return self._margin(model, spec, source.get_booster(), describe(source))
         if isinstance(source, xgboost.Booster):
@@ -156,6 +200,12 @@ class LightGBMConverter(Converter):
             source = call_factory(model, spec)
         else:
             source = lightgbm.Booster(model_file=str(source_file(model, spec, self.suffixes)))
+        return self.convert_source(model, spec, source)
+
+    def convert_source(self, model: ModelSpec, spec: Spec, source: Any) -> ConvertedModel:
+        """A Booster or an estimator of lightgbm's scikit-learn API (also a pickled LGBMRanker)."""
+        if isinstance(source, (lightgbm.Booster, lightgbm.LGBMModel)):
+            refuse_wrong_conversion(model, source)
         if isinstance(source, (lightgbm.LGBMClassifier, lightgbm.LGBMRegressor, lightgbm.LGBMRanker)):
             classifier = isinstance(source, lightgbm.LGBMClassifier)
             predict = _sklearn_api_predict(source, classifier)
