@@ -170,6 +170,13 @@ def _converted_model(spec: Spec, model: ModelSpec, work: Path, terminal: Termina
         kind="onnx", framework=model.source.framework, source=converted.summary,
         verification=report.to_manifest(), samples=Samples.of(check_inputs, expected, report.tolerances()))
     terminal.success(f"{model.name}: {converted.summary}; verified on {model.verify.samples} samples")
+    if report.constant:
+        where = ("sample_inputs" if model.sample_inputs is not None else
+                 "samples (drawn from each input's range, [0, 1] unless the spec gives one)")
+        terminal.warning(f"{model.name}: {model.source.framework} answered every verification sample with the same "
+                         f"{', '.join(report.constant)}: the {where} may miss where the model varies; give "
+                         + ("sample_inputs that cover the training data" if model.sample_inputs is not None else
+                            "each input a range covering the training data (inputs[i].range)"))
     return [artifact]
 
 

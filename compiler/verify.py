@@ -85,6 +85,8 @@ class VerificationReport:
     max_label_mismatch: float = 0.0
     # What onnxruntime answered, shaped as Triton clients see it ([batch] + dims).
     onnx_outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    # Outputs the source answered alike for every sample: the samples may miss where the model varies.
+    constant: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -122,6 +124,9 @@ def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: 
                 check.atol, check.rtol = _tolerance(check.dtype, settings)
         return report
     expected = converted.reference(samples)
+    if converted.batch_axis and rows > 1:
+        report.constant = [name for name, value in expected.items()
+                           if np.asarray(value).ndim and (np.asarray(value) == np.asarray(value)[:1]).all()]
     exact_outputs = [t for t in converted.outputs if t.dtype not in FLOAT_TOLERANCES]
     float_outputs = [t for t in converted.outputs if t.dtype in FLOAT_TOLERANCES]
     # Rows where some discrete output differs, allowed by max_label_mismatch, are excluded below.

@@ -104,6 +104,15 @@ def wrong_conversions(root):
                 root / "hgb_categorical.joblib")
 
 
+def wide_logistic():
+    """Fitted on features in [0, 4]: samples from the default range [0, 1] all get one label."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    X = np.random.default_rng(0).random((200, 4)) * 4
+    return make_pipeline(StandardScaler(), LogisticRegression()).fit(X, (X[:, 0] > 1.3).astype(int) + (X[:, 0] > 2.6))
+
+
 def forest3():
     from sklearn.ensemble import RandomForestRegressor
     X = np.random.default_rng(0).random((80, 4))
@@ -334,6 +343,21 @@ def test_conversions_known_to_answer_wrong_are_refused_before_converting(kinds, 
                                   "inputs": [{"name": "input", "dtype": "FP32", "dims": [4]}]}], "wrong.yaml")
     with pytest.raises(ConversionError, match=r"models\[0\].source: model 'w': " + message):
         build(spec, kinds[0] / "wrong_out")
+
+
+def test_samples_that_all_get_one_answer_are_warned_about(kinds, capsys):
+    from tritonize.cli import main
+
+    model = {"name": "wide", "source": {"framework": "sklearn", "factory": "kinds:wide_logistic"}, "max_batch_size": 8}
+    assert main(["build", str(write_spec(kinds[0], [model], "narrow.yaml")), "-o", str(kinds[0] / "narrow_out")]) == 0
+    said = capsys.readouterr()
+    assert ("warning: wide: sklearn answered every verification sample with the same label: the samples (drawn from "
+            "each input's range, [0, 1] unless the spec gives one) may miss where the model varies; give each input "
+            "a range covering the training data (inputs[i].range)") in said.out + said.err
+    ranged = {**model, "inputs": [{"name": "input", "dtype": "FP32", "dims": [4], "range": [0, 4]}]}
+    assert main(["build", str(write_spec(kinds[0], [ranged], "ranged.yaml")), "-o", str(kinds[0] / "ranged_out")]) == 0
+    said = capsys.readouterr()
+    assert "answered every verification sample" not in said.out + said.err
 
 
 def test_one_input_for_columns_picked_by_name_is_a_located_error(kinds):
