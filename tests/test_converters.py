@@ -437,6 +437,7 @@ def test_pytorch_torchscript_and_pickled_module_files(workdir, factories):
         convert(spec.models[0], spec)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # TorchScript files users have
 def test_torchscript_forward_error_names_its_cause(workdir, factories):
     """TorchScript's error starts with "The following operation failed in the TorchScript
     interpreter." and a traceback; the cause is its last line."""
