@@ -81,6 +81,23 @@ def two_heads():
     return Heads().eval()
 
 
+def dict_heads():
+    """forward() -> {"probs": ..., "label": ...}, as many modules answer."""
+    import torch
+
+    class Heads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            hidden = self.body(x)
+            return {"probs": hidden.softmax(dim=1), "label": hidden.argmax(dim=1)}
+
+    torch.manual_seed(0)
+    return Heads().eval()
+
+
 def needs_absent_package():
     import tritonize_absent_package  # noqa: F401
 
@@ -462,6 +479,19 @@ def test_pytorch_variable_length_axis(workdir):
     from tritonize.verify import run_onnx
     np.testing.assert_allclose(run_onnx(converted, longer)["output_1"], converted.reference(longer)["output_1"],
                                rtol=1e-6)  # float32 cumulative sums of small integers: exact or last-bit
+
+
+def test_pytorch_dict_outputs_are_named_after_their_keys(workdir):
+    model = {"name": "dict_heads", "source": {"framework": "pytorch", "factory": "converter_factories:dict_heads"},
+             "inputs": TORCH_INPUTS}
+    _, converted, report = converted_and_verified(workdir, model)
+    assert signature(converted.outputs) == [("probs", "FP32", [4], None), ("label", "INT64", [1], [])]
+    assert report.passed and converted.summary.startswith("pytorch Heads (36 parameters)")
+    # Spec outputs naming the keys match them by name, in any order.
+    renamed = {**model, "outputs": [{"name": "label", "dtype": "INT64", "dims": [1]},
+                                    {"name": "probs", "dtype": "FP32", "dims": [4]}]}
+    _, converted, report = converted_and_verified(workdir, renamed)
+    assert [t.name for t in converted.outputs] == ["probs", "label"] and report.passed
 
 
 def test_pytorch_output_count_mismatch(workdir):

@@ -62,18 +62,23 @@ class PyTorchConverter(Converter):
             ([TRACE_BATCH] if batched else []) + [d if d > 0 else TRACE_VARIABLE_DIM for d in t.dims],
             dtype=NUMPY_DTYPES[t.dtype])) for t in model.inputs)
         first = self._first_forward(module, example, model)
+        keys: list[str] = []
+        if isinstance(first, dict) and first and all(isinstance(key, str) for key in first):
+            # A dict of tensors (as many modules return): its values in key order, named after the keys.
+            keys = list(first)
+            module, first = _values_in_order(module, keys), tuple(first.values())
         count = 1 if isinstance(first, torch.Tensor) else len(first) if isinstance(first, (tuple, list)) else 0
         if count == 0:
             raise ConversionError(f"model '{model.name}': forward() returned {type(first).__name__}",
                                   loc=("source",),
-                                  fix="return a tensor or a tuple of tensors")
+                                  fix="return a tensor, a tuple of tensors, or a dict of them by name")
         nested = [i for i, value in enumerate(first if isinstance(first, (tuple, list)) else ())
                   if not isinstance(value, torch.Tensor)]
         if nested:  # the exporter would flatten them into more outputs than the names given
             raise ConversionError(f"model '{model.name}': forward() returns a {type(first).__name__} whose item "
                                   f"{nested[0]} is a {type(first[nested[0]]).__name__}, not a tensor",
                                   loc=("source",), fix="return a flat tuple of tensors (one per output)")
-        output_names = self._output_names(model, count, spec)
+        output_names = self._output_names(model, count, spec, keys)
         dynamic_axes: dict[str, dict[int, str]] = {}
         for tensor in model.inputs:
             offset = 1 if batched else 0
@@ -104,7 +109,8 @@ class PyTorchConverter(Converter):
 
         converted = finish(model, spec, onnx_model, tool="torch", reference=reference, tools=installed_versions("torch"))
         parameters = sum(p.numel() for p in module.parameters())
-        converted.summary = (f"pytorch {type(module).__name__} ({parameters} parameters): "
+        named = module.module if keys else module  # the user's module, not the dict adapter
+        converted.summary = (f"pytorch {type(named).__name__} ({parameters} parameters): "
                              f"{converted.signature}")
         return converted
 
@@ -164,14 +170,36 @@ class PyTorchConverter(Converter):
         return loaded
 
     @staticmethod
-    def _output_names(model: ModelSpec, count: int, spec: Spec) -> list[str]:
+    def _output_names(model: ModelSpec, count: int, spec: Spec, keys: list[str]) -> list[str]:
+        """The graph's output names: a returned dict's keys (which spec outputs of those names then
+        match by name), else the spec's names in order, else output / output_0, output_1, ..."""
         if model.outputs:
             if len(model.outputs) != count:
                 raise ConversionError(f"model '{model.name}' declares {len(model.outputs)} outputs but forward() "
-                                      f"returns {count}", loc=("outputs",),
-                                      fix=f"declare {count} outputs")
+                                      f"returns {count}" + (f" ({', '.join(keys)})" if keys else ""),
+                                      loc=("outputs",), fix=f"declare {count} outputs")
+            if keys and {t.name for t in model.outputs} == set(keys):
+                return keys
             return [t.name for t in model.outputs]
+        if keys:
+            return keys
         return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def _values_in_order(module: Any, keys: list[str]) -> Any:
+    """A module around one whose forward() returns a dict, answering its values as a tuple in key
+    order (the exporter and the reference take tuples); defined here so that torch loads lazily."""
+
+    class ValuesInOrder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, *inputs: Any) -> tuple:
+            answer = self.module(*inputs)
+            return tuple(answer[key] for key in keys)
+
+    return ValuesInOrder().eval()
 
 
 def forward_error(exc: Exception) -> str:
