@@ -190,7 +190,9 @@ def _values_in_order(module: Any, keys: list[str]) -> Any:
     """A module around one whose forward() returns a dict, answering its values as a tuple in key
     order (the exporter and the reference take tuples); defined here so that torch loads lazily."""
 
-    class ValuesInOrder(torch.nn.Module):
+    base: Any = torch.nn.Module  # torch is an optional import here: no static type
+
+    class ValuesInOrder(base):
         def __init__(self) -> None:
             super().__init__()
             self.module = module
