@@ -173,10 +173,11 @@ def _converted_model(spec: Spec, model: ModelSpec, work: Path, terminal: Termina
     if report.constant:
         where = ("sample_inputs" if model.sample_inputs is not None else
                  "samples (drawn from each input's range, [0, 1] unless the spec gives one)")
+        ranges = model.sample_inputs is None and not any(t.dtype == "STRING" for t in converted.inputs)
         terminal.warning(f"{model.name}: {model.source.framework} answered every verification sample with the same "
                          f"{', '.join(report.constant)}: the {where} may miss where the model varies; give "
-                         + ("sample_inputs that cover the training data" if model.sample_inputs is not None else
-                            "each input a range covering the training data (inputs[i].range)"))
+                         + ("each input a range covering the training data (inputs[i].range)" if ranges else
+                            "sample_inputs that cover the training data"))
     return [artifact]
 
 

@@ -492,6 +492,13 @@ def test_pytorch_dict_outputs_are_named_after_their_keys(workdir):
                                     {"name": "probs", "dtype": "FP32", "dims": [4]}]}
     _, converted, report = converted_and_verified(workdir, renamed)
     assert [t.name for t in converted.outputs] == ["probs", "label"] and report.passed
+    # Some keys named, not all: by position "probs" would carry the label; refused.
+    partly = {**model, "outputs": [{"name": "label", "dtype": "INT64", "dims": [1]},
+                                   {"name": "scores", "dtype": "FP32", "dims": [4]}]}
+    spec = make_spec(workdir, [partly])
+    with pytest.raises(ConversionError, match=r"names some of forward\(\)'s dict keys as outputs but not all "
+                                              r"\(probs, label\).*fix: name every output after a key"):
+        convert(spec.models[0], spec)
 
 
 def test_pytorch_output_count_mismatch(workdir):

@@ -113,6 +113,24 @@ def wide_logistic():
     return make_pipeline(StandardScaler(), LogisticRegression()).fit(X, (X[:, 0] > 1.3).astype(int) + (X[:, 0] > 2.6))
 
 
+def mlp3():
+    """Three classes: an MLP's n_outputs_ is 3 (it counts classes), and it is single-label."""
+    from sklearn.neural_network import MLPClassifier
+    X = np.random.default_rng(0).random((90, 4))
+    return MLPClassifier((8,), solver="lbfgs", max_iter=2000, random_state=0).fit(X, (X[:, 0] * 3).astype(int))
+
+
+def positional_frame():
+    """Fitted on a DataFrame, columns picked by position: one feature tensor works."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    X = frame()[["age", "income"]]
+    return Pipeline([("pre", ColumnTransformer([("num", StandardScaler(), [0, 1])])),
+                     ("clf", LogisticRegression())]).fit(X, X["age"] > 40)
+
+
 def forest3():
     from sklearn.ensemble import RandomForestRegressor
     X = np.random.default_rng(0).random((80, 4))
@@ -358,6 +376,18 @@ def test_samples_that_all_get_one_answer_are_warned_about(kinds, capsys):
     assert main(["build", str(write_spec(kinds[0], [ranged], "ranged.yaml")), "-o", str(kinds[0] / "ranged_out")]) == 0
     said = capsys.readouterr()
     assert "answered every verification sample" not in said.out + said.err
+
+
+def test_what_looks_like_a_refused_kind_but_is_not_still_builds(kinds):
+    """A multiclass MLP (n_outputs_ 3, one label a row) is no multi-label classifier; a DataFrame-fitted
+    ColumnTransformer that picks columns by position takes one feature tensor."""
+    models = [{"name": "mlp3", "source": {"framework": "sklearn", "factory": "kinds:mlp3"}, "max_batch_size": 8,
+               "inputs": [{"name": "input", "dtype": "FP32", "dims": [4]}]},
+              {"name": "positional", "source": {"framework": "sklearn", "factory": "kinds:positional_frame"},
+               "max_batch_size": 8, "inputs": [{"name": "features", "dtype": "FP32", "dims": [2], "range": [20, 70]}]}]
+    result = build(write_spec(kinds[0], models, "not_refused.yaml"), kinds[0] / "not_refused_out")
+    assert "input FP32[4] -> label INT64, probabilities FP32[3]" in result.manifest.models["mlp3"].source
+    assert "features FP32[2] -> label INT64, probabilities FP32[2]" in result.manifest.models["positional"].source
 
 
 def test_one_input_for_columns_picked_by_name_is_a_located_error(kinds):

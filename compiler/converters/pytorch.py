@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import re
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +33,7 @@ TRACE_BATCH = 2
 TRACE_VARIABLE_DIM = 3
 # Inputs up to this rank (24 orders) are tried in other dim orders when forward() fails on them.
 MAX_PERMUTED_RANK = 4
+TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_.:\-]*$"  # what the spec takes (spec/models.py _tensor_name)
 
 
 @contextlib.contextmanager
@@ -178,10 +180,20 @@ class PyTorchConverter(Converter):
                 raise ConversionError(f"model '{model.name}' declares {len(model.outputs)} outputs but forward() "
                                       f"returns {count}" + (f" ({', '.join(keys)})" if keys else ""),
                                       loc=("outputs",), fix=f"declare {count} outputs")
-            if keys and {t.name for t in model.outputs} == set(keys):
+            named = {t.name for t in model.outputs}
+            if keys and named == set(keys):
                 return keys
+            if keys and named & set(keys):  # by position, a key's value could go out under another key's name
+                raise ConversionError(f"model '{model.name}' names some of forward()'s dict keys as outputs but not "
+                                      f"all ({', '.join(keys)})", loc=("outputs",),
+                                      fix="name every output after a key (any order), or none of them (by position)")
             return [t.name for t in model.outputs]
         if keys:
+            invalid = [key for key in keys if not re.match(TENSOR_NAME, key)]
+            if invalid:
+                raise ConversionError(f"model '{model.name}': forward()'s dict key {invalid[0]!r} is not a valid "
+                                      "tensor name", loc=("source",),
+                                      fix=f"declare the {count} outputs to name them, in the dict's order")
             return keys
         return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 

@@ -117,10 +117,12 @@ class Column:
 
 def estimator_kind(model: ModelSpec, final: Any) -> str:
     if sklearn_base.is_classifier(final):
-        classes = getattr(final, "classes_", None)
-        if isinstance(classes, list) or getattr(final, "n_outputs_", 1) > 1:
-            # Fitted on a 2-D y: predict_proba is a list (an array per label), which skl2onnx
-            # declares with a frozen batch axis ([labels, 2, 2] for 2 labels).
+        # Fitted on a 2-D y: classes_ is a list (an array per label; predict_proba too, which
+        # skl2onnx declares with a frozen batch axis: [labels, 2, 2]), or an MLP's label binarizer
+        # saw a label indicator matrix (its n_outputs_ counts classes: not a sign of this).
+        binarizer = getattr(final, "_label_binarizer", None)
+        if isinstance(getattr(final, "classes_", None), list) or \
+                getattr(binarizer, "y_type_", "") == "multilabel-indicator":
             raise ConversionError(f"model '{model.name}': the {type(final).__name__} is a multi-label (multi-output) "
                                   "classifier, fitted on a 2-D y; tritonize serves classifiers of one label a row",
                                   loc=("source",), fix="fit one classifier per label (a model each in the spec)")
@@ -180,9 +182,24 @@ def text_input(model: ModelSpec, vectorizer: Any) -> Column:
     if vocabulary is None:
         raise ConversionError(f"model '{model.name}': the {type(vectorizer).__name__} is not fitted (it has no "
                               "vocabulary_)", loc=("source",), fix="fit the model before saving or returning it")
-    words = sorted(str(word) for word in vocabulary)[:TEXT_SAMPLE_WORDS]
+    words = sorted(str(word) for word in vocabulary)
+    words = words[::max(1, len(words) // TEXT_SAMPLE_WORDS)][:TEXT_SAMPLE_WORDS]  # spread over the vocabulary
     name = declared.name if declared is not None else "text"
     return Column(name, name, "STRING", words)
+
+
+def picks_by_name(transformer: Any) -> bool:
+    """Whether some entry of a fitted ColumnTransformer selects its columns by name (strings): those
+    come from one tensor each. Positions, slices and masks also select from one feature tensor."""
+    for _, _, selection in transformer.transformers_:
+        if isinstance(selection, str):
+            return True
+        if callable(selection):  # resolved against the DataFrame's columns when it was fitted
+            return hasattr(transformer, "feature_names_in_")
+        values = list(selection) if isinstance(selection, (list, tuple, np.ndarray)) else []
+        if values and isinstance(values[0], str):
+            return True
+    return False
 
 
 def _encoder(transformer: Any) -> Any | None:
@@ -224,15 +241,16 @@ def columns(transformer: Any, model: ModelSpec) -> list[Column]:
                 raise ConversionError(f"model '{model.name}': column {column.column!r} takes {wanted}, not "
                                       f"{tensor.dtype}", loc=("inputs", index, "dtype"), fix=f"write dtype: {wanted}")
             column.dtype = tensor.dtype
-    elif len(declared) > 1 or declared and fitted_on_frame:
-        # Columns picked by name (fitted on a DataFrame) come from one tensor each: a single
-        # feature tensor has no column names (skl2onnx: "Unable to find column name").
+    elif len(declared) > 1 or declared and picks_by_name(transformer):
+        # Columns picked by name come from one tensor each: a single feature tensor has no column
+        # names (skl2onnx: "Unable to find column name").
         raise ConversionError(f"model '{model.name}' declares {len(declared)} input{'s' if len(declared) > 1 else ''} "
                               f"but its ColumnTransformer takes {count} columns "
-                              f"{'by name ' if fitted_on_frame else ''}({', '.join(str(c.column) for c in found)})",
+                              f"{'by name ' if picks_by_name(transformer) else ''}"
+                              f"({', '.join(str(c.column) for c in found)})",
                               loc=("inputs",),
                               fix=f"declare one input per column ({count}), in that order, or leave inputs out to "
-                                  "name each after its column" if fitted_on_frame else
+                                  "name each after its column" if picks_by_name(transformer) else
                                   f"declare one input per column ({count}), or one input for all columns")
     return found
 
@@ -258,9 +276,9 @@ class SklearnConverter(Converter):
         kind = estimator_kind(model, final)
         vectorizer = text_vectorizer(estimator)
         transformer = column_transformer(estimator)
-        # One tensor for all columns only where they are picked by position (fitted on an array).
+        # One tensor for all columns only where they are picked by position.
         per_column = transformer is not None and not (model.inputs and len(model.inputs) == 1 and
-                                                      not hasattr(transformer, "feature_names_in_"))
+                                                      not picks_by_name(transformer))
         text_options: dict[int, dict[str, Any]] = {}
         if vectorizer is not None:
             inputs = [text_input(model, vectorizer)]
@@ -320,9 +338,11 @@ class SklearnConverter(Converter):
         # skl2onnx names the graph inputs after the columns; Triton names must be identifiers.
         renames.update({i.name: c.name for i, c in zip(onnx_model.graph.input, inputs)})
         methods = {outputs[name][0]: outputs[name][1] for name in graph_outputs}
-        reference = _reference(estimator, inputs, methods, fitted_dtype(final),
-                               frame=per_column and hasattr(transformer, "feature_names_in_"),
-                               texts=vectorizer is not None)
+        names_in = getattr(transformer, "feature_names_in_", None)  # a numpy array when fitted on a DataFrame
+        frame_names = [str(name) for name in names_in] if names_in is not None else []
+        reference = _reference(estimator, inputs, methods, fitted_dtype(final), frame=per_column and bool(frame_names),
+                               texts=vectorizer is not None,
+                               frame_columns=frame_names if frame_names and not per_column else None)
         choices = {c.name: c.categories for c in inputs if c.categories}
         converted = finish(model, spec, onnx_model, tool="skl2onnx", reference=reference,
                            tools=installed_versions("scikit-learn", "skl2onnx", "pandas"), rename_outputs=renames,
@@ -389,7 +409,7 @@ def unconvertible(model: ModelSpec, estimator: Any, exc: Exception) -> Conversio
 
 
 def _reference(estimator: Any, inputs: list[Column], methods: dict[str, str], dtype: type, frame: bool,
-               texts: bool = False):
+               texts: bool = False, frame_columns: list[str] | None = None):
     """sklearn's answer for each output, from the method ESTIMATOR_KINDS names, on the samples in the
     dtype and container (DataFrame, array, or a list of texts) the estimator was fitted with."""
     def column_values(column: Column, array: np.ndarray) -> np.ndarray:
@@ -400,6 +420,8 @@ def _reference(estimator: Any, inputs: list[Column], methods: dict[str, str], dt
     def features_of(samples: dict[str, np.ndarray]) -> Any:
         if texts:
             return list(as_str(samples[inputs[0].name][:, 0]))
+        if frame_columns is not None:  # one feature tensor for a pipeline fitted on a DataFrame
+            return pandas.DataFrame(column_values(inputs[0], samples[inputs[0].name]), columns=frame_columns)
         if frame:
             return pandas.DataFrame({c.column: column_values(c, samples[c.name][:, 0]) for c in inputs})
         if len(inputs) == 1:

@@ -104,7 +104,7 @@ def refuse_wrong_conversion(model: ModelSpec, source: Any) -> None:
             objective, wrong = f"{objective} with {targets} targets", "onnxmltools converts one target; train a model per target"
     elif package == "lightgbm":
         booster = source if isinstance(source, lightgbm.Booster) else source.booster_
-        objective = booster.dump_model()["objective"].split()[0]
+        objective = booster.dump_model().get("objective", "custom").split()[0]
         wrong = LIGHTGBM_WRONG_OBJECTIVES.get(objective)
     else:
         return
@@ -211,7 +211,7 @@ class LightGBMConverter(Converter):
             predict = _sklearn_api_predict(source, classifier)
             n_features, description = int(source.n_features_in_), describe(source)
         elif isinstance(source, lightgbm.Booster):
-            objective = source.dump_model()["objective"].split()[0]
+            objective = source.dump_model().get("objective", "custom").split()[0]
             classifier = objective in ("binary", "multiclass", "multiclassova")
             predict = _booster_predict(source, objective)
             n_features = source.num_feature()

@@ -298,9 +298,9 @@ class TritonServer:
             return 0
 
     # -- queries --------------------------------------------------------------------------------
-    def repository_index(self) -> list[dict]:
+    def repository_index(self, timeout_s: float = 120) -> list[dict]:
         """POST /v2/repository/index: [{'name', 'version', 'state', 'reason'}, ...]."""
-        return json.loads(self.control("index"))
+        return json.loads(self.control("index", timeout_s=timeout_s))
 
     def control(self, action: str, model: str | None = None, timeout_s: float = 120) -> bytes:
         """POST /v2/repository[/models/MODEL]/ACTION (index, load, unload) with the key, if any.

@@ -17,8 +17,8 @@ explicit model-control mode with the repository API behind the key (access.py), 
   config it tries, and the model-level stub a python model's load starts and finalizes) with
   `waitpid` right after the stub exits (python_backend r24.10 src/stub_launcher.cc,
   `TerminateStub`), so those vanish; one killed from outside stays a zombie until its model is
-  unloaded (a stub still exiting, its cmdline already gone, is listed with the zombies). A stub
-  that merely vanished is therefore not a death, and a zombie is checked again
+  unloaded (a stub still exiting, its cmdline already gone, keeps its earlier entry until it is
+  a zombie or gone). A stub that merely vanished is therefore not a death, and a zombie is checked again
   `ZOMBIE_CONFIRM_S` later so the instant between a finalized stub's exit and Triton's `waitpid`
   is not taken for one (seen: taking vanished stubs for dead ones reloaded a model after every
   reload, its own included, in an endless loop, and undid Model Analyzer's config override);
@@ -47,6 +47,7 @@ BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
 STABLE_AFTER_S = 60.0  # a server up this long resets the backoff
 RELOAD_ATTEMPTS = 3
 STATE_ATTEMPTS = 3
+STATE_TIMEOUT_S = 10.0  # one index read: 3 tries must not hold a dead model at 503 for minutes
 STUB_NAME = "triton_python_backend_stub"
 
 
@@ -59,10 +60,11 @@ class Stub:
     model: str
     instance: str
     zombie: bool
+    exiting: bool = False  # its cmdline is gone but it is no zombie yet: known by pid only
 
 
 def python_stubs(server_pid: int, repository: Path) -> dict[int, Stub]:
-    """The server's python-backend stub children by pid, zombies (and stubs exiting) included."""
+    """The server's python-backend stub children by pid, zombies and stubs exiting included."""
     stubs: dict[int, Stub] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -79,12 +81,16 @@ def python_stubs(server_pid: int, repository: Path) -> dict[int, Stub]:
                 name = comm.read().decode(errors="replace").strip()
         except (OSError, IndexError, ValueError):
             continue  # exited while being read
-        # A zombie has no cmdline left, nor has a process in the middle of exiting (still R or D
-        # for a few ms, longer on a loaded machine): both are known by pid from an earlier listing.
-        # Dropping the exiting one lost the death: the next listing's zombie was then unknown (seen
-        # about once in ten kills under load; the model then failed every request for good).
-        if zombie or (not argv and STUB_NAME.startswith(name)):
+        # A zombie has no cmdline left: it is known by pid from an earlier listing. Nor has a stub
+        # in the middle of exiting (still R or D: a few ms, far longer for one unmapping GBs): it
+        # is listed as exiting, not dead (a stub Triton stops exits so too), and keeps its earlier
+        # entry in the supervisor's known stubs. Dropped, as it was, it lost a death: the zombie
+        # that followed was unknown (about one kill in ten under load; the model then failed
+        # every request for good).
+        if zombie:
             stubs[int(entry.name)] = Stub(int(entry.name), "", "", True)
+        elif not argv and STUB_NAME.startswith(name):
+            stubs[int(entry.name)] = Stub(int(entry.name), "", "", False, exiting=True)
         elif argv and (argv[0].endswith(STUB_NAME) or STUB_NAME.startswith(name)):
             model = _model_of(argv[1] if len(argv) > 1 else "", repository)
             stubs[int(entry.name)] = Stub(int(entry.name), model, argv[8] if len(argv) > 8 else "?", False)
@@ -193,7 +199,8 @@ class Supervisor:
                     confirmed |= {pid for pid in new if pid in stubs and stubs[pid].zombie}
                 zombies = confirmed
             dead = [known[pid] for pid in sorted(zombies)]
-            known = {pid: stub for pid, stub in stubs.items() if not stub.zombie}
+            known = {pid: stub if not stub.exiting else known[pid] for pid, stub in stubs.items()
+                     if not stub.zombie and (not stub.exiting or pid in known)}
             if dead:
                 self._recover(dead)
             time.sleep(self.poll_s)
@@ -281,8 +288,10 @@ class Supervisor:
         every request (Triton's API can be slow to answer while the dead stub holds requests)."""
         for attempt in range(1, STATE_ATTEMPTS + 1):
             try:
-                states = {entry.get("name"): entry.get("state") for entry in self.server.repository_index()}
-                return states.get(model) or "UNAVAILABLE"
+                states = [str(entry.get("state") or "UNAVAILABLE")
+                          for entry in self.server.repository_index(timeout_s=STATE_TIMEOUT_S)
+                          if entry.get("name") == model]
+                return "READY" if "READY" in states else states[0] if states else "UNAVAILABLE"
             except ServerExited:
                 return "?"  # watch() restarts it
             except (OSError, ValueError) as error:
