@@ -125,8 +125,8 @@ def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: 
         return report
     expected = converted.reference(samples)
     if converted.batch_axis and rows > 1:
-        constant = [name for name, value in expected.items()
-                    if np.asarray(value).ndim and (np.asarray(value) == np.asarray(value)[:1]).all()]
+        answers = {name: np.asarray(value) for name, value in expected.items()}
+        constant = [name for name, value in answers.items() if value.ndim and (value == value[:1]).all()]
         # A label alike for every sample says the samples miss the model's classes; a constant
         # float output beside varying ones may be one by design (a mask, a scale).
         discrete = {t.name for t in converted.outputs if t.dtype not in FLOAT_TOLERANCES}

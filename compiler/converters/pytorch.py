@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import re
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +20,7 @@ from ..factory import call_factory, spec_dir_on_path
 from ..optional import optional
 from ..samples import NUMPY_DTYPES
 from ..spec import ModelSpec, Spec
+from ..spec.models import TENSOR_NAME_RE
 from ..versions import installed_versions
 from .base import ONNX_OPSET, ConvertedModel, Converter, finish, source_file
 
@@ -33,7 +33,6 @@ TRACE_BATCH = 2
 TRACE_VARIABLE_DIM = 3
 # Inputs up to this rank (24 orders) are tried in other dim orders when forward() fails on them.
 MAX_PERMUTED_RANK = 4
-TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_.:\-]*$"  # what the spec takes (spec/models.py _tensor_name)
 
 
 @contextlib.contextmanager
@@ -189,7 +188,7 @@ class PyTorchConverter(Converter):
                                       fix="name every output after a key (any order), or none of them (by position)")
             return [t.name for t in model.outputs]
         if keys:
-            invalid = [key for key in keys if not re.match(TENSOR_NAME, key)]
+            invalid = [key for key in keys if not TENSOR_NAME_RE.match(key)]
             if invalid:
                 raise ConversionError(f"model '{model.name}': forward()'s dict key {invalid[0]!r} is not a valid "
                                       "tensor name", loc=("source",),

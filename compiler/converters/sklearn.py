@@ -150,14 +150,18 @@ def fitted_dtype(final: Any) -> type:
     return np.float64
 
 
+def _first_step(estimator: Any) -> Any:
+    return estimator.steps[0][1] if hasattr(estimator, "steps") else estimator
+
+
 def column_transformer(estimator: Any) -> Any | None:
-    first = estimator.steps[0][1] if hasattr(estimator, "steps") else estimator
+    first = _first_step(estimator)
     return first if isinstance(first, sklearn_compose.ColumnTransformer) else None
 
 
 def text_vectorizer(estimator: Any) -> Any | None:
     """The CountVectorizer (TfidfVectorizer is one) a pipeline starts with: it takes raw texts."""
-    first = estimator.steps[0][1] if hasattr(estimator, "steps") else estimator
+    first = _first_step(estimator)
     return first if isinstance(first, sklearn_text.CountVectorizer) else None
 
 
@@ -233,6 +237,7 @@ def columns(transformer: Any, model: ModelSpec) -> list[Column]:
             elif categories.dtype.kind in "iub":
                 found[index].dtype = "INT64"
     declared = model.inputs or []
+    by_name = picks_by_name(transformer)
     if len(declared) == count:
         for index, (column, tensor) in enumerate(zip(found, declared)):
             if column.dtype == "STRING" and tensor.dtype != "STRING" or column.dtype != "STRING" and \
@@ -241,16 +246,15 @@ def columns(transformer: Any, model: ModelSpec) -> list[Column]:
                 raise ConversionError(f"model '{model.name}': column {column.column!r} takes {wanted}, not "
                                       f"{tensor.dtype}", loc=("inputs", index, "dtype"), fix=f"write dtype: {wanted}")
             column.dtype = tensor.dtype
-    elif len(declared) > 1 or declared and picks_by_name(transformer):
+    elif len(declared) > 1 or declared and by_name:
         # Columns picked by name come from one tensor each: a single feature tensor has no column
         # names (skl2onnx: "Unable to find column name").
         raise ConversionError(f"model '{model.name}' declares {len(declared)} input{'s' if len(declared) > 1 else ''} "
-                              f"but its ColumnTransformer takes {count} columns "
-                              f"{'by name ' if picks_by_name(transformer) else ''}"
+                              f"but its ColumnTransformer takes {count} columns {'by name ' if by_name else ''}"
                               f"({', '.join(str(c.column) for c in found)})",
                               loc=("inputs",),
                               fix=f"declare one input per column ({count}), in that order, or leave inputs out to "
-                                  "name each after its column" if picks_by_name(transformer) else
+                                  "name each after its column" if by_name else
                                   f"declare one input per column ({count}), or one input for all columns")
     return found
 

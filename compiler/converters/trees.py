@@ -90,28 +90,28 @@ LIGHTGBM_WRONG_OBJECTIVES = {
 }
 
 
-def refuse_wrong_conversion(model: ModelSpec, source: Any) -> None:
-    """Raise for a booster (or a scikit-learn-API estimator of one) whose conversion is known to
-    answer wrong: an objective above, or more than one regression target (onnxmltools converts one)."""
+def refuse_wrong_conversion(model: ModelSpec, source: Any) -> str:
+    """The objective of a booster (or of a scikit-learn-API estimator of one), read once (a
+    LightGBM dump_model() writes every tree); raise where its conversion is known to answer wrong:
+    an objective above, or more than one regression target (onnxmltools converts one)."""
     package = type(source).__module__.split(".")[0]
     if package == "xgboost":
         booster = source if isinstance(source, xgboost.Booster) else source.get_booster()
         learner = json.loads(booster.save_config())["learner"]
         objective = learner["objective"]["name"]
         targets = int(learner.get("learner_model_param", {}).get("num_target", "1") or 1)
-        wrong = XGBOOST_WRONG_OBJECTIVES.get(objective)
+        shown, wrong = objective, XGBOOST_WRONG_OBJECTIVES.get(objective)
         if targets > 1:
-            objective, wrong = f"{objective} with {targets} targets", "onnxmltools converts one target; train a model per target"
-    elif package == "lightgbm":
+            shown, wrong = f"{objective} with {targets} targets", "onnxmltools converts one target; train a model per target"
+    else:
         booster = source if isinstance(source, lightgbm.Booster) else source.booster_
         objective = booster.dump_model().get("objective", "custom").split()[0]
-        wrong = LIGHTGBM_WRONG_OBJECTIVES.get(objective)
-    else:
-        return
+        shown, wrong = objective, LIGHTGBM_WRONG_OBJECTIVES.get(objective)
     if wrong is not None:
         fix = wrong.split("; ", 1)[1]
-        raise ConversionError(f"model '{model.name}': {package} objective {objective} does not convert to ONNX "
+        raise ConversionError(f"model '{model.name}': {package} objective {shown} does not convert to ONNX "
                               f"faithfully: {wrong.split('; ', 1)[0]}", loc=("source",), fix=fix)
+    return objective
 
 
 XGBOOST_CLASSIFIER_OBJECTIVES = ("binary:", "multi:")
@@ -132,11 +132,10 @@ class XGBoostConverter(Converter):
         """A Booster or an estimator of xgboost's scikit-learn API (also a pickled XGBRanker, which
         the sklearn converter hands over: skl2onnx has no ranker)."""
         if isinstance(source, (xgboost.Booster, xgboost.XGBModel)):
-            refuse_wrong_conversion(model, source)
+            objective = refuse_wrong_conversion(model, source)
         if isinstance(source, xgboost.XGBRanker):
             return self._margin(model, spec, source.get_booster(), describe(source))
         if isinstance(source, xgboost.Booster):
-            objective = json.loads(source.save_config())["learner"]["objective"]["name"]
             wrapper = (xgboost.XGBClassifier() if objective.startswith(XGBOOST_CLASSIFIER_OBJECTIVES) else
                        xgboost.XGBRegressor() if objective.startswith(XGBOOST_REGRESSOR_OBJECTIVES) else None)
             if wrapper is None:
@@ -205,13 +204,12 @@ class LightGBMConverter(Converter):
     def convert_source(self, model: ModelSpec, spec: Spec, source: Any) -> ConvertedModel:
         """A Booster or an estimator of lightgbm's scikit-learn API (also a pickled LGBMRanker)."""
         if isinstance(source, (lightgbm.Booster, lightgbm.LGBMModel)):
-            refuse_wrong_conversion(model, source)
+            objective = refuse_wrong_conversion(model, source)
         if isinstance(source, (lightgbm.LGBMClassifier, lightgbm.LGBMRegressor, lightgbm.LGBMRanker)):
             classifier = isinstance(source, lightgbm.LGBMClassifier)
             predict = _sklearn_api_predict(source, classifier)
             n_features, description = int(source.n_features_in_), describe(source)
         elif isinstance(source, lightgbm.Booster):
-            objective = source.dump_model().get("objective", "custom").split()[0]
             classifier = objective in ("binary", "multiclass", "multiclassova")
             predict = _booster_predict(source, objective)
             n_features = source.num_feature()

@@ -68,8 +68,11 @@ def _model_name(value: str) -> str:
     return value
 
 
+TENSOR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]*$")
+
+
 def _tensor_name(value: str) -> str:
-    if not value or not re.match(r"^[A-Za-z_][A-Za-z0-9_.:\-]*$", value):
+    if not value or not TENSOR_NAME_RE.match(value):
         raise ValueError(f"'{value}' is not a valid tensor name: use letters, digits, '_', '.', ':' and '-'")
     return value
 
