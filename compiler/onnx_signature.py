@@ -133,6 +133,68 @@ def probe_inputs(model: onnx.ModelProto, rows: int = 2) -> dict[str, np.ndarray]
     return feeds
 
 
+# Tree ensemble ops and the attributes that hold each node's feature and threshold (ai.onnx.ml
+# opset 3: onnx/docs/Operators-ml.md, TreeEnsembleClassifier/TreeEnsembleRegressor).
+TREE_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
+# Ops a graph input may pass through on its way to a tree ensemble without its values changing
+# which side of a threshold they fall on.
+PASS_THROUGH_OPS = ("Cast", "Identity")
+# How far past its outermost thresholds a feature is sampled (a fraction of their span): both
+# sides of every split, and a little of what lies beyond them.
+SPLIT_MARGIN = 0.1
+
+
+def split_ranges(model: onnx.ModelProto) -> dict[str, list[tuple[float, float]]]:
+    """For each graph input read column by column by a tree ensemble (directly or through a
+    Cast), the span of each column's split thresholds widened by SPLIT_MARGIN: where samples
+    reach both sides of the model's splits. A column no tree splits on spans [0, 1]. Graph inputs
+    that reach a tree only through other ops (scalers, encoders, concatenations) get nothing."""
+    from onnx import helper, numpy_helper
+
+    produced_by = {output: node for node in model.graph.node for output in node.output}
+    fed = {value.name for value in _graph_inputs(model)}
+    thresholds: dict[str, dict[int, list[float]]] = {}
+    for node in model.graph.node:
+        if node.op_type not in TREE_OPS or not node.input:
+            continue
+        source = node.input[0]
+        while source not in fed and source in produced_by and produced_by[source].op_type in PASS_THROUGH_OPS:
+            source = produced_by[source].input[0]
+        if source not in fed:
+            continue
+        attributes = {a.name: a for a in node.attribute}
+        if "nodes_featureids" not in attributes or "nodes_modes" not in attributes:
+            continue
+        features = list(attributes["nodes_featureids"].ints)
+        modes = [m.decode() if isinstance(m, bytes) else m for m in attributes["nodes_modes"].strings]
+        if "nodes_values_as_tensor" in attributes:
+            values = numpy_helper.to_array(attributes["nodes_values_as_tensor"].t).astype(float).tolist()
+        elif "nodes_values" in attributes:
+            values = list(helper.get_attribute_value(attributes["nodes_values"]))
+        else:
+            continue
+        columns = thresholds.setdefault(source, {})
+        for feature, mode, value in zip(features, modes, values):
+            if mode != "LEAF" and np.isfinite(value):
+                columns.setdefault(feature, []).append(float(value))
+    ranges = {}
+    for value in _graph_inputs(model):
+        split = thresholds.get(value.name)
+        shape = _shape(value)
+        if not split or not shape or not isinstance(shape[-1], int) or max(split) >= shape[-1]:
+            continue
+        spans = []
+        for column in range(shape[-1]):
+            if column not in split:
+                spans.append((0.0, 1.0))
+                continue
+            low, high = min(split[column]), max(split[column])
+            margin = SPLIT_MARGIN * (high - low) or max(abs(low) * SPLIT_MARGIN, 1.0)
+            spans.append((low - margin, high + margin))
+        ranges[value.name] = spans
+    return ranges
+
+
 def fix_batch_output_shapes(model: onnx.ModelProto, probe: dict[str, np.ndarray] | None = None,
                             model_name: str = "") -> list[str]:
     """Rewrite declared output shapes from two real runs (batch 2 and batch 3); return the names of

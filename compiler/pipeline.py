@@ -155,7 +155,7 @@ def _converted_model(spec: Spec, model: ModelSpec, work: Path, terminal: Termina
     with terminal.status(f"{model.name}: verifying against {model.source.framework} on "
                          f"{model.verify.samples} samples"):
         samples = make_samples(model, converted.inputs, batch=model.verify.samples, seed=model.verify.seed,
-                               choices=converted.choices)
+                               choices=converted.choices, ranges=converted.ranges)
         report = verify(converted, samples, model.verify)
     onnx_bytes = converted.onnx_model.SerializeToString()
     config = onnx_model_config(model, converted.inputs, converted.outputs, runtime=spec.runtime,
@@ -172,7 +172,8 @@ def _converted_model(spec: Spec, model: ModelSpec, work: Path, terminal: Termina
     terminal.success(f"{model.name}: {converted.summary}; verified on {model.verify.samples} samples")
     if report.constant:
         where = ("sample_inputs" if model.sample_inputs is not None else
-                 "samples (drawn from each input's range, [0, 1] unless the spec gives one)")
+                 "samples (drawn from each input's range: the spec's, else the span of a tree model's "
+                 "split thresholds, else [0, 1])")
         ranges = model.sample_inputs is None and not any(t.dtype == "STRING" for t in converted.inputs)
         terminal.warning(f"{model.name}: {model.source.framework} answered every verification sample with the same "
                          f"{', '.join(report.constant)}: the {where} may miss where the model varies; give "

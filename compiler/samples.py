@@ -18,6 +18,7 @@ NUMPY_DTYPES = {
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
     "FP32": np.float32, "FP64": np.float64, "BF16": np.float32, "STRING": np.object_,
 }
+FLOAT_DTYPES = ("FP16", "FP32", "FP64", "BF16")
 _TRITON_BY_NUMPY = {np.dtype(v): k for k, v in NUMPY_DTYPES.items() if k != "BF16"}
 
 # Size used for a variable (-1) non-batch dim when generating samples.
@@ -44,15 +45,18 @@ def as_str(values) -> np.ndarray:
 
 
 def make_samples(model: ModelSpec, inputs: list[TensorSpec], batch: int, seed: int,
-                 choices: dict[str, list[str]] | None = None) -> dict[str, np.ndarray]:
+                 choices: dict[str, list[str]] | None = None,
+                 ranges: dict[str, list[tuple[float, float]]] | None = None) -> dict[str, np.ndarray]:
     """Sample inputs keyed by tensor name, shaped as clients send them: [batch] + dims.
 
     A model with max_batch_size 0 takes no batch dim: the shape is dims alone (-1 dims, a dynamic
     leading one included, are VARIABLE_DIM_SIZE) and `batch` is unused. The spec's
     `sample_inputs` win when given (batch and seed are then unused); otherwise each input is drawn
-    uniformly from its `range` (default [0, 1]) with a generator seeded by `seed`, in input order,
-    so the same spec always yields the same samples. STRING samples are bytes, as Triton carries them,
-    drawn from `choices[name]` where the converter knows the values an input takes (categories).
+    uniformly from its `range` with a generator seeded by `seed`, in input order, so the same spec
+    always yields the same samples. Without a `range`, a floating-point input whose columns a tree
+    ensemble splits is drawn column by column from `ranges[name]` (the thresholds' span, from the
+    converter), any other from [0, 1]. STRING samples are bytes, as Triton carries them, drawn from
+    `choices[name]` where the converter knows the values an input takes (categories).
     """
     if model.sample_inputs is not None:
         return _given_samples(model, inputs)
@@ -63,6 +67,11 @@ def make_samples(model: ModelSpec, inputs: list[TensorSpec], batch: int, seed: i
         low, high = tensor.range if tensor.range is not None else (0.0, 1.0)
         if tensor.dtype == "STRING" and choices and choices.get(tensor.name):
             samples[tensor.name] = as_bytes(rng.choice(np.asarray(choices[tensor.name], dtype=object), size=shape))
+            continue
+        columns = (ranges or {}).get(tensor.name)
+        if tensor.range is None and columns and tensor.dtype in FLOAT_DTYPES and shape and shape[-1] == len(columns):
+            lows, highs = (np.array(side) for side in zip(*columns))
+            samples[tensor.name] = rng.uniform(lows, highs, shape).astype(NUMPY_DTYPES[tensor.dtype])
             continue
         samples[tensor.name] = _draw(rng, tensor.dtype, shape, low, high)
     return samples

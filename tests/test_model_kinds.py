@@ -113,6 +113,13 @@ def wide_logistic():
     return make_pipeline(StandardScaler(), LogisticRegression()).fit(X, (X[:, 0] > 1.3).astype(int) + (X[:, 0] > 2.6))
 
 
+def scaled_forest():
+    """A forest fitted on features in the thousands: samples from [0, 1] all fall in one leaf."""
+    from sklearn.ensemble import RandomForestClassifier
+    X = 1000 + np.random.default_rng(0).random((200, 3)) * 1000
+    return RandomForestClassifier(n_estimators=5, max_depth=3, random_state=0).fit(X, (X[:, 1] > 1500).astype(int))
+
+
 def mlp3():
     """Three classes: an MLP's n_outputs_ is 3 (it counts classes), and it is single-label."""
     from sklearn.neural_network import MLPClassifier
@@ -370,12 +377,37 @@ def test_samples_that_all_get_one_answer_are_warned_about(kinds, capsys):
     assert main(["build", str(write_spec(kinds[0], [model], "narrow.yaml")), "-o", str(kinds[0] / "narrow_out")]) == 0
     said = capsys.readouterr()
     assert ("warning: wide: sklearn answered every verification sample with the same label: the samples (drawn from "
-            "each input's range, [0, 1] unless the spec gives one) may miss where the model varies; give each input "
-            "a range covering the training data (inputs[i].range)") in said.out + said.err
+            "each input's range: the spec's, else the span of a tree model's split thresholds, else [0, 1]) may miss "
+            "where the model varies; give each input a range covering the training data (inputs[i].range)"
+            ) in said.out + said.err
     ranged = {**model, "inputs": [{"name": "input", "dtype": "FP32", "dims": [4], "range": [0, 4]}]}
     assert main(["build", str(write_spec(kinds[0], [ranged], "ranged.yaml")), "-o", str(kinds[0] / "ranged_out")]) == 0
     said = capsys.readouterr()
     assert "answered every verification sample" not in said.out + said.err
+
+
+def test_a_tree_model_is_verified_across_its_split_thresholds_when_the_spec_gives_no_range(kinds, capsys):
+    """Features in [1000, 2000]: drawn from [0, 1] every sample took the same path through every
+    tree (the same label, warned about), so the conversion's thresholds went unchecked. Drawn from
+    the thresholds' span, both labels come up; a range in the spec still wins."""
+    from tritonize.cli import main
+
+    model = {"name": "scaled", "source": {"framework": "sklearn", "factory": "kinds:scaled_forest"}, "max_batch_size": 8}
+    out = kinds[0] / "scaled_out"
+    assert main(["build", str(write_spec(kinds[0], [model], "scaled.yaml")), "-o", str(out)]) == 0
+    said = capsys.readouterr()
+    assert "answered every verification sample" not in said.out + said.err
+    from tritonize.manifest import load
+
+    rows = load(out).models["scaled"].samples.inputs["input"].to_numpy()  # the first verification samples
+    forest = kinds[1].scaled_forest()
+    low, high = (min(t.tree_.threshold[t.tree_.feature == 1].min() for t in forest.estimators_),
+                 max(t.tree_.threshold[t.tree_.feature == 1].max() for t in forest.estimators_))
+    margin = 0.1 * (high - low)  # onnx_signature.SPLIT_MARGIN
+    assert ((rows[:, 1] >= low - margin - 1e-3) & (rows[:, 1] <= high + margin + 1e-3)).all(), (rows, low, high)
+    ranged = {**model, "inputs": [{"name": "input", "dtype": "FP32", "dims": [3], "range": [0, 1]}]}
+    assert main(["build", str(write_spec(kinds[0], [ranged], "scaled_ranged.yaml")), "-o", str(kinds[0] / "r_out")]) == 0
+    assert "answered every verification sample with the same label" in "".join(capsys.readouterr())
 
 
 def test_what_looks_like_a_refused_kind_but_is_not_still_builds(kinds):

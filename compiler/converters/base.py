@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ConversionError
-from ..onnx_signature import canonicalize, fix_batch_output_shapes, probe_inputs, rename_tensors, signature
+from ..onnx_signature import (
+    canonicalize,
+    fix_batch_output_shapes,
+    probe_inputs,
+    rename_tensors,
+    signature,
+    split_ranges,
+)
 from ..optional import optional
 from ..samples import NUMPY_DTYPES, as_bytes
 from ..spec import ModelSpec, Spec, TensorSpec
@@ -55,6 +62,9 @@ class ConvertedModel:
     summary: str = ""  # one line for the build log and the manifest: source, then `signature`
     # STRING input -> the values it takes (an encoder's fitted categories): verification samples them.
     choices: dict[str, list[str]] = field(default_factory=dict)
+    # Numeric input -> each column's (low, high) across the model's split thresholds
+    # (onnx_signature.split_ranges): verification samples them where the spec gives no range.
+    ranges: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     @property
     def signature(self) -> str:
@@ -130,7 +140,8 @@ def finish(model: ModelSpec, spec: Spec, onnx_model: onnx_types.ModelProto, *, t
         name=model.name, framework=model.source.framework, onnx_model=onnx_model,
         inputs=inputs, outputs=outputs, batch_axis=final.batch_axis, reference=reference,
         tools={**installed_versions("onnx", "onnxruntime"), **tools},
-        choices={renames.get(name, name): values for name, values in (choices or {}).items()})
+        choices={renames.get(name, name): values for name, values in (choices or {}).items()},
+        ranges=split_ranges(onnx_model))
 
 
 def _by_name(graph: list[TensorSpec], declared: list[TensorSpec] | None) -> list[TensorSpec] | None:
