@@ -114,6 +114,21 @@ def rename_tensors(model: onnx.ModelProto, renames: dict[str, str]) -> None:
             node.output[:] = [renames.get(n, n) for n in node.output]
 
 
+def cast_output(model: onnx.ModelProto, name: str, to: int) -> None:
+    """Graph output `name` answered as element type `to` (an onnx.TensorProto data type): the
+    tensor its producer wrote goes through a Cast that answers under the output's name."""
+    from onnx import helper
+
+    before = f"{name}_before_cast"
+    for node in model.graph.node:
+        node.input[:] = [before if n == name else n for n in node.input]
+        node.output[:] = [before if n == name else n for n in node.output]
+    model.graph.node.append(helper.make_node("Cast", [before], [name], to=to, name=f"{name}_cast"))
+    for output in model.graph.output:
+        if output.name == name:
+            output.type.tensor_type.elem_type = to
+
+
 # Size given to a variable (symbolic or unknown) non-batch input dim when probing a graph.
 PROBE_VARIABLE_DIM = 3
 

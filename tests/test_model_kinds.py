@@ -315,7 +315,11 @@ def test_column_transformer_whose_encoder_refuses_unknown_categories(kinds, repo
     frame = kinds[1].frame()[["age", "city"]].iloc[:16]
     served = infer(client, "strict_frame", columns(frame))
     frame = frame.assign(age=frame["age"].astype(np.float32).astype(np.float64))
-    assert served["label"].reshape(-1).tolist() == model.predict(frame).astype(int).tolist()
+    # Fitted on a bool target: the labels are served as BOOL, as predict() answers them (skl2onnx's
+    # graph answered their INT64 index).
+    assert "-> label BOOL, probabilities FP32[2]" in repository.manifest.models["strict_frame"].source
+    assert served["label"].dtype == np.bool_
+    assert served["label"].reshape(-1).tolist() == model.predict(frame).tolist()
     np.testing.assert_allclose(served["probabilities"], model.predict_proba(frame), **TOLERANCE)
 
 
@@ -419,7 +423,7 @@ def test_what_looks_like_a_refused_kind_but_is_not_still_builds(kinds):
                "max_batch_size": 8, "inputs": [{"name": "features", "dtype": "FP32", "dims": [2], "range": [20, 70]}]}]
     result = build(write_spec(kinds[0], models, "not_refused.yaml"), kinds[0] / "not_refused_out")
     assert "input FP32[4] -> label INT64, probabilities FP32[3]" in result.manifest.models["mlp3"].source
-    assert "features FP32[2] -> label INT64, probabilities FP32[2]" in result.manifest.models["positional"].source
+    assert "features FP32[2] -> label BOOL, probabilities FP32[2]" in result.manifest.models["positional"].source  # a bool y
 
 
 def test_one_input_for_columns_picked_by_name_is_a_located_error(kinds):

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import ConversionError, TritonizeError
 from ..factory import call_factory, spec_dir_on_path
+from ..onnx_signature import cast_output
 from ..optional import optional
 from ..samples import as_str
 from ..spec import ModelSpec, Spec
@@ -37,6 +38,7 @@ skl2onnx_types = optional("skl2onnx.common.data_types", purpose=_PURPOSE, extra=
 sklearn_compose = optional("sklearn.compose", purpose=_PURPOSE, extra="sklearn", package="scikit-learn")
 sklearn_text = optional("sklearn.feature_extraction.text", purpose=_PURPOSE, extra="sklearn", package="scikit-learn")
 joblib = optional("joblib", purpose="loading a saved scikit-learn model", extra="sklearn")
+onnx = optional("onnx", purpose=_PURPOSE, extra="sklearn")
 pandas = optional("pandas", purpose="feeding a model fitted on a pandas DataFrame", extra="sklearn")
 
 # Final estimator kind -> (graph output -> (its Triton name, the sklearn method that answers it)).
@@ -332,6 +334,9 @@ class SklearnConverter(Converter):
             raise unconvertible(model, estimator, exc) from None
         outputs = ESTIMATOR_KINDS[kind]
         graph_outputs = [o.name for o in onnx_model.graph.output]
+        if kind == "classifier" and "label" in graph_outputs and np.asarray(final.classes_).dtype == np.bool_:
+            # skl2onnx answers bool classes as their INT64 index (0, 1); predict() answers bools.
+            cast_output(onnx_model, "label", onnx.TensorProto.BOOL)
         unknown = [name for name in graph_outputs if name not in outputs]
         if unknown:
             raise ConversionError(f"model '{model.name}': skl2onnx's graph of this {kind} answers "
