@@ -144,7 +144,7 @@ def _compile(spec: Spec, work: Path, terminal: Terminal) -> list[ModelArtifact]:
 def _converted_model(spec: Spec, model: ModelSpec, work: Path, terminal: Terminal) -> list[ModelArtifact]:
     from .converters import convert
     from .samples import make_samples
-    from .verify import verify
+    from .verify import MISSING_DESCRIBED, verify, with_missing_values
 
     with terminal.status(f"{model.name}: converting {model.source.framework} model to ONNX"):
         converted = convert(model, spec)
@@ -157,6 +157,10 @@ def _converted_model(spec: Spec, model: ModelSpec, work: Path, terminal: Termina
         samples = make_samples(model, converted.inputs, batch=model.verify.samples, seed=model.verify.seed,
                                choices=converted.choices, ranges=converted.ranges)
         report = verify(converted, samples, model.verify)
+        missing = with_missing_values(converted, samples, model.verify.seed) \
+            if model.sample_inputs is None and model.verify.missing_values else None
+        if missing is not None:
+            report.missing_values = verify(converted, missing, model.verify, described=MISSING_DESCRIBED).samples
     onnx_bytes = converted.onnx_model.SerializeToString()
     config = onnx_model_config(model, converted.inputs, converted.outputs, runtime=spec.runtime,
                                container=spec.container)
@@ -169,7 +173,8 @@ def _converted_model(spec: Spec, model: ModelSpec, work: Path, terminal: Termina
     artifact.entry = ModelEntry(
         kind="onnx", framework=model.source.framework, source=converted.summary,
         verification=report.to_manifest(), samples=Samples.of(check_inputs, expected, report.tolerances()))
-    terminal.success(f"{model.name}: {converted.summary}; verified on {model.verify.samples} samples")
+    with_nan = f", and {report.missing_values} with missing values (NaN)" if report.missing_values else ""
+    terminal.success(f"{model.name}: {converted.summary}; verified on {model.verify.samples} samples{with_nan}")
     if report.constant:
         where = ("sample_inputs" if model.sample_inputs is not None else
                  "samples (drawn from each input's range: the spec's, else the span of a tree model's "

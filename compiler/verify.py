@@ -49,6 +49,15 @@ WRONG_CONVERSION_SHARE = 0.05
 WRONG_CONVERSION_SCALE = 0.1
 
 
+# The missing-value check: the tabular frameworks, whose models may take NaN for "missing" (trees
+# route it, imputers fill it), and the share of floating-point cells it sets to NaN.
+MISSING_VALUE_FRAMEWORKS = ("sklearn", "xgboost", "lightgbm")
+MISSING_SHARE = 0.2
+MISSING_DESCRIBED = "samples with missing values (NaN)"
+MISSING_FIX = ("the conversion routes missing values unlike the source: fill them before the model (a SimpleImputer "
+               "step) and refit, or set verify.missing_values: false if clients never send NaN")
+
+
 def _wrong_conversion(check: OutputCheck) -> bool:
     return check.outside > WRONG_CONVERSION_SHARE and check.max_abs_error > WRONG_CONVERSION_SCALE * check.scale
 
@@ -87,6 +96,8 @@ class VerificationReport:
     onnx_outputs: dict[str, np.ndarray] = field(default_factory=dict)
     # Outputs the source answered alike for every sample: the samples may miss where the model varies.
     constant: list[str] = field(default_factory=list)
+    # How many samples with missing values (NaN) passed too (with_missing_values); 0: none checked.
+    missing_values: int = 0
 
     @property
     def passed(self) -> bool:
@@ -105,13 +116,17 @@ class VerificationReport:
         if self.max_label_mismatch:
             entry["max_label_mismatch"] = self.max_label_mismatch
         entry["outputs"] = {check.name: check.to_manifest() for check in self.checks}
+        if self.missing_values:
+            entry["samples_with_missing_values"] = self.missing_values
         entry["passed"] = self.passed
         return entry
 
 
-def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: VerifySpec) -> VerificationReport:
+def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: VerifySpec, *,
+           described: str = "samples") -> VerificationReport:
     """Run the ONNX graph on `samples` and compare with the source framework; raise ConversionError
-    (one line, with the numbers and the fix) when an output disagrees beyond tolerance."""
+    (one line, with the numbers and the fix) when an output disagrees beyond tolerance. `described`
+    names the samples in that line."""
     onnx_outputs = run_onnx(converted, samples)
     rows = len(next(iter(samples.values()))) if samples and converted.batch_axis else 1
     report = VerificationReport(converted.name, converted.framework if converted.reference else None,
@@ -148,12 +163,13 @@ def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: 
         share = check.mismatched_rows / rows
         raise ConversionError(
             f"model '{converted.name}' output '{tensor.name}': ONNX differs from {converted.framework} on "
-            f"{check.mismatched_rows} of {rows} samples (allowed {allowed}, exact {tensor.dtype} compare)",
+            f"{check.mismatched_rows} of {rows} {described} (allowed {allowed}, exact {tensor.dtype} compare)",
             loc=("verify",),
-            fix=f"if these are split-boundary flips, set verify.max_label_mismatch to {significant(share * 1.5, 2)}"
+            fix=MISSING_FIX if described == MISSING_DESCRIBED else (
+                f"if these are split-boundary flips, set verify.max_label_mismatch to {significant(share * 1.5, 2)}"
                 if share <= WRONG_CONVERSION_SHARE else
                 f"{share:.0%} of the samples differ, far more than split-boundary flips: the conversion is wrong "
-                "(check the inputs' dtypes and categories against how the model was fitted)")
+                "(check the inputs' dtypes and categories against how the model was fitted)"))
     for tensor in float_outputs:
         atol, rtol = _tolerance(tensor.dtype, settings)
         got, want = onnx_outputs[tensor.name], expected[tensor.name]
@@ -166,14 +182,40 @@ def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: 
             raise ConversionError(
                 f"model '{converted.name}' output '{tensor.name}': ONNX differs from {converted.framework} by max abs "
                 f"error {significant(check.max_abs_error)} / max rel error {significant(check.max_rel_error)} on "
-                f"{rows} samples, above tolerance atol {atol:g} + rtol {rtol:g}*|expected|",
+                f"{rows} {described}, above tolerance atol {atol:g} + rtol {rtol:g}*|expected|",
                 loc=("verify",),
-                fix=f"if that error is acceptable, raise verify.atol to {significant(check.max_abs_error * 2, 2):g} "
+                fix=MISSING_FIX if described == MISSING_DESCRIBED else (
+                    f"if that error is acceptable, raise verify.atol to {significant(check.max_abs_error * 2, 2):g} "
                     "(or verify.rtol); otherwise the conversion is wrong" if not _wrong_conversion(check)
-                else f"{check.outside:.0%} of the values are off, by up to {significant(check.max_abs_error):g} "
-                     f"against values up to {significant(check.scale):g}: the conversion is wrong, no tolerance to "
-                     "raise (check the model's objective and outputs against what the converter supports)")
+                    else f"{check.outside:.0%} of the values are off, by up to {significant(check.max_abs_error):g} "
+                         f"against values up to {significant(check.scale):g}: the conversion is wrong, no tolerance "
+                         "to raise (check the model's objective and outputs against what the converter supports)"))
     return report
+
+
+def with_missing_values(converted: ConvertedModel, samples: dict[str, np.ndarray],
+                        seed: int) -> dict[str, np.ndarray] | None:
+    """`samples` with MISSING_SHARE of their floating-point cells set to NaN (seeded), to be
+    verified like the others when the source answers them: a converter can route a NaN down
+    another branch than the source (skl2onnx did, for scikit-learn's forests) and samples without
+    one never show it. None when the model has no such input, is not tabular, or its source
+    refuses NaN (most of scikit-learn's estimators raise on it)."""
+    if converted.reference is None or converted.framework not in MISSING_VALUE_FRAMEWORKS:
+        return None
+    floats = {t.name for t in converted.inputs if t.dtype in FLOAT_TOLERANCES}
+    if not floats.intersection(samples):
+        return None
+    rng = np.random.default_rng(seed)
+    missing = dict(samples)
+    for name in sorted(floats.intersection(samples)):
+        array = samples[name].copy()
+        array[rng.random(array.shape) < MISSING_SHARE] = np.nan
+        missing[name] = array
+    try:
+        converted.reference(missing)
+    except Exception:  # the source takes no NaN (its own error types): nothing a client may send
+        return None
+    return missing
 
 
 def run_onnx(converted: ConvertedModel, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -113,6 +113,17 @@ def wide_logistic():
     return make_pipeline(StandardScaler(), LogisticRegression()).fit(X, (X[:, 0] > 1.3).astype(int) + (X[:, 0] > 2.6))
 
 
+def nan_forest():
+    """Fitted with missing values (scikit-learn >= 1.4 forests route NaN per split)."""
+    from sklearn.ensemble import RandomForestClassifier
+    rng = np.random.default_rng(2)
+    X = rng.random((400, 4))
+    y = (X[:, 0] + X[:, 1] > 1).astype(int)
+    X[rng.random(X.shape) < 0.2] = np.nan
+    y[np.isnan(X[:, 0])] = 1
+    return RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
+
+
 def scaled_forest():
     """A forest fitted on features in the thousands: samples from [0, 1] all fall in one leaf."""
     from sklearn.ensemble import RandomForestClassifier
@@ -209,6 +220,7 @@ MODELS = [
     {"name": "forest3", "source": {"framework": "sklearn", "factory": "kinds:forest3"},
      "outputs": [{"name": "prediction", "dtype": "FP32", "dims": [3]}]},
     {"name": "iforest", "source": {"framework": "sklearn", "factory": "kinds:iforest"}},
+    {"name": "nan_forest", "source": {"framework": "sklearn", "factory": "kinds:nan_forest"}},
     {"name": "kmeans", "source": {"framework": "sklearn", "factory": "kinds:kmeans"}},
     {"name": "pca", "source": {"framework": "sklearn", "factory": "kinds:pca"}},
     {"name": "xgb_ranker", "source": {"framework": "xgboost", "factory": "kinds:xgb_ranker"}},
@@ -412,6 +424,41 @@ def test_a_tree_model_is_verified_across_its_split_thresholds_when_the_spec_give
     ranged = {**model, "inputs": [{"name": "input", "dtype": "FP32", "dims": [3], "range": [0, 1]}]}
     assert main(["build", str(write_spec(kinds[0], [ranged], "scaled_ranged.yaml")), "-o", str(kinds[0] / "r_out")]) == 0
     assert "answered every verification sample with the same label" in "".join(capsys.readouterr())
+
+
+@pytest.mark.server
+def test_missing_values_are_served_as_the_forest_routes_them(kinds, repository, client):
+    """skl2onnx 1.20 wrote every split's NaN branch as the false one: served, 22 of 200 rows with
+    NaNs got another label than predict(). The build now routes them as the trees do and checks
+    samples with NaNs against sklearn (a model whose source refuses NaN gets no such check)."""
+    model = kinds[1].nan_forest()
+    rng = np.random.default_rng(7)
+    X = rng.random((32, 4)).astype(np.float32)  # the model's max_batch_size
+    X[rng.random(X.shape) < 0.3] = np.nan
+    served = infer(client, "nan_forest", {"input": X})
+    assert served["label"].reshape(-1).tolist() == model.predict(X).tolist()
+    np.testing.assert_allclose(served["probabilities"], model.predict_proba(X), **TOLERANCE)
+    verification = {name: entry.verification for name, entry in repository.manifest.models.items()}
+    assert verification["nan_forest"]["samples_with_missing_values"] == 64
+    assert "samples_with_missing_values" not in verification["strict_frame"]  # LogisticRegression raises on NaN
+
+
+def test_a_converter_that_routes_missing_values_wrong_fails_the_build(kinds, monkeypatch):
+    """What the missing-value check is for: with the routing fix left out, skl2onnx's own graph
+    of the NaN-fitted forest fails verification, naming the samples and the fix."""
+    import tritonize.converters.sklearn as converter
+
+    monkeypatch.setattr(converter, "route_missing_values", lambda onnx_model, final: None)
+    spec = write_spec(kinds[0], [{"name": "nan", "source": {"framework": "sklearn", "factory": "kinds:nan_forest"},
+                                  "max_batch_size": 8}], "nan.yaml")
+    with pytest.raises(ConversionError, match=r"models\[0\].verify: model 'nan' output 'label': ONNX differs from "
+                                              r"sklearn on \d+ of 64 samples with missing values \(NaN\).*fill them "
+                                              r"before the model \(a SimpleImputer step\) and refit, or set "
+                                              r"verify.missing_values: false if clients never send NaN"):
+        build(spec, kinds[0] / "nan_out")
+    spec = write_spec(kinds[0], [{"name": "nan", "source": {"framework": "sklearn", "factory": "kinds:nan_forest"},
+                                  "max_batch_size": 8, "verify": {"missing_values": False}}], "nan_off.yaml")
+    assert "samples_with_missing_values" not in build(spec, kinds[0] / "nan_off").manifest.models["nan"].verification
 
 
 def test_what_looks_like_a_refused_kind_but_is_not_still_builds(kinds):

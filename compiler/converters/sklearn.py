@@ -332,6 +332,7 @@ class SklearnConverter(Converter):
             raise
         except Exception as exc:  # skl2onnx raises many types; all mean "this estimator does not convert"
             raise unconvertible(model, estimator, exc) from None
+        route_missing_values(onnx_model, final)
         outputs = ESTIMATOR_KINDS[kind]
         graph_outputs = [o.name for o in onnx_model.graph.output]
         if kind == "classifier" and "label" in graph_outputs and np.asarray(final.classes_).dtype == np.bool_:
@@ -366,6 +367,44 @@ BOOSTERS = {
     "xgboost": ("XGB", "onnxmltools.convert.xgboost.operator_converters.XGBoost", "convert_xgboost", "XGBoost"),
     "lightgbm": ("LGBM", "onnxmltools.convert.lightgbm.operator_converters.LightGbm", "convert_lightgbm", "LightGbm"),
 }
+
+
+def route_missing_values(onnx_model: Any, final: Any) -> None:
+    """Send missing values (NaN) down each split as scikit-learn does. Its trees (>= 1.3) route a
+    NaN per node (tree_.missing_go_to_left: where NaNs went in training, else to the child that
+    took more samples); skl2onnx 1.20 writes nodes_missing_value_tracks_true 0 everywhere, so a
+    NaN always took the false branch (a forest fitted with NaNs answered 22 of 200 rows with
+    another label). skl2onnx writes a forest as one TreeEnsemble node whose (tree, node) ids are
+    (estimators_ index, sklearn node index), an IsolationForest as one node per estimator, in
+    order; every node's threshold is checked against that layout before anything is changed."""
+    trees = [final] if hasattr(final, "tree_") else list(getattr(final, "estimators_", []))
+    trees = [getattr(tree, "tree_", None) for tree in np.ravel(np.asarray(trees, dtype=object))]
+    if not trees or any(tree is None or not hasattr(tree, "missing_go_to_left") for tree in trees):
+        return
+    nodes = [n for n in onnx_model.graph.node if n.op_type in ("TreeEnsembleClassifier", "TreeEnsembleRegressor")]
+    if len(nodes) not in (1, len(trees)):
+        return
+    routes = []
+    for index, node in enumerate(nodes):
+        attributes = {a.name: a for a in node.attribute}
+        if not {"nodes_treeids", "nodes_nodeids", "nodes_values", "nodes_modes"} <= set(attributes):
+            return
+        tracks = []
+        for tree_id, node_id, value, mode in zip(attributes["nodes_treeids"].ints, attributes["nodes_nodeids"].ints,
+                                                 attributes["nodes_values"].floats, attributes["nodes_modes"].strings):
+            tree = trees[tree_id] if len(nodes) == 1 and tree_id < len(trees) else trees[index] if tree_id == 0 else None
+            if mode == b"LEAF":
+                tracks.append(0)
+            elif tree is not None and node_id < tree.node_count and \
+                    np.isclose(value, tree.threshold[node_id], rtol=1e-6, atol=1e-7):
+                tracks.append(int(tree.missing_go_to_left[node_id]))
+            else:
+                return  # not laid out as expected: the graph stays as skl2onnx wrote it
+        routes.append((node, attributes.get("nodes_missing_value_tracks_true"), tracks))
+    for node, old, tracks in routes:
+        if old is not None:
+            node.attribute.remove(old)
+        node.attribute.append(onnx.helper.make_attribute("nodes_missing_value_tracks_true", tracks))
 
 
 def register_booster_converters(estimator: Any) -> None:

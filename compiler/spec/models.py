@@ -206,6 +206,9 @@ class VerifySpec(StrictModel):
     # Fraction of samples whose discrete outputs (labels) may differ: tree thresholds compared in
     # float32 (ONNX) vs float64 (source) can flip a sample that lies on a split boundary.
     max_label_mismatch: float = Field(default=0.0, ge=0, le=1)
+    # Also check samples with NaN cells (sklearn/xgboost/lightgbm sources that answer them:
+    # verify.with_missing_values); false for a model whose clients never send NaN.
+    missing_values: bool = True
 
 
 class EncoderSpec(StrictModel):
