@@ -124,6 +124,18 @@ def nan_forest():
     return RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
 
 
+def knn_imputed():
+    """KNNImputer: skl2onnx 1.20 converts it at opset 18 only ("no longer works for opset 17 < 18")."""
+    from sklearn.impute import KNNImputer
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    rng = np.random.default_rng(4)
+    X = rng.random((200, 4))
+    y = X @ np.array([1.0, -2.0, 0.5, 3.0])
+    X[rng.random(X.shape) < 0.2] = np.nan
+    return make_pipeline(KNNImputer(n_neighbors=3), Ridge()).fit(X, y)
+
+
 def scaled_forest():
     """A forest fitted on features in the thousands: samples from [0, 1] all fall in one leaf."""
     from sklearn.ensemble import RandomForestClassifier
@@ -221,6 +233,7 @@ MODELS = [
      "outputs": [{"name": "prediction", "dtype": "FP32", "dims": [3]}]},
     {"name": "iforest", "source": {"framework": "sklearn", "factory": "kinds:iforest"}},
     {"name": "nan_forest", "source": {"framework": "sklearn", "factory": "kinds:nan_forest"}},
+    {"name": "knn_imputed", "source": {"framework": "sklearn", "factory": "kinds:knn_imputed"}},
     {"name": "kmeans", "source": {"framework": "sklearn", "factory": "kinds:kmeans"}},
     {"name": "pca", "source": {"framework": "sklearn", "factory": "kinds:pca"}},
     {"name": "xgb_ranker", "source": {"framework": "xgboost", "factory": "kinds:xgb_ranker"}},
@@ -441,6 +454,22 @@ def test_missing_values_are_served_as_the_forest_routes_them(kinds, repository, 
     verification = {name: entry.verification for name, entry in repository.manifest.models.items()}
     assert verification["nan_forest"]["samples_with_missing_values"] == 64
     assert "samples_with_missing_values" not in verification["strict_frame"]  # LogisticRegression raises on NaN
+
+
+@pytest.mark.server
+def test_a_converter_that_needs_a_newer_opset_gets_it(kinds, repository, client):
+    """The KNNImputer pipeline failed the build ("skl2onnx cannot convert Pipeline: This converter
+    no longer works for opset 17 < 18"); it is converted at opset 18 and imputes served rows as
+    sklearn does."""
+    import onnx
+
+    graph = onnx.load(str(repository.repository / "knn_imputed" / "1" / "model.onnx"))
+    assert {o.domain: o.version for o in graph.opset_import}[""] == 18
+    model = kinds[1].knn_imputed()
+    X = np.random.default_rng(8).random((16, 4)).astype(np.float32)
+    X[::3, 1] = np.nan
+    served = infer(client, "knn_imputed", {"input": X})
+    np.testing.assert_allclose(served["prediction"].reshape(-1), model.predict(X), **TOLERANCE)
 
 
 def test_a_converter_that_routes_missing_values_wrong_fails_the_build(kinds, monkeypatch):

@@ -33,6 +33,9 @@ onnx = optional("onnx", purpose="checking ONNX graphs")
 # releases from 23.xx on (24.10 ships onnxruntime 1.19) and by TensorRT 8.6+; onnxmltools 1.16 writes
 # at most opset 15. ai.onnx.ml 3 is the newest TreeEnsemble version onnxruntime 1.19 runs.
 ONNX_OPSET = 17
+# The newest opset a converter may be given when it refuses ONNX_OPSET (skl2onnx's KNNImputer asks
+# for 18): onnxruntime 1.19, the oldest the container targets ship, runs opsets up to 21.
+MAX_ONNX_OPSET = 21
 ONNXMLTOOLS_OPSET = 15
 ONNX_ML_OPSET = 3
 

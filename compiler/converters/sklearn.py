@@ -28,7 +28,7 @@ from ..optional import optional
 from ..samples import as_str
 from ..spec import ModelSpec, Spec
 from ..versions import installed_versions
-from .base import ONNX_ML_OPSET, ONNX_OPSET, ConvertedModel, Converter, finish, source_file
+from .base import MAX_ONNX_OPSET, ONNX_ML_OPSET, ONNX_OPSET, ConvertedModel, Converter, finish, source_file
 
 _PURPOSE = "converting a scikit-learn model"
 sklearn_base = optional("sklearn.base", purpose=_PURPOSE, extra="sklearn", package="scikit-learn")
@@ -324,14 +324,22 @@ class SklearnConverter(Converter):
         register_booster_converters(estimator)
         # ZipMap turns probabilities into a sequence of maps, which Triton cannot serve.
         options = {**({id(final): {"zipmap": False}} if kind == "classifier" else {}), **text_options} or None
-        try:
-            onnx_model = skl2onnx.convert_sklearn(
-                estimator, initial_types=initial_types, options=options,
-                target_opset={"": ONNX_OPSET, "ai.onnx.ml": ONNX_ML_OPSET})
-        except TritonizeError:
-            raise
-        except Exception as exc:  # skl2onnx raises many types; all mean "this estimator does not convert"
-            raise unconvertible(model, estimator, exc) from None
+        opset = ONNX_OPSET
+        while True:
+            try:
+                onnx_model = skl2onnx.convert_sklearn(
+                    estimator, initial_types=initial_types, options=options,
+                    target_opset={"": opset, "ai.onnx.ml": ONNX_ML_OPSET})
+                break
+            except TritonizeError:
+                raise
+            except Exception as exc:  # skl2onnx raises many types; all mean "this estimator does not convert"
+                # "This converter no longer works for opset 17 < 18": once more at the opset it needs.
+                needed = re.search(r"for opset (\d+) < (\d+)", str(exc))
+                if needed and opset < int(needed.group(2)) <= MAX_ONNX_OPSET:
+                    opset = int(needed.group(2))
+                    continue
+                raise unconvertible(model, estimator, exc) from None
         route_missing_values(onnx_model, final)
         outputs = ESTIMATOR_KINDS[kind]
         graph_outputs = [o.name for o in onnx_model.graph.output]
