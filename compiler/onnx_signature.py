@@ -159,16 +159,23 @@ PASS_THROUGH_OPS = ("Cast", "Identity")
 SPLIT_MARGIN = 0.1
 
 
-def split_ranges(model: onnx.ModelProto) -> dict[str, list[tuple[float, float]]]:
+# How split_ranges says to sample a column: a span (low, high), or the values a categorical
+# column's splits test for equality (LightGBM's categorical_feature, BRANCH_EQ nodes).
+ColumnSampling = tuple[float, float] | list[float]
+
+
+def split_ranges(model: onnx.ModelProto) -> dict[str, list[ColumnSampling]]:
     """For each graph input read column by column by a tree ensemble (directly or through a
     Cast), the span of each column's split thresholds widened by SPLIT_MARGIN: where samples
-    reach both sides of the model's splits. A column no tree splits on spans [0, 1]. Graph inputs
-    that reach a tree only through other ops (scalers, encoders, concatenations) get nothing."""
+    reach both sides of the model's splits; for a column split by equality (a category), the
+    values tested. A column no tree splits on spans [0, 1]. Graph inputs that reach a tree only
+    through other ops (scalers, encoders, concatenations) get nothing."""
     from onnx import helper, numpy_helper
 
     produced_by = {output: node for node in model.graph.node for output in node.output}
     fed = {value.name for value in _graph_inputs(model)}
     thresholds: dict[str, dict[int, list[float]]] = {}
+    categorical: dict[str, set[int]] = {}
     for node in model.graph.node:
         if node.op_type not in TREE_OPS or not node.input:
             continue
@@ -190,6 +197,8 @@ def split_ranges(model: onnx.ModelProto) -> dict[str, list[tuple[float, float]]]
             continue
         columns = thresholds.setdefault(source, {})
         for feature, mode, value in zip(features, modes, values):
+            if mode == "BRANCH_EQ" and np.isfinite(value):
+                categorical.setdefault(source, set()).add(feature)
             if mode != "LEAF" and np.isfinite(value):
                 columns.setdefault(feature, []).append(float(value))
     ranges = {}
@@ -198,16 +207,19 @@ def split_ranges(model: onnx.ModelProto) -> dict[str, list[tuple[float, float]]]
         shape = _shape(value)
         if not split or not shape or not isinstance(shape[-1], int) or max(split) >= shape[-1]:
             continue
-        spans = []
-        for column in range(shape[-1]):
-            if column not in split:
-                spans.append((0.0, 1.0))
-                continue
-            low, high = min(split[column]), max(split[column])
-            margin = SPLIT_MARGIN * (high - low) or max(abs(low) * SPLIT_MARGIN, 1.0)
-            spans.append((low - margin, high + margin))
-        ranges[value.name] = spans
+        ranges[value.name] = [_column_sampling(split.get(column), column in categorical.get(value.name, ()))
+                              for column in range(shape[-1])]
     return ranges
+
+
+def _column_sampling(thresholds: list[float] | None, categorical: bool) -> ColumnSampling:
+    if not thresholds:
+        return (0.0, 1.0)
+    if categorical:
+        return sorted(set(thresholds))
+    low, high = min(thresholds), max(thresholds)
+    margin = SPLIT_MARGIN * (high - low) or max(abs(low) * SPLIT_MARGIN, 1.0)
+    return (low - margin, high + margin)
 
 
 def fix_batch_output_shapes(model: onnx.ModelProto, probe: dict[str, np.ndarray] | None = None,

@@ -9,6 +9,7 @@ import numpy as np
 from .errors import SpecError
 
 if TYPE_CHECKING:
+    from .onnx_signature import ColumnSampling
     from .spec import ModelSpec, TensorSpec
 
 # Triton data type -> numpy dtype of the arrays clients send and backends receive. BF16 has no
@@ -46,7 +47,7 @@ def as_str(values) -> np.ndarray:
 
 def make_samples(model: ModelSpec, inputs: list[TensorSpec], batch: int, seed: int,
                  choices: dict[str, list[str]] | None = None,
-                 ranges: dict[str, list[tuple[float, float]]] | None = None) -> dict[str, np.ndarray]:
+                 ranges: dict[str, list[ColumnSampling]] | None = None) -> dict[str, np.ndarray]:
     """Sample inputs keyed by tensor name, shaped as clients send them: [batch] + dims.
 
     A model with max_batch_size 0 takes no batch dim: the shape is dims alone (-1 dims, a dynamic
@@ -54,8 +55,8 @@ def make_samples(model: ModelSpec, inputs: list[TensorSpec], batch: int, seed: i
     `sample_inputs` win when given (batch and seed are then unused); otherwise each input is drawn
     uniformly from its `range` with a generator seeded by `seed`, in input order, so the same spec
     always yields the same samples. Without a `range`, a floating-point input whose columns a tree
-    ensemble splits is drawn column by column from `ranges[name]` (the thresholds' span, from the
-    converter), any other from [0, 1]. STRING samples are bytes, as Triton carries them, drawn from
+    ensemble splits is drawn column by column from `ranges[name]` (the thresholds' span, or a
+    categorical column's values, from the converter), any other from [0, 1]. STRING samples are bytes, as Triton carries them, drawn from
     `choices[name]` where the converter knows the values an input takes (categories).
     """
     if model.sample_inputs is not None:
@@ -70,8 +71,11 @@ def make_samples(model: ModelSpec, inputs: list[TensorSpec], batch: int, seed: i
             continue
         columns = (ranges or {}).get(tensor.name)
         if tensor.range is None and columns and tensor.dtype in FLOAT_DTYPES and shape and shape[-1] == len(columns):
-            lows, highs = (np.array(side) for side in zip(*columns))
-            samples[tensor.name] = rng.uniform(lows, highs, shape).astype(NUMPY_DTYPES[tensor.dtype])
+            drawn = np.empty(shape)
+            for index, column in enumerate(columns):  # a category's values, or a span
+                drawn[..., index] = rng.choice(column, size=shape[:-1]) if isinstance(column, list) else \
+                    rng.uniform(column[0], column[1], shape[:-1])
+            samples[tensor.name] = drawn.astype(NUMPY_DTYPES[tensor.dtype])
             continue
         samples[tensor.name] = _draw(rng, tensor.dtype, shape, low, high)
     return samples

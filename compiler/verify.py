@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ConversionError
+from .errors import ConversionError, TritonizeError
 from .samples import as_bytes, as_str
 from .spec import TensorSpec, VerifySpec
 
@@ -138,7 +138,18 @@ def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: 
             if not check.exact:
                 check.atol, check.rtol = _tolerance(check.dtype, settings)
         return report
-    expected = converted.reference(samples)
+    try:
+        expected = converted.reference(samples)
+    except TritonizeError:
+        raise
+    except Exception as exc:  # the source's own error on samples it was not fitted for
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first if len(first) <= 200 else first[:200] + "..."
+        raise ConversionError(
+            f"model '{converted.name}': {converted.framework} cannot answer the verification {described}: "
+            f"{type(exc).__name__}: {first}", loc=("inputs",),
+            fix="give sample_inputs with values the model was fitted on, or declare each input's dtype and "
+                "range as it was fitted (INT64 for an integer column of a ColumnTransformer)") from None
     if converted.batch_axis and rows > 1:
         answers = {name: np.asarray(value) for name, value in expected.items()}
         constant = [name for name, value in answers.items() if value.ndim and (value == value[:1]).all()]

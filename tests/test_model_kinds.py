@@ -102,6 +102,42 @@ def wrong_conversions(root):
     coded[:, 0] = (coded[:, 0] * 4).astype(int)
     joblib.dump(HistGradientBoostingClassifier(max_iter=3, categorical_features=[0]).fit(coded, classes),
                 root / "hgb_categorical.joblib")
+    # Not wrong answers but a traceback in onnxmltools (KeyError 'gbtree_model_param').
+    xgboost.XGBClassifier(booster="dart", n_estimators=3, n_jobs=1).fit(X, classes > 0).save_model(str(root / "dart.json"))
+    joblib.dump(xgboost.XGBRegressor(booster="gblinear", n_estimators=3, n_jobs=1).fit(X, X[:, 0]),
+                root / "gblinear.joblib")
+
+
+def lgbm_categorical(path):
+    """A LightGBM booster with a categorical feature (column 0, values 0-4): its ONNX splits test
+    equality (BRANCH_EQ), and samples drawn from floats in a span failed verification as a wrong
+    conversion (44 % of the labels), which it is not."""
+    import lightgbm
+    rng = np.random.default_rng(0)
+    X = np.c_[rng.integers(0, 5, 500), rng.normal(size=(500, 2))]
+    y = (np.isin(X[:, 0], [1, 3]) ^ (X[:, 1] > 0)).astype(int)
+    lightgbm.train({"objective": "binary", "verbose": -1, "num_threads": 1},
+                   lightgbm.Dataset(X, y, categorical_feature=[0]), 20).save_model(str(path))
+
+
+def frame_fitted_pipeline():
+    """A Pipeline fitted on a DataFrame of numeric columns: one tensor in, and sklearn warned
+    "X does not have valid feature names" at each reference call given an array."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    X = frame()[["age", "income"]]
+    return make_pipeline(SimpleImputer(), LogisticRegression()).fit(X, X["age"] > 50)
+
+
+def ordinal_ints():
+    """An OrdinalEncoder over an integer column (values 1-4): sampled as floats, sklearn raised
+    "Found unknown categories" inside verification, a traceback."""
+    from sklearn.preprocessing import OrdinalEncoder
+    from sklearn.tree import DecisionTreeClassifier
+    from sklearn.pipeline import make_pipeline
+    X = np.random.default_rng(0).integers(1, 5, (100, 2))
+    return make_pipeline(OrdinalEncoder(), DecisionTreeClassifier(random_state=0)).fit(X, X[:, 0] > 2)
 
 
 def wide_logistic():
@@ -387,7 +423,10 @@ def test_multilabel_classifier_is_refused_before_converting(kinds):
     ("lightgbm", "ova.txt", r"lightgbm objective multiclassova .*fix: train with objective multiclass\)"),
     ("sklearn", "hgb_categorical.joblib", r"the HistGradientBoostingClassifier splits on categorical features.*fix: "
                                           r"one-hot encode those columns"),
-], ids=["xgb-two-targets", "xgb-softmax", "lgbm-ova", "hgb-categorical"])
+    ("xgboost", "dart.json", r"xgboost booster dart does not convert to ONNX: onnxmltools converts tree boosters "
+                             r"\(gbtree\) only \(fix: train with booster='gbtree'\)"),
+    ("sklearn", "gblinear.joblib", r"xgboost booster gblinear does not convert to ONNX"),
+], ids=["xgb-two-targets", "xgb-softmax", "lgbm-ova", "hgb-categorical", "xgb-dart", "xgb-gblinear"])
 def test_conversions_known_to_answer_wrong_are_refused_before_converting(kinds, framework, path, message):
     """Each built a graph whose answers verification then found off (52-100 % of the values), with
     a generic hint; each is refused up front with what to train instead."""
@@ -488,6 +527,39 @@ def test_a_converter_that_routes_missing_values_wrong_fails_the_build(kinds, mon
     spec = write_spec(kinds[0], [{"name": "nan", "source": {"framework": "sklearn", "factory": "kinds:nan_forest"},
                                   "max_batch_size": 8, "verify": {"missing_values": False}}], "nan_off.yaml")
     assert "samples_with_missing_values" not in build(spec, kinds[0] / "nan_off").manifest.models["nan"].verification
+
+
+def test_what_new_users_brought_builds_or_fails_in_one_line(kinds, capsys):
+    """A LightGBM categorical feature is sampled from its categories (it failed as a wrong
+    conversion); a DataFrame-fitted pipeline's reference gets a DataFrame (sklearn's feature-name
+    warning came 8 times); an integer column of an OrdinalEncoder sampled as floats is a located
+    error naming the fix, not a traceback."""
+    from tritonize.cli import main
+
+    kinds[1].lgbm_categorical(kinds[0] / "lgbm_categorical.txt")
+    models = [{"name": "lgbm_cat", "source": {"framework": "lightgbm", "path": "lgbm_categorical.txt"},
+               "max_batch_size": 8},
+              {"name": "frame_fitted", "source": {"framework": "sklearn", "factory": "kinds:frame_fitted_pipeline"},
+               "max_batch_size": 8, "inputs": [{"name": "input", "dtype": "FP32", "dims": [2], "range": [20, 80]}]}]
+    assert main(["build", str(write_spec(kinds[0], models, "users.yaml")), "-o", str(kinds[0] / "users_out")]) == 0
+    said = capsys.readouterr()
+    assert "valid feature names" not in said.out + said.err
+    assert "✓ lgbm_cat: lightgbm Booster(objective=binary, trees=20), 3 features" in said.out
+    spec = write_spec(kinds[0], [{"name": "ordinal", "source": {"framework": "sklearn", "factory": "kinds:ordinal_ints"},
+                                  "max_batch_size": 8}], "ordinal.yaml")
+    assert main(["build", str(spec), "-o", str(kinds[0] / "ordinal_out")]) == 2
+    said = capsys.readouterr()
+    assert "Traceback" not in said.out + said.err
+    assert ("models[0].inputs: model 'ordinal': sklearn cannot answer the verification samples: ValueError: Found "
+            "unknown categories") in said.err
+    assert "fix: give sample_inputs with values the model was fitted on" in said.err
+    given = {"name": "ordinal", "source": {"framework": "sklearn", "factory": "kinds:ordinal_ints"}, "max_batch_size": 8,
+             "inputs": [{"name": "input", "dtype": "FP32", "dims": [2]}],
+             "sample_inputs": {"input": [[1, 2], [3, 4], [2, 1], [4, 3]]}}
+    assert main(["build", str(write_spec(kinds[0], [given], "ordinal_given.yaml")), "-o", str(kinds[0] / "og")]) == 0
+    said = capsys.readouterr().out
+    assert "✓ ordinal: sklearn classifier" in said
+    assert "; verified on 4 samples" in said  # the samples given, not verify.samples (64)
 
 
 def test_what_looks_like_a_refused_kind_but_is_not_still_builds(kinds):

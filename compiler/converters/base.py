@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import ConversionError
 from ..onnx_signature import (
+    ColumnSampling,
     canonicalize,
     fix_batch_output_shapes,
     probe_inputs,
@@ -65,9 +66,9 @@ class ConvertedModel:
     summary: str = ""  # one line for the build log and the manifest: source, then `signature`
     # STRING input -> the values it takes (an encoder's fitted categories): verification samples them.
     choices: dict[str, list[str]] = field(default_factory=dict)
-    # Numeric input -> each column's (low, high) across the model's split thresholds
-    # (onnx_signature.split_ranges): verification samples them where the spec gives no range.
-    ranges: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    # Numeric input -> how to sample each column: (low, high) across the model's split thresholds,
+    # or a categorical column's values (onnx_signature.split_ranges); where the spec gives no range.
+    ranges: dict[str, list[ColumnSampling]] = field(default_factory=dict)
 
     @property
     def signature(self) -> str:

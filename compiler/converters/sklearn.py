@@ -306,11 +306,13 @@ class SklearnConverter(Converter):
             inputs = [Column(input_name, input_name, dtype)]
             initial_types = [(input_name, getattr(skl2onnx_types, _TENSOR_TYPES[dtype])([None, features]))]
         if kind == "classifier" and not hasattr(final, "predict_proba"):  # what the probabilities are checked with
+            svc = type(final).__name__ in ("SVC", "NuSVC")
             raise ConversionError(f"model '{model.name}': the {type(final).__name__} has no predict_proba "
-                                  "(an SVC fitted with probability=False, or a classifier without one), which "
-                                  "its served probabilities are checked against", loc=("source",),
-                                  fix="fit SVC with probability=True, or wrap the classifier in "
-                                      "sklearn.calibration.CalibratedClassifierCV")
+                                  f"({'fitted with probability=False' if svc else 'it answers labels and scores only'})"
+                                  ", which its served probabilities are checked against", loc=("source",),
+                                  fix=f"fit {type(final).__name__} with probability=True" if svc else
+                                      "wrap the classifier in sklearn.calibration.CalibratedClassifierCV, which "
+                                      "gives it predict_proba")
         categorical = getattr(final, "is_categorical_", None)  # HistGradientBoosting*'s native categories
         if categorical is not None and np.any(categorical):
             raise ConversionError(f"model '{model.name}': the {type(final).__name__} splits on categorical features, "
@@ -356,7 +358,9 @@ class SklearnConverter(Converter):
         # skl2onnx names the graph inputs after the columns; Triton names must be identifiers.
         renames.update({i.name: c.name for i, c in zip(onnx_model.graph.input, inputs)})
         methods = {outputs[name][0]: outputs[name][1] for name in graph_outputs}
-        names_in = getattr(transformer, "feature_names_in_", None)  # a numpy array when fitted on a DataFrame
+        # A numpy array when fitted on a DataFrame: the reference then gets one (sklearn warned
+        # "X does not have valid feature names" for every array it was given).
+        names_in = getattr(transformer if transformer is not None else estimator, "feature_names_in_", None)
         frame_names = [str(name) for name in names_in] if names_in is not None else []
         reference = _reference(estimator, inputs, methods, fitted_dtype(final), frame=per_column and bool(frame_names),
                                texts=vectorizer is not None,

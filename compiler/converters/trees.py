@@ -101,6 +101,11 @@ def refuse_wrong_conversion(model: ModelSpec, source: Any) -> str:
         objective = learner["objective"]["name"]
         targets = int(learner.get("learner_model_param", {}).get("num_target", "1") or 1)
         shown, wrong = objective, XGBOOST_WRONG_OBJECTIVES.get(objective)
+        kind = learner.get("gradient_booster", {}).get("name", "gbtree")
+        if kind != "gbtree":  # onnxmltools reads gbtree's parameters: KeyError 'gbtree_model_param'
+            raise ConversionError(f"model '{model.name}': xgboost booster {kind} does not convert to ONNX: "
+                                  "onnxmltools converts tree boosters (gbtree) only", loc=("source",),
+                                  fix="train with booster='gbtree'")
         if targets > 1:
             shown, wrong = f"{objective} with {targets} targets", "onnxmltools converts one target; train a model per target"
     else:
