@@ -129,6 +129,18 @@ def cast_output(model: onnx.ModelProto, name: str, to: int) -> None:
             output.type.tensor_type.elem_type = to
 
 
+def reshape_output(model: onnx.ModelProto, name: str, shape: list[int]) -> None:
+    """Graph output `name` reshaped to `shape` (a Reshape on the tensor its producer wrote)."""
+    from onnx import helper, numpy_helper
+
+    before, target = f"{name}_before_reshape", f"{name}_shape"
+    for node in model.graph.node:
+        node.input[:] = [before if n == name else n for n in node.input]
+        node.output[:] = [before if n == name else n for n in node.output]
+    model.graph.initializer.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), target))
+    model.graph.node.append(helper.make_node("Reshape", [before, target], [name], name=f"{name}_reshape"))
+
+
 # Size given to a variable (symbolic or unknown) non-batch input dim when probing a graph.
 PROBE_VARIABLE_DIM = 3
 

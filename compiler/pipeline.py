@@ -174,7 +174,7 @@ def _converted_model(spec: Spec, model: ModelSpec, work: Path, terminal: Termina
         kind="onnx", framework=model.source.framework, source=converted.summary,
         verification=report.to_manifest(), samples=Samples.of(check_inputs, expected, report.tolerances()))
     with_nan = f", and {report.missing_values} with missing values (NaN)" if report.missing_values else ""
-    terminal.success(f"{model.name}: {converted.summary}; verified on {report.samples} samples{with_nan}")
+    terminal.success(f"{model.name}: {converted.summary}; verified on {report.samples} sample{'' if report.samples == 1 else 's'}{with_nan}")
     if report.constant:
         where = ("sample_inputs" if model.sample_inputs is not None else
                  "samples (drawn from each input's range: the spec's, else the span of a tree model's "

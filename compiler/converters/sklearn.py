@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ConversionError, TritonizeError
 from ..factory import call_factory, spec_dir_on_path
-from ..onnx_signature import cast_output
+from ..onnx_signature import cast_output, reshape_output
 from ..optional import optional
 from ..samples import as_str
 from ..spec import ModelSpec, Spec
@@ -45,7 +45,8 @@ pandas = optional("pandas", purpose="feeding a model fitted on a pandas DataFram
 # skl2onnx names a regressor's and a transformer's single output "variable".
 ESTIMATOR_KINDS: dict[str, dict[str, tuple[str, str]]] = {
     "classifier": {"label": ("label", "predict"), "probabilities": ("probabilities", "predict_proba")},
-    "regressor": {"variable": ("prediction", "predict")},
+    # GaussianProcessRegressor's graph names its mean GPmean: predict() without return_std.
+    "regressor": {"variable": ("prediction", "predict"), "GPmean": ("prediction", "predict")},
     "outlier detector": {"label": ("label", "predict"), "scores": ("scores", "decision_function")},
     "clusterer": {"label": ("label", "predict"), "scores": ("scores", "transform")},
     "transformer": {"variable": ("features", "transform")},
@@ -342,12 +343,9 @@ class SklearnConverter(Converter):
                     opset = int(needed.group(2))
                     continue
                 raise unconvertible(model, estimator, exc) from None
-        route_missing_values(onnx_model, final)
+        mend_graph(onnx_model, final, kind)
         outputs = ESTIMATOR_KINDS[kind]
         graph_outputs = [o.name for o in onnx_model.graph.output]
-        if kind == "classifier" and "label" in graph_outputs and np.asarray(final.classes_).dtype == np.bool_:
-            # skl2onnx answers bool classes as their INT64 index (0, 1); predict() answers bools.
-            cast_output(onnx_model, "label", onnx.TensorProto.BOOL)
         unknown = [name for name in graph_outputs if name not in outputs]
         if unknown:
             raise ConversionError(f"model '{model.name}': skl2onnx's graph of this {kind} answers "
@@ -379,6 +377,18 @@ BOOSTERS = {
     "xgboost": ("XGB", "onnxmltools.convert.xgboost.operator_converters.XGBoost", "convert_xgboost", "XGBoost"),
     "lightgbm": ("LGBM", "onnxmltools.convert.lightgbm.operator_converters.LightGbm", "convert_lightgbm", "LightGbm"),
 }
+
+
+def mend_graph(onnx_model: Any, final: Any, kind: str) -> None:
+    """Where skl2onnx 1.20's graph answers otherwise than the estimator's methods, and how."""
+    route_missing_values(onnx_model, final)
+    graph_outputs = [o.name for o in onnx_model.graph.output]
+    if type(final).__name__ == "MLPRegressor" and final.n_outputs_ > 1 and graph_outputs == ["variable"]:
+        # A multi-target MLPRegressor is answered flat, [N * targets, 1], in row order.
+        reshape_output(onnx_model, "variable", [-1, int(final.n_outputs_)])
+    if kind == "classifier" and "label" in graph_outputs and np.asarray(final.classes_).dtype == np.bool_:
+        # Bool classes are answered as their INT64 index (0, 1); predict() answers bools.
+        cast_output(onnx_model, "label", onnx.TensorProto.BOOL)
 
 
 def route_missing_values(onnx_model: Any, final: Any) -> None:
@@ -458,6 +468,10 @@ def unconvertible(model: ModelSpec, estimator: Any, exc: Exception) -> Conversio
                                f"(no converter for it in skl2onnx {installed_versions('skl2onnx').get('skl2onnx')})",
                                loc=("source",), fix="replace that estimator with one skl2onnx supports (see "
                                                      "skl2onnx's supported_converters())")
+    if "flatten_transform" in message:  # skl2onnx: "flatten_transform==True is not implemented yet"
+        return ConversionError(f"model '{model.name}': skl2onnx cannot convert {type(estimator).__name__}: {message}",
+                               loc=("source",), fix="fit the VotingClassifier with flatten_transform=False (its "
+                                                    "predictions are the same)")
     if "invalid literal for int()" in message or "could not convert string to float" in message:
         # An encoder fitted on a numpy array of strings: skl2onnx reads its categories as numbers.
         return ConversionError(f"model '{model.name}': skl2onnx cannot convert {type(estimator).__name__}: {message} "
