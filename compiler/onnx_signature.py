@@ -114,15 +114,22 @@ def rename_tensors(model: onnx.ModelProto, renames: dict[str, str]) -> None:
             node.output[:] = [renames.get(n, n) for n in node.output]
 
 
+def _answered_through(model: onnx.ModelProto, name: str, step: str) -> str:
+    """Rename the tensor graph output `name` is written as, so that a node added after it can
+    answer under the name; the new name of what was written."""
+    before = f"{name}_before_{step}"
+    for node in model.graph.node:
+        node.input[:] = [before if n == name else n for n in node.input]
+        node.output[:] = [before if n == name else n for n in node.output]
+    return before
+
+
 def cast_output(model: onnx.ModelProto, name: str, to: int) -> None:
     """Graph output `name` answered as element type `to` (an onnx.TensorProto data type): the
     tensor its producer wrote goes through a Cast that answers under the output's name."""
     from onnx import helper
 
-    before = f"{name}_before_cast"
-    for node in model.graph.node:
-        node.input[:] = [before if n == name else n for n in node.input]
-        node.output[:] = [before if n == name else n for n in node.output]
+    before = _answered_through(model, name, "cast")
     model.graph.node.append(helper.make_node("Cast", [before], [name], to=to, name=f"{name}_cast"))
     for output in model.graph.output:
         if output.name == name:
@@ -133,12 +140,21 @@ def reshape_output(model: onnx.ModelProto, name: str, shape: list[int]) -> None:
     """Graph output `name` reshaped to `shape` (a Reshape on the tensor its producer wrote)."""
     from onnx import helper, numpy_helper
 
-    before, target = f"{name}_before_reshape", f"{name}_shape"
-    for node in model.graph.node:
-        node.input[:] = [before if n == name else n for n in node.input]
-        node.output[:] = [before if n == name else n for n in node.output]
+    before, target = _answered_through(model, name, "reshape"), f"{name}_shape"
     model.graph.initializer.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), target))
     model.graph.node.append(helper.make_node("Reshape", [before, target], [name], name=f"{name}_reshape"))
+
+
+def last_column_output(model: onnx.ModelProto, name: str) -> None:
+    """Graph output `name` ([N, k]) answered as its last column, [N, 1] (a Slice)."""
+    from onnx import helper, numpy_helper
+
+    before = _answered_through(model, name, "slice")
+    bounds = {"starts": -1, "ends": np.iinfo(np.int64).max, "axes": 1}
+    for key, value in bounds.items():
+        model.graph.initializer.append(numpy_helper.from_array(np.array([value], dtype=np.int64), f"{name}_{key}"))
+    model.graph.node.append(helper.make_node("Slice", [before, *(f"{name}_{key}" for key in bounds)], [name],
+                                             name=f"{name}_slice"))
 
 
 # Size given to a variable (symbolic or unknown) non-batch input dim when probing a graph.

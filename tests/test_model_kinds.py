@@ -195,6 +195,19 @@ def soft_voting():
     return VotingClassifier([("lr", LogisticRegression()), ("nb", GaussianNB())], voting="soft").fit(X, X[:, 0] > 0.5)
 
 
+def sgd_binary():
+    """SGDClassifier's default hinge loss: no predict_proba (the build refused it, pointing at SVC)."""
+    from sklearn.linear_model import SGDClassifier
+    X = np.random.default_rng(10).random((200, 4))
+    return SGDClassifier(random_state=0).fit(X, X[:, 0] + X[:, 1] > 1)
+
+
+def linear_svc3():
+    from sklearn.svm import LinearSVC
+    X = np.random.default_rng(11).random((200, 4))
+    return LinearSVC().fit(X, (X[:, 0] * 3).astype(int))
+
+
 def scaled_forest():
     """A forest fitted on features in the thousands: samples from [0, 1] all fall in one leaf."""
     from sklearn.ensemble import RandomForestClassifier
@@ -294,6 +307,8 @@ MODELS = [
     {"name": "nan_forest", "source": {"framework": "sklearn", "factory": "kinds:nan_forest"}},
     {"name": "knn_imputed", "source": {"framework": "sklearn", "factory": "kinds:knn_imputed"}},
     {"name": "mlp_targets", "source": {"framework": "sklearn", "factory": "kinds:mlp_targets"}},
+    {"name": "sgd_binary", "source": {"framework": "sklearn", "factory": "kinds:sgd_binary"}},
+    {"name": "linear_svc3", "source": {"framework": "sklearn", "factory": "kinds:linear_svc3"}},
     # FP64: a GP's kernel in float32 is off by ~1e-2 (verification says so and names the fix).
     {"name": "gaussian_process", "source": {"framework": "sklearn", "factory": "kinds:gaussian_process"},
      "inputs": [{"name": "input", "dtype": "FP64", "dims": [3]}]},
@@ -549,6 +564,19 @@ def test_regressors_skl2onnx_answers_in_its_own_shape_or_name_are_served_as_pred
     served = infer(client, name, {"input": X})["prediction"]
     assert served.shape == shape
     np.testing.assert_allclose(served.reshape(-1), model.predict(X.astype(np.float64)).reshape(-1), **TOLERANCE)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name,scores", [("sgd_binary", "FP32[1]"), ("linear_svc3", "FP32[3]")])
+def test_a_classifier_without_predict_proba_serves_its_decision_scores(kinds, repository, client, name, scores):
+    model = getattr(kinds[1], name)()
+    assert f"-> label {'BOOL' if name == 'sgd_binary' else 'INT64'}, scores {scores}" in \
+        repository.manifest.models[name].source
+    X = np.random.default_rng(12).random((16, 4)).astype(np.float32)
+    served = infer(client, name, {"input": X})
+    assert served["label"].reshape(-1).tolist() == model.predict(X).tolist()
+    expected = model.decision_function(X.astype(np.float64))
+    np.testing.assert_allclose(served["scores"].reshape(expected.shape), expected, **TOLERANCE)
 
 
 def test_a_converter_that_routes_missing_values_wrong_fails_the_build(kinds, monkeypatch):

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ConversionError, TritonizeError
 from ..factory import call_factory, spec_dir_on_path
-from ..onnx_signature import cast_output, reshape_output
+from ..onnx_signature import cast_output, last_column_output, reshape_output
 from ..optional import optional
 from ..samples import as_str
 from ..spec import ModelSpec, Spec
@@ -45,6 +45,9 @@ pandas = optional("pandas", purpose="feeding a model fitted on a pandas DataFram
 # skl2onnx names a regressor's and a transformer's single output "variable".
 ESTIMATOR_KINDS: dict[str, dict[str, tuple[str, str]]] = {
     "classifier": {"label": ("label", "predict"), "probabilities": ("probabilities", "predict_proba")},
+    # A linear classifier without predict_proba (SGDClassifier's hinge loss, Perceptron,
+    # RidgeClassifier, LinearSVC): skl2onnx's second output holds decision_function's scores.
+    "scored classifier": {"label": ("label", "predict"), "probabilities": ("scores", "decision_function")},
     # GaussianProcessRegressor's graph names its mean GPmean: predict() without return_std.
     "regressor": {"variable": ("prediction", "predict"), "GPmean": ("prediction", "predict")},
     "outlier detector": {"label": ("label", "predict"), "scores": ("scores", "decision_function")},
@@ -129,7 +132,10 @@ def estimator_kind(model: ModelSpec, final: Any) -> str:
             raise ConversionError(f"model '{model.name}': the {type(final).__name__} is a multi-label (multi-output) "
                                   "classifier, fitted on a 2-D y; tritonize serves classifiers of one label a row",
                                   loc=("source",), fix="fit one classifier per label (a model each in the spec)")
-        return "classifier"
+        # SVC's binary graph answers other scores than its decision_function: it keeps the refusal below.
+        scored = not hasattr(final, "predict_proba") and hasattr(final, "decision_function") and \
+            type(final).__name__ not in ("SVC", "NuSVC")
+        return "scored classifier" if scored else "classifier"
     if sklearn_base.is_regressor(final):
         return "regressor"
     if sklearn_base.is_outlier_detector(final):
@@ -326,7 +332,8 @@ class SklearnConverter(Converter):
             refuse_wrong_conversion(model, final)
         register_booster_converters(estimator)
         # ZipMap turns probabilities into a sequence of maps, which Triton cannot serve.
-        options = {**({id(final): {"zipmap": False}} if kind == "classifier" else {}), **text_options} or None
+        classifier = kind in ("classifier", "scored classifier")
+        options = {**({id(final): {"zipmap": False}} if classifier else {}), **text_options} or None
         opset = ONNX_OPSET
         while True:
             try:
@@ -341,6 +348,10 @@ class SklearnConverter(Converter):
                 needed = re.search(r"for opset (\d+) < (\d+)", str(exc))
                 if needed and opset < int(needed.group(2)) <= MAX_ONNX_OPSET:
                     opset = int(needed.group(2))
+                    continue
+                if "Option 'zipmap' not in" in str(exc) and options and id(final) in options:
+                    options.pop(id(final))  # LinearSVC's converter answers a tensor and takes no zipmap option
+                    options = options or None
                     continue
                 raise unconvertible(model, estimator, exc) from None
         mend_graph(onnx_model, final, kind)
@@ -386,7 +397,11 @@ def mend_graph(onnx_model: Any, final: Any, kind: str) -> None:
     if type(final).__name__ == "MLPRegressor" and final.n_outputs_ > 1 and graph_outputs == ["variable"]:
         # A multi-target MLPRegressor is answered flat, [N * targets, 1], in row order.
         reshape_output(onnx_model, "variable", [-1, int(final.n_outputs_)])
-    if kind == "classifier" and "label" in graph_outputs and np.asarray(final.classes_).dtype == np.bool_:
+    if kind == "scored classifier" and len(final.classes_) == 2 and "probabilities" in graph_outputs:
+        # Binary: decision_function answers one score a row; the graph answers (-score, score) or (score).
+        last_column_output(onnx_model, "probabilities")
+    if kind in ("classifier", "scored classifier") and "label" in graph_outputs and \
+            np.asarray(final.classes_).dtype == np.bool_:
         # Bool classes are answered as their INT64 index (0, 1); predict() answers bools.
         cast_output(onnx_model, "label", onnx.TensorProto.BOOL)
 
