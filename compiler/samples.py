@@ -46,7 +46,7 @@ def as_str(values) -> np.ndarray:
 
 
 def make_samples(model: ModelSpec, inputs: list[TensorSpec], batch: int, seed: int,
-                 choices: dict[str, list[str]] | None = None,
+                 choices: dict[str, list[str] | list[int]] | None = None,
                  ranges: dict[str, list[ColumnSampling]] | None = None) -> dict[str, np.ndarray]:
     """Sample inputs keyed by tensor name, shaped as clients send them: [batch] + dims.
 
@@ -56,8 +56,9 @@ def make_samples(model: ModelSpec, inputs: list[TensorSpec], batch: int, seed: i
     uniformly from its `range` with a generator seeded by `seed`, in input order, so the same spec
     always yields the same samples. Without a `range`, a floating-point input whose columns a tree
     ensemble splits is drawn column by column from `ranges[name]` (the thresholds' span, or a
-    categorical column's values, from the converter), any other from [0, 1]. STRING samples are bytes, as Triton carries them, drawn from
-    `choices[name]` where the converter knows the values an input takes (categories).
+    categorical column's values, from the converter), any other from [0, 1]. An input whose values
+    the converter knows (an encoder's fitted categories: strings or integers) is drawn from
+    `choices[name]`. STRING samples are bytes, as Triton carries them.
     """
     if model.sample_inputs is not None:
         return _given_samples(model, inputs)
@@ -66,8 +67,10 @@ def make_samples(model: ModelSpec, inputs: list[TensorSpec], batch: int, seed: i
     for tensor in inputs:
         shape = ([batch] if model.max_batch_size > 0 else []) + [d if d > 0 else VARIABLE_DIM_SIZE for d in tensor.dims]
         low, high = tensor.range if tensor.range is not None else (0.0, 1.0)
-        if tensor.dtype == "STRING" and choices and choices.get(tensor.name):
-            samples[tensor.name] = as_bytes(rng.choice(np.asarray(choices[tensor.name], dtype=object), size=shape))
+        if choices and choices.get(tensor.name) and tensor.range is None:
+            values = rng.choice(np.asarray(choices[tensor.name], dtype=object), size=shape)
+            samples[tensor.name] = as_bytes(values) if tensor.dtype == "STRING" else \
+                values.astype(NUMPY_DTYPES[tensor.dtype])
             continue
         columns = (ranges or {}).get(tensor.name)
         if tensor.range is None and columns and tensor.dtype in FLOAT_DTYPES and shape and shape[-1] == len(columns):

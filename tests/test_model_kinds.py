@@ -187,6 +187,21 @@ def gaussian_process():
     return GaussianProcessRegressor().fit(X, np.sin(3 * X[:, 0]) + X[:, 1])
 
 
+def ordinal_frame():
+    """An OrdinalEncoder over a string and an integer DataFrame column, the rest passed through:
+    the integer column was sampled from [0, 1] and sklearn raised "Found unknown categories [0]"."""
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+    from sklearn.tree import DecisionTreeClassifier
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"color": rng.choice(["red", "blue"], 120), "size": rng.integers(1, 5, 120),
+                      "weight": rng.normal(10, 2, 120)})
+    encode = ColumnTransformer([("ord", OrdinalEncoder(), ["color", "size"])], remainder="passthrough")
+    return make_pipeline(encode, DecisionTreeClassifier(random_state=0)).fit(X, (X["size"] > 2) ^ (X["weight"] > 10))
+
+
 def soft_voting():
     from sklearn.ensemble import VotingClassifier
     from sklearn.linear_model import LogisticRegression
@@ -628,6 +643,11 @@ def test_what_new_users_brought_builds_or_fails_in_one_line(kinds, capsys):
     said = capsys.readouterr().out
     assert "✓ ordinal: sklearn classifier" in said
     assert "; verified on 4 samples" in said  # the samples given, not verify.samples (64)
+    framed = write_spec(kinds[0], [{"name": "ordinal_frame", "max_batch_size": 8,
+                                    "source": {"framework": "sklearn", "factory": "kinds:ordinal_frame"}}], "of.yaml")
+    assert main(["build", str(framed), "-o", str(kinds[0] / "of_out")]) == 0
+    assert ("ColumnTransformer(OrdinalEncoder()[2], passthrough[1]) -> DecisionTreeClassifier()), 3 features: "
+            "color STRING[1], size INT64[1], weight FP32[1]") in capsys.readouterr().out
     voting = write_spec(kinds[0], [{"name": "vote", "source": {"framework": "sklearn", "factory": "kinds:soft_voting"},
                                     "max_batch_size": 8}], "vote.yaml")
     assert main(["build", str(voting), "-o", str(kinds[0] / "vote_out")]) == 2

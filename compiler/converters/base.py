@@ -65,7 +65,7 @@ class ConvertedModel:
     tools: dict[str, str] = field(default_factory=dict)
     summary: str = ""  # one line for the build log and the manifest: source, then `signature`
     # STRING input -> the values it takes (an encoder's fitted categories): verification samples them.
-    choices: dict[str, list[str]] = field(default_factory=dict)
+    choices: dict[str, list[str] | list[int]] = field(default_factory=dict)
     # Numeric input -> how to sample each column: (low, high) across the model's split thresholds,
     # or a categorical column's values (onnx_signature.split_ranges); where the spec gives no range.
     ranges: dict[str, list[ColumnSampling]] = field(default_factory=dict)
@@ -111,7 +111,8 @@ def source_file(model: ModelSpec, spec: Spec, suffixes: tuple[str, ...]) -> Path
 
 def finish(model: ModelSpec, spec: Spec, onnx_model: onnx_types.ModelProto, *, tool: str, reference: Reference | None,
            tools: dict[str, str], rename_outputs: dict[str, str] | None = None,
-           producer_version: str | None = None, choices: dict[str, list[str]] | None = None) -> ConvertedModel:
+           producer_version: str | None = None, choices: dict[str, list[str] | list[int]] | None = None
+           ) -> ConvertedModel:
     """Common tail of every converter: converter-chosen output names, output shapes from a real run
     (converters' declared ones are not trusted), spec name/dtype/dims overrides checked against
     them, deterministic bytes, and the ONNX checker. The converter then writes `summary`.
@@ -120,7 +121,7 @@ def finish(model: ModelSpec, spec: Spec, onnx_model: onnx_types.ModelProto, *, t
     probe = probe_inputs(onnx_model)
     for name, values in (choices or {}).items():  # an encoder that refuses unknown categories
         if name in probe and values:
-            probe[name] = np.full(probe[name].shape, values[0], dtype=object)
+            probe[name] = np.full(probe[name].shape, values[0], dtype=probe[name].dtype)
     fix_batch_output_shapes(onnx_model, probe, model_name=model.name)
     batching = model.max_batch_size > 0
     graph = signature(onnx_model, model.name, batching)

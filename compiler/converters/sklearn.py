@@ -95,6 +95,8 @@ def load_pickled(model: ModelSpec, spec: Spec) -> Any:
 def describe(estimator: Any) -> str:
     """E.g. RandomForestClassifier(n_estimators=50): the class plus the parameters changed from default."""
     name = type(estimator).__name__
+    if name == "FunctionTransformer" and getattr(estimator, "func", None) is None:
+        return "passthrough"  # what a fitted ColumnTransformer makes of "passthrough"
     if hasattr(estimator, "steps"):
         return "Pipeline(" + " -> ".join(describe(step) for _, step in estimator.steps) + ")"
     if hasattr(estimator, "transformers_"):
@@ -113,12 +115,12 @@ def describe(estimator: Any) -> str:
 @dataclass
 class Column:
     """One input column of a ColumnTransformer: its Triton input, the name the transformer knows
-    it by, and, for an encoded string column, the fitted categories (verification samples them)."""
+    it by, and, for an encoded column, the fitted categories (verification samples them)."""
 
     name: str
     column: str | int
     dtype: str
-    categories: list[str] | None = None
+    categories: list[str] | list[int] | None = None
 
 
 def estimator_kind(model: ModelSpec, final: Any) -> str:
@@ -245,6 +247,8 @@ def columns(transformer: Any, model: ModelSpec) -> list[Column]:
                 found[index].categories = [str(c) for c in categories if isinstance(c, str)]
             elif categories.dtype.kind in "iub":
                 found[index].dtype = "INT64"
+                # Sampled from them: an encoder raises on (or ignores) a value it was not fitted on.
+                found[index].categories = [int(c) for c in categories]
     declared = model.inputs or []
     by_name = picks_by_name(transformer)
     if len(declared) == count:
