@@ -94,6 +94,14 @@ def signature(model: onnx.ModelProto, model_name: str, batching: bool = True) ->
     return Signature(inputs, outputs, batch_axis)
 
 
+def unbatched_tensors(model: onnx.ModelProto) -> list[tuple[str, str, list[int | str | None]]]:
+    """(inputs or outputs, name, declared shape) of each graph input and output without a leading
+    dim of open size, which a batching model needs on all of them."""
+    return [(kind, value.name, _shape(value))
+            for kind, values in (("inputs", _graph_inputs(model)), ("outputs", model.graph.output))
+            for value in values if not _shape(value) or isinstance(_shape(value)[0], int)]
+
+
 def rename_tensors(model: onnx.ModelProto, renames: dict[str, str]) -> None:
     """Rename graph tensors everywhere they appear (graph I/O, node I/O, value_info, subgraphs)."""
     renames = {old: new for old, new in renames.items() if old != new}
@@ -259,11 +267,12 @@ def fix_batch_output_shapes(model: onnx.ModelProto, probe: dict[str, np.ndarray]
     is [N]; skl2onnx declares a 3-target regressor [N, 1] though it answers [N, 3]); Triton's config
     must match the real ones. A dim that follows the batch size becomes the symbolic batch dim, a
     declared symbolic non-batch dim stays symbolic (variable-length axes), every other dim takes its
-    observed size. `probe` holds inputs at batch 2 (default: probe_inputs).
+    observed size (without a batch axis, the leading dim too). `probe` holds inputs at batch 2
+    (default: probe_inputs).
     """
     probe = probe if probe is not None else probe_inputs(model)
     batched = all(shape and not isinstance(shape[0], int) for shape in map(_shape, _graph_inputs(model)))
-    runner = session(model)
+    runner = session(model, model_name or model.graph.name)
     names = [o.name for o in model.graph.output]
     try:
         at_two = runner.run(names, probe, quiet_run())
@@ -282,8 +291,8 @@ def fix_batch_output_shapes(model: onnx.ModelProto, probe: dict[str, np.ndarray]
             symbolic = declared[axis] if len(declared) == np.ndim(two) else None
             if axis == 0 and size_two == 2 and size_three == 3:
                 dims.append(symbolic if isinstance(symbolic, str) else BATCH_DIM)
-            elif axis > 0 and isinstance(symbolic, str):
-                dims.append(symbolic)
+            elif (axis > 0 or not batched) and isinstance(symbolic, str):
+                dims.append(symbolic)  # e.g. a size that follows the values (torch.unique), not the shapes
             else:
                 dims.append(int(size_two))
         matches = len(declared) == len(dims) and all(
@@ -364,6 +373,15 @@ def quiet_run():
     return options
 
 
-def session(model: onnx.ModelProto):
-    """A deterministic onnxruntime CPU session for verification and probing."""
-    return onnxruntime.InferenceSession(model.SerializeToString(), _session_options(), providers=["CPUExecutionProvider"])
+def session(model: onnx.ModelProto, model_name: str):
+    """A deterministic onnxruntime CPU session for verification and probing; ConversionError when
+    onnxruntime cannot load the graph (no CPU kernel for an operator in its dtype: a bfloat16 Gemm)."""
+    try:
+        return onnxruntime.InferenceSession(model.SerializeToString(), _session_options(),
+                                            providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types derive from Exception only
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"model '{model_name}': onnxruntime cannot load the converted graph, so it cannot be "
+                              f"verified: {first}", loc=("source",),
+                              fix="convert the model to float32 or float16 (onnxruntime's CPU kernels lack most "
+                                  "bfloat16 operators), or use operators onnxruntime runs") from None

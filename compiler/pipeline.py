@@ -148,10 +148,8 @@ def _converted_model(spec: Spec, model: ModelSpec, work: Path, terminal: Termina
 
     with terminal.status(f"{model.name}: converting {model.source.framework} model to ONNX"):
         converted = convert(model, spec)
-    if model.max_batch_size > 0 and not converted.batch_axis:
-        raise SpecError(f"the converted ONNX graph of '{model.name}' has no dynamic batch dimension",
-                        loc=("max_batch_size",),
-                        fix="set max_batch_size: 0, or export the model with a dynamic first axis")
+    for note in converted.notes:
+        terminal.warning(f"{model.name}: {note}")
     with terminal.status(f"{model.name}: verifying against {model.source.framework} on "
                          f"{model.verify.samples} samples"):
         samples = make_samples(model, converted.inputs, batch=model.verify.samples, seed=model.verify.seed,

@@ -131,12 +131,15 @@ def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: 
     rows = len(next(iter(samples.values()))) if samples and converted.batch_axis else 1
     report = VerificationReport(converted.name, converted.framework if converted.reference else None,
                                 rows, max_label_mismatch=settings.max_label_mismatch, onnx_outputs=onnx_outputs)
+    for tensor in converted.outputs:
+        _fits_dims(converted, tensor, onnx_outputs[tensor.name], described)
     if converted.reference is None:
         report.checks = [OutputCheck(t.name, t.dtype, exact=t.dtype not in FLOAT_TOLERANCES)
                          for t in converted.outputs]
         for check in report.checks:
             if not check.exact:
                 check.atol, check.rtol = _tolerance(check.dtype, settings)
+        _rows_independent(converted, samples, onnx_outputs, settings)
         return report
     try:
         expected = converted.reference(samples)
@@ -179,8 +182,9 @@ def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: 
             fix=MISSING_FIX if described == MISSING_DESCRIBED else (
                 f"if these are split-boundary flips, set verify.max_label_mismatch to {significant(share * 1.5, 2)}"
                 if share <= WRONG_CONVERSION_SHARE else
-                f"{share:.0%} of the samples differ, far more than split-boundary flips: the conversion is wrong "
-                "(check the inputs' dtypes and categories against how the model was fitted)"))
+                f"{share:.0%} of the samples differ, far more than split-boundary flips: " + (
+                    converted.wrong_conversion_fix or "the conversion is wrong (check the inputs' dtypes and "
+                                                      "categories against how the model was fitted)")))
     for tensor in float_outputs:
         atol, rtol = _tolerance(tensor.dtype, settings)
         got, want = onnx_outputs[tensor.name], expected[tensor.name]
@@ -196,12 +200,57 @@ def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: 
                 f"{rows} {described}, above tolerance atol {atol:g} + rtol {rtol:g}*|expected|",
                 loc=("verify",),
                 fix=MISSING_FIX if described == MISSING_DESCRIBED else (
+                    f"the ONNX graph answers NaN or infinity where {converted.framework} answers a number, or the "
+                    "other way round (an input such as a row with every position masked): give sample_inputs "
+                    "without such inputs if clients never send them, or make the model answer them with numbers"
+                    if not np.isfinite(check.max_abs_error) else
                     f"if that error is acceptable, raise verify.atol to {significant(check.max_abs_error * 2, 2):g} "
                     "(or verify.rtol); otherwise the conversion is wrong" if not _wrong_conversion(check)
                     else f"{check.outside:.0%} of the values are off, by up to {significant(check.max_abs_error):g} "
-                         f"against values up to {significant(check.scale):g}: the conversion is wrong, no tolerance "
-                         "to raise (check the model's objective and outputs against what the converter supports)"))
+                         f"against values up to {significant(check.scale):g}: " + (
+                             converted.wrong_conversion_fix or "the conversion is wrong, no tolerance to raise (check "
+                             "the model's objective and outputs against what the converter supports)")))
+    _rows_independent(converted, samples, onnx_outputs, settings)
     return report
+
+
+def _rows_independent(converted: ConvertedModel, samples: dict[str, np.ndarray], onnx_outputs: dict[str, np.ndarray],
+                      settings: VerifySpec) -> None:
+    """A batching model answers each row as it would alone: Triton's dynamic batching puts other
+    clients' requests in the same batch. A model that mixes rows (statistics over the batch axis,
+    an RNN whose first axis is time) verifies against its source on one batch, and is then served
+    wrong; a few rows are answered alone here and compared with their answers in the batch."""
+    rows = len(next(iter(samples.values()))) if samples and converted.batch_axis else 0
+    for row in sorted({0, rows // 2, rows - 1}) if rows > 1 else ():
+        alone = run_onnx(converted, {name: array[row:row + 1] for name, array in samples.items()})
+        for tensor in converted.outputs:
+            got, want = alone[tensor.name][:1], onnx_outputs[tensor.name][row:row + 1]
+            if tensor.dtype in FLOAT_TOLERANCES:
+                check = _compare_float(tensor, got, want, *_tolerance(tensor.dtype, settings))
+                differs, by = not check.passed, f" (max abs error {significant(check.max_abs_error)})"
+            else:
+                differs, by = got.shape != want.shape or bool(np.asarray(got != want).any()), ""
+            if differs:
+                raise ConversionError(
+                    f"model '{converted.name}' output '{tensor.name}': sample {row} answered alone differs from its "
+                    f"answer in a batch of {rows}{by}: the model mixes the rows of a batch, and Triton's dynamic "
+                    "batching puts other clients' requests in one", loc=("max_batch_size",),
+                    fix="make each row's answer depend on that row alone (no statistics over the batch axis; "
+                        "batch_first=True for an RNN), or set max_batch_size: 0")
+
+
+def _fits_dims(converted: ConvertedModel, tensor: TensorSpec, answer: np.ndarray, described: str) -> None:
+    """The graph's answer has the shape the config declares: a size that follows the input values
+    (torch.unique) can pass the shape probe as a fixed dim."""
+    shape = list(answer.shape[1:] if converted.batch_axis else answer.shape)
+    if len(shape) == len(tensor.dims) and all(d in (-1, s) for d, s in zip(tensor.dims, shape)):
+        return
+    dims = [d if d == s else -1 for d, s in zip(tensor.dims, shape)] if len(shape) == len(tensor.dims) else \
+        [-1] * len(shape)
+    raise ConversionError(f"model '{converted.name}' output '{tensor.name}': the ONNX graph answered shape {shape} on "
+                          f"the verification {described}, where its dims are {list(tensor.dims)} (batch dim excluded): "
+                          "its size follows the input values", loc=("outputs",),
+                          fix=f"declare the output with dims: {dims}")
 
 
 def with_missing_values(converted: ConvertedModel, samples: dict[str, np.ndarray],
@@ -235,7 +284,7 @@ def run_onnx(converted: ConvertedModel, samples: dict[str, np.ndarray]) -> dict[
 
     feeds = {t.name: _to_graph(samples[t.name], t, converted.batch_axis) for t in converted.inputs if t.name in samples}
     try:
-        answers = session(converted.onnx_model).run([t.name for t in converted.outputs], feeds, quiet_run())
+        answers = session(converted.onnx_model, converted.name).run([t.name for t in converted.outputs], feeds, quiet_run())
     except Exception as exc:  # onnxruntime's own exception types derive from Exception only
         raise ConversionError(f"model '{converted.name}': onnxruntime cannot run the ONNX graph: "
                               f"{str(exc).strip().splitlines()[0]}", loc=(),

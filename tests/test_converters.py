@@ -154,6 +154,118 @@ def nested_heads():
             return x, (x.softmax(dim=1), x.sum(dim=1))
 
     return Nested().eval()
+
+
+def batch_centered():
+    """Each row minus the batch's mean: right on one batch, wrong when Triton batches requests."""
+    import torch
+
+    class Centered(torch.nn.Module):
+        def forward(self, x):
+            return x - x.mean(dim=0, keepdim=True)
+
+    return Centered().eval()
+
+
+def gru_time_first():
+    """A GRU without batch_first: its first axis is time, which Triton would take for the batch."""
+    import torch
+
+    class Recurrent(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(8, 4)
+
+        def forward(self, x):
+            return self.gru(x)[0]
+
+    torch.manual_seed(0)
+    return Recurrent().eval()
+
+
+def unique_values():
+    import torch
+
+    class Unique(torch.nn.Module):
+        def forward(self, x):
+            return torch.unique(x)
+
+    return Unique().eval()
+
+
+def whole_batch_sum():
+    import torch
+
+    class Total(torch.nn.Module):
+        def forward(self, x):
+            return x.sum()
+
+    return Total().eval()
+
+
+def in_training_mode():
+    import torch
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.BatchNorm1d(4), torch.nn.Dropout(0.5)).train()
+
+
+def value_dependent_loop():
+    """A Python loop whose count comes from the input's values: the trace freezes it."""
+    import torch
+
+    class Loop(torch.nn.Module):
+        def forward(self, x):
+            for _ in range(int(x.abs().sum() * 2) % 4):
+                x = x * 2
+            return x
+
+    return Loop().eval()
+
+
+def padded_encoder():
+    """nn.TransformerEncoder with a key padding mask: its eval-mode fast path does not export."""
+    import torch
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(32, 16)
+            layer = torch.nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, batch_first=True)
+            self.encoder = torch.nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+
+        def forward(self, ids, padding):
+            # The first position (a CLS token) is never padded: a row with every position masked
+            # answers NaN in ONNX's softmax and a number in torch's attention.
+            padding = torch.cat([torch.zeros_like(padding[:, :1]), padding[:, 1:]], dim=1)
+            return self.encoder(self.embed(ids), src_key_padding_mask=padding).mean(dim=1)
+
+    torch.manual_seed(0)
+    return Encoder().eval()
+
+
+def rfft():
+    import torch
+
+    class Spectrum(torch.nn.Module):
+        def forward(self, x):
+            return torch.fft.rfft(x).abs()
+
+    return Spectrum().eval()
+
+
+def bfloat16_inside():
+    import torch
+
+    class Inside(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(8, 4).to(torch.bfloat16)
+
+        def forward(self, x):
+            return self.linear(x.to(torch.bfloat16)).float()
+
+    torch.manual_seed(0)
+    return Inside().eval()
 '''
 
 
@@ -517,6 +629,129 @@ def test_pytorch_nested_outputs_are_a_user_error(workdir):
         convert(spec.models[0], spec)
 
 
+@pytest.mark.parametrize("factory, inputs", [
+    ("batch_centered", TORCH_INPUTS),
+    ("gru_time_first", [{"name": "x", "dtype": "FP32", "dims": [-1, 8]}]),  # declared as if axis 0 were the batch
+])
+def test_a_model_that_mixes_the_rows_of_a_batch_is_refused(workdir, factory, inputs):
+    """Source and ONNX agree on one batch of 64; served, Triton's dynamic batching puts other
+    clients' rows in that batch, and each answer would change with them."""
+    spec = make_spec(workdir, [{"name": factory, "source": {"framework": "pytorch",
+                                                            "factory": f"converter_factories:{factory}"},
+                                "inputs": inputs}])
+    converted = convert(spec.models[0], spec)
+    samples = make_samples(spec.models[0], converted.inputs, batch=64, seed=0)
+    with pytest.raises(ConversionError, match=r"output 'output': sample \d+ answered alone differs from its answer in a "
+                                              r"batch of 64 \(max abs error [0-9.]+\): the model mixes the rows.*"
+                                              r"or set max_batch_size: 0") as error:
+        verify(converted, samples, spec.models[0].verify)
+    assert error.value.loc == ("max_batch_size",)
+    unbatched = make_spec(workdir, [{**spec.models[0].model_dump(exclude_none=True, mode="json"),
+                                     "max_batch_size": 0}])
+    _, _, report = converted_and_verified(workdir, unbatched.models[0].model_dump(exclude_none=True, mode="json"))
+    assert report.passed  # the fix the error gives
+
+
+def test_an_output_whose_size_follows_the_values_needs_open_dims(workdir):
+    """torch.unique's length depends on the values; the shape probe (zeros) saw 1."""
+    model = {"name": "unique", "source": {"framework": "pytorch", "factory": "converter_factories:unique_values"},
+             "max_batch_size": 0, "inputs": [{"name": "x", "dtype": "INT64", "dims": [-1], "range": [0, 5]}]}
+    with pytest.raises(ConversionError, match=r"output 'output': the ONNX graph answered shape \[\d\] on the "
+                                              r"verification samples, where its dims are \[1\].*its size follows the "
+                                              r"input values.*fix: declare the output with dims: \[-1\]"):
+        converted_and_verified(workdir, model)
+    _, converted, report = converted_and_verified(
+        workdir, {**model, "outputs": [{"name": "output", "dtype": "INT64", "dims": [-1]}]})
+    assert signature(converted.outputs) == [("output", "INT64", [-1], None)] and report.passed
+
+
+@pytest.mark.parametrize("batching, message", [
+    (8, r"output 'output' has no batch axis \(shape \[\] for a batch of inputs\).*fix: answer one value a row"),
+    (0, r"output 'output' is a 0-d tensor \(one number\), which a model without batching cannot serve.*"
+        r"fix: return it with shape \[1\]"),
+])
+def test_a_0d_output_is_a_user_error(workdir, batching, message):
+    """Before: a batching model's fix asked for the input dims [-1, 8], then [-1, -1, 8], ...;
+    an unbatched one failed on a reshape the spec never wrote."""
+    spec = make_spec(workdir, [{"name": "total", "source": {"framework": "pytorch",
+                                                            "factory": "converter_factories:whole_batch_sum"},
+                                "max_batch_size": batching, "inputs": TORCH_INPUTS}])
+    with pytest.raises(ConversionError, match=message):
+        convert(spec.models[0], spec)
+
+
+def test_a_module_in_training_mode_is_exported_in_eval_mode_with_a_note(workdir):
+    _, converted, report = converted_and_verified(workdir, {
+        "name": "training", "source": {"framework": "pytorch", "factory": "converter_factories:in_training_mode"},
+        "inputs": TORCH_INPUTS})
+    assert converted.notes == ["the module came in training mode (BatchNorm1d, Dropout): it is exported and verified "
+                               "in eval mode, as inference runs it (call .eval() before saving or returning it to "
+                               "silence this)"]
+    assert report.passed
+    _, converted, _ = converted_and_verified(workdir, {
+        "name": "eval", "source": {"framework": "pytorch", "factory": "converter_factories:mlp"}, "inputs": TORCH_INPUTS})
+    assert converted.notes == []
+
+
+def test_a_trace_that_froze_value_dependent_python_says_so(workdir):
+    """Before: the fix spoke of a model's objective, as for a tree model converted wrong."""
+    model = {"name": "loop", "source": {"framework": "pytorch", "factory": "converter_factories:value_dependent_loop"},
+             "inputs": TORCH_INPUTS}
+    with pytest.raises(ConversionError, match=r"the trace froze Python in forward\(\) that depends on the input values "
+                                              r"\(torch warned: Converting a tensor to a Python (number|integer)[^.]*\): "
+                                              r"write it with tensor operations"):
+        converted_and_verified(workdir, model)
+
+
+def test_a_transformer_encoder_exports_without_its_fast_path_and_frozen_sizes_are_named(workdir):
+    """nn.TransformerEncoderLayer's eval-mode fast path (aten::_transformer_encoder_layer_fwd) has
+    no ONNX form: export runs with it off. torch's attention then fixes the sequence length at the
+    traced size, which the converter finds by running the graph at another."""
+    inputs = [{"name": "ids", "dtype": "INT64", "dims": [6], "range": [0, 31]},
+              {"name": "padding", "dtype": "BOOL", "dims": [6]}]
+    model = {"name": "encoder", "source": {"framework": "pytorch", "factory": "converter_factories:padded_encoder"},
+             "inputs": inputs}
+    _, converted, report = converted_and_verified(workdir, model)
+    assert signature(converted.outputs) == [("output", "FP32", [16], None)] and report.passed
+    variable = {**model, "inputs": [{**tensor, "dims": [-1]} for tensor in inputs]}
+    spec = make_spec(workdir, [variable])
+    with pytest.raises(ConversionError, match=r"the exported graph runs only at the traced size 3 of the -1 dims of "
+                                              r"ids, padding; at 5 onnxruntime fails: .*fix: the trace fixed that size "
+                                              r"somewhere in forward\(\): give those dims a fixed size"):
+        convert(spec.models[0], spec)
+
+
+@pytest.mark.parametrize("factory, inputs, message", [
+    ("rfft", TORCH_INPUTS, r"Exporting the operator 'aten::fft_rfft' to ONNX opset version 17 is not supported "
+                           r"\(fix: torch.onnx has no ONNX form of aten::fft_rfft at opset 17: compute it with other "
+                           r"operations in forward\(\), or export the ONNX yourself"),
+    ("bfloat16_inside", TORCH_INPUTS, r"onnxruntime cannot load the converted graph, so it cannot be verified: "
+                                      r".*NOT_IMPLEMENTED.*fix: convert the model to float32 or float16"),
+    ("mlp", [{"name": "x", "dtype": "BF16", "dims": [8]}], r"input 'x' is BF16, which tritonize cannot verify.*"
+                                                           r"fix: convert the module with .half\(\) and declare FP16"),
+])
+def test_modules_that_cannot_be_exported_or_verified_say_why(workdir, factory, inputs, message):
+    """Before: the control-flow fix for a missing operator, a traceback for the bfloat16 graph,
+    and the BF16 input blamed on the declared dims (numpy's stand-in for it is float32)."""
+    spec = make_spec(workdir, [{"name": factory, "source": {"framework": "pytorch",
+                                                            "factory": f"converter_factories:{factory}"},
+                                "inputs": inputs}])
+    with pytest.raises(ConversionError, match=message):
+        convert(spec.models[0], spec)
+
+
+def test_a_training_checkpoint_dict_names_the_module_inside(workdir, factories):
+    import torch
+
+    torch.save({"epoch": 3, "model": factories.mlp()}, workdir / "checkpoint.pt")
+    spec = make_spec(workdir, [{"name": "checkpoint", "source": {"framework": "pytorch", "path": "checkpoint.pt"},
+                                "inputs": TORCH_INPUTS}])
+    with pytest.raises(ConversionError, match=r"checkpoint.pt holds a dict \(a checkpoint\) whose 'model' is the "
+                                              r"Sequential \(fix: torch.save the module itself, or give a factory that "
+                                              r"returns torch.load\(...\)\['model'\]\)"):
+        convert(spec.models[0], spec)
+
+
 # -- onnx pass-through --------------------------------------------------------------------------
 
 def test_onnx_file_pass_through_with_renamed_input(workdir):
@@ -756,7 +991,7 @@ def test_runner_batches_requests_and_isolates_a_bad_one(runner_module, iris_onnx
     config = runner_config(iris_onnx)
     inputs, outputs = runner_module.layouts(config, "input"), runner_module.layouts(config, "output")
     assert outputs[0] == runner_module.Layout("label", "INT64", (1,), (), False)
-    ort_session = session(iris_onnx.onnx_model)
+    ort_session = session(iris_onnx.onnx_model, iris_onnx.name)
     calls = []
 
     def run(feeds):

@@ -18,6 +18,7 @@ from ..onnx_signature import (
     rename_tensors,
     signature,
     split_ranges,
+    unbatched_tensors,
 )
 from ..optional import optional
 from ..samples import NUMPY_DTYPES, as_bytes
@@ -69,6 +70,11 @@ class ConvertedModel:
     # Numeric input -> how to sample each column: (low, high) across the model's split thresholds,
     # or a categorical column's values (onnx_signature.split_ranges); where the spec gives no range.
     ranges: dict[str, list[ColumnSampling]] = field(default_factory=dict)
+    # Warnings for the build log (a module that came in training mode).
+    notes: list[str] = field(default_factory=list)
+    # The fix a failed verification gives when the values are far off, where the converter knows
+    # more than verify's generic one (a trace that froze data-dependent Python).
+    wrong_conversion_fix: str = ""
 
     @property
     def signature(self) -> str:
@@ -125,6 +131,14 @@ def finish(model: ModelSpec, spec: Spec, onnx_model: onnx_types.ModelProto, *, t
     fix_batch_output_shapes(onnx_model, probe, model_name=model.name)
     batching = model.max_batch_size > 0
     graph = signature(onnx_model, model.name, batching)
+    if batching and not graph.batch_axis:
+        raise _no_batch_axis(model, onnx_model)
+    scalars = [tensor.name for tensor in graph.outputs if not batching and tensor.reshape == []]
+    if scalars:  # Triton's dims take one axis at least, and a model without batching has no reshape to []
+        raise ConversionError(f"model '{model.name}' output '{scalars[0]}' is a 0-d tensor (one number), which a "
+                              "model without batching cannot serve: Triton's dims need an axis",
+                              loc=("outputs",), fix="return it with shape [1], or batch the model (max_batch_size > 0) "
+                                                    "and answer a value a row")
     declared_inputs, declared_outputs = _by_name(graph.inputs, model.inputs), _by_name(graph.outputs, model.outputs)
     renames = {**_spec_renames(model, spec, graph.inputs, declared_inputs, "inputs", model.inputs),
                **_spec_renames(model, spec, graph.outputs, declared_outputs, "outputs", model.outputs)}
@@ -147,6 +161,23 @@ def finish(model: ModelSpec, spec: Spec, onnx_model: onnx_types.ModelProto, *, t
         tools={**installed_versions("onnx", "onnxruntime"), **tools},
         choices={renames.get(name, name): values for name, values in (choices or {}).items()},
         ranges=split_ranges(onnx_model))
+
+
+def _no_batch_axis(model: ModelSpec, onnx_model: onnx_types.ModelProto) -> ConversionError:
+    """A batching model's graph has a tensor without an open leading dim: an output that answers
+    the whole batch at once (a 0-d sum), or a graph exported for one fixed batch size."""
+    missing = unbatched_tensors(onnx_model)
+    kind, name, shape = next((t for t in missing if t[0] == "inputs"), missing[0])
+    shown = [d if isinstance(d, int) else -1 for d in shape]
+    if kind == "outputs":
+        return ConversionError(f"model '{model.name}' output '{name}' has no batch axis (shape {shown} for a batch "
+                               "of inputs): the model answers the whole batch at once, not a value a row",
+                               loc=("max_batch_size",),
+                               fix="answer one value a row (shape [N] or [N, k]: reduce over the other axes, not the "
+                                   "batch), or set max_batch_size: 0")
+    return ConversionError(f"the converted ONNX graph of '{model.name}' has no dynamic batch dimension (input "
+                           f"'{name}' has shape {shown})", loc=("max_batch_size",),
+                           fix="set max_batch_size: 0, or export the model with a dynamic first axis")
 
 
 def _by_name(graph: list[TensorSpec], declared: list[TensorSpec] | None) -> list[TensorSpec] | None:

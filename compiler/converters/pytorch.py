@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import re
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -55,8 +56,15 @@ class PyTorchConverter(Converter):
             raise ConversionError(f"model '{model.name}': the pytorch source is a {type(module).__name__}, not an "
                                   "nn.Module", loc=("source",),
                                   fix="return the module itself (a state_dict has no architecture)")
-        module.eval()
         assert model.inputs is not None  # the spec requires inputs for pytorch models
+        bf16 = [index for index, tensor in enumerate(model.inputs) if tensor.dtype == "BF16"]
+        if bf16:  # numpy has no bfloat16, and onnxruntime's CPU kernels (which verify the graph) lack most of it
+            raise ConversionError(f"model '{model.name}': input '{model.inputs[bf16[0]].name}' is BF16, which "
+                                  "tritonize cannot verify: onnxruntime has no CPU kernels for bfloat16 MatMul/Gemm",
+                                  loc=("inputs", bf16[0], "dtype"),
+                                  fix="convert the module with .half() and declare FP16, or .float() and FP32")
+        note = training_note(module)
+        module.eval()
         batched = model.max_batch_size > 0
         input_names = [t.name for t in model.inputs]
         example = tuple(torch.from_numpy(np.zeros(
@@ -88,27 +96,34 @@ class PyTorchConverter(Converter):
         if batched:
             dynamic_axes.update({name: {0: "batch"} for name in output_names})
         buffer = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            # The exporter warns that it is the legacy one; that is the choice made above.
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad(), without_mha_fastpath(torch):
+            # The exporter warns that it is the legacy one (the choice made above): only the
+            # tracer's warnings are kept, for a verification that fails.
             warnings.simplefilter("ignore")
+            warnings.simplefilter("always", torch.jit.TracerWarning)
             try:
                 torch.onnx.export(module, example, buffer, dynamo=False, input_names=input_names,
                                   output_names=output_names, dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET,
                                   do_constant_folding=True)
             except Exception as exc:  # the exporter raises many types; all mean "this module does not export"
-                raise ConversionError(f"model '{model.name}': torch.onnx.export failed: "
-                                      f"{str(exc).strip().splitlines()[0]}", loc=("source",),
-                                      fix="make forward() traceable (no data-dependent Python control flow)") from None
+                raise export_error(model, exc) from None
         onnx_model = onnx.load_from_string(buffer.getvalue())
+        traced = [str(w.message).strip().split(". ")[0] for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+        _runs_at_other_sizes(onnx_model, model)
 
         def reference(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             tensors = [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in input_names]
-            with torch.no_grad(), single_thread(torch):
+            with torch.no_grad(), single_thread(torch), without_mha_fastpath(torch):
                 answer = module(*tensors)
             answers = [answer] if isinstance(answer, torch.Tensor) else list(answer)
             return {name: value.numpy() for name, value in zip(output_names, answers)}
 
         converted = finish(model, spec, onnx_model, tool="torch", reference=reference, tools=installed_versions("torch"))
+        converted.notes = [note] if note else []
+        if traced:  # what a verification that fails then points at
+            converted.wrong_conversion_fix = (
+                f"the trace froze Python in forward() that depends on the input values (torch warned: {traced[0]}): "
+                "write it with tensor operations (torch.where, masks), or torch.jit.script the module")
         parameters = sum(p.numel() for p in module.parameters())
         named = module.module if keys else module  # the user's module, not the dict adapter
         converted.summary = (f"pytorch {type(named).__name__} ({parameters} parameters): "
@@ -165,6 +180,12 @@ class PyTorchConverter(Converter):
                                       fix="put the module's class where the spec directory can import it, or "
                                           "save with torch.jit.script(model).save(path)") from None
         if isinstance(loaded, dict):
+            inside = [key for key, value in loaded.items() if isinstance(value, torch.nn.Module)]
+            if inside:  # a training checkpoint: {"epoch": 3, "model": module, ...}
+                raise ConversionError(f"model '{model.name}': {path.name} holds a dict (a checkpoint) whose "
+                                      f"'{inside[0]}' is the {type(loaded[inside[0]]).__name__}", loc=("source",),
+                                      fix=f"torch.save the module itself, or give a factory that returns "
+                                          f"torch.load(...)['{inside[0]}']")
             raise ConversionError(f"model '{model.name}': {path.name} holds a state_dict, which has no architecture",
                                   loc=("source",),
                                   fix="use a factory that builds the module and loads the state_dict")
@@ -213,6 +234,84 @@ def _values_in_order(module: Any, keys: list[str]) -> Any:
             return tuple(answer[key] for key in keys)
 
     return ValuesInOrder().eval()
+
+
+def _runs_at_other_sizes(onnx_model: Any, model: ModelSpec) -> None:
+    """The exported graph also runs with the -1 dims at another size than the traced one: the
+    trace can turn a size into a Python number somewhere in forward() (torch 2.13's
+    nn.MultiheadAttention does, with a key_padding_mask), and the graph then runs at the traced
+    size only, while the config promises any."""
+    from ..onnx_signature import quiet_run, session
+
+    assert model.inputs is not None
+    if not any(-1 in tensor.dims for tensor in model.inputs):
+        return
+    size = TRACE_VARIABLE_DIM + 2
+    feeds = {tensor.name: np.zeros(([TRACE_BATCH + 1] if model.max_batch_size > 0 else []) +
+                                   [d if d > 0 else size for d in tensor.dims], dtype=NUMPY_DTYPES[tensor.dtype])
+             for tensor in model.inputs}
+    graph_inputs = {value.name for value in onnx_model.graph.input}
+    try:
+        session(onnx_model, model.name).run(None, {k: v for k, v in feeds.items() if k in graph_inputs}, quiet_run())
+    except Exception as exc:  # onnxruntime's own exception types derive from Exception only
+        if isinstance(exc, ConversionError):
+            raise
+        variable = [tensor.name for tensor in model.inputs if -1 in tensor.dims]
+        first = str(exc).strip().splitlines()[0]
+        first = first if len(first) <= 300 else first[:300] + "..."
+        raise ConversionError(f"model '{model.name}': the exported graph runs only at the traced size "
+                              f"{TRACE_VARIABLE_DIM} of the -1 dims of {', '.join(variable)}; at {size} onnxruntime "
+                              f"fails: {first}", loc=("inputs",),
+                              fix="the trace fixed that size somewhere in forward(): give those dims a fixed size "
+                                  "(pad to a maximum length), or export the ONNX yourself and give it as "
+                                  "framework: onnx") from None
+
+
+# torch.onnx's message for an operator it has no ONNX form of; its fix is not about tracing.
+UNSUPPORTED_OPERATOR_RE = re.compile(r"Exporting the operator '([^']+)' to ONNX opset version (\d+) is not supported")
+
+
+def export_error(model: ModelSpec, exc: Exception) -> ConversionError:
+    """torch.onnx.export's failure, one line, with the fix its cause calls for."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    operator = UNSUPPORTED_OPERATOR_RE.search(first)
+    fix = (f"torch.onnx has no ONNX form of {operator.group(1)} at opset {operator.group(2)}: compute it with other "
+           "operations in forward(), or export the ONNX yourself and give it as framework: onnx" if operator else
+           "make forward() traceable (no data-dependent Python control flow, no packed sequences)")
+    return ConversionError(f"model '{model.name}': torch.onnx.export failed: {first}", loc=("source",), fix=fix)
+
+
+def training_note(module: Any) -> str:
+    """A warning when the module comes in training mode with layers that behave otherwise in eval
+    mode (dropout, batch norm): it is exported and verified in eval mode, as inference runs it."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return ""
+    kinds = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm,
+             torch.nn.modules.instancenorm._InstanceNorm)
+    layers = sorted({type(layer).__name__ for layer in module.modules() if layer.training and isinstance(layer, kinds)})
+    if not layers:
+        return ""
+    return (f"the module came in training mode ({', '.join(layers)}): it is exported and verified in eval mode, "
+            "as inference runs it (call .eval() before saving or returning it to silence this)")
+
+
+@contextlib.contextmanager
+def without_mha_fastpath(torch: Any) -> Iterator[None]:
+    """nn.TransformerEncoderLayer and nn.MultiheadAttention take a fused kernel in eval mode
+    (aten::_transformer_encoder_layer_fwd, _native_multi_head_attention) that torch.onnx cannot
+    export; with the fast path off they run, and export, as their ONNX-able Python code. The
+    reference answers with it off too: the fast path also zeroes the padded positions of a
+    key_padding_mask (nested tensors), which the exported code computes like the others."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    enabled = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(enabled)
 
 
 def forward_error(exc: Exception) -> str:
