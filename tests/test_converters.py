@@ -740,6 +740,19 @@ def test_modules_that_cannot_be_exported_or_verified_say_why(workdir, factory, i
         convert(spec.models[0], spec)
 
 
+def test_a_failed_export_prints_one_line_not_the_torchscript_graph(workdir, capfd):
+    """torch.onnx's C++ side prints "Torch IR graph at exception: graph(...)" (the whole graph)
+    to file descriptor 1 before raising; the build log has the error's one line instead."""
+    spec = make_spec(workdir, [{"name": "rfft", "source": {"framework": "pytorch", "factory": "converter_factories:rfft"},
+                                "inputs": TORCH_INPUTS}])
+    with pytest.raises(ConversionError, match="aten::fft_rfft"):
+        convert(spec.models[0], spec)
+    out, err = capfd.readouterr()
+    assert "Torch IR graph" not in out + err and "aten::fft_rfft" not in out + err
+    print("still printed")  # file descriptor 1 is back where it was
+    assert capfd.readouterr().out == "still printed\n"
+
+
 def test_a_training_checkpoint_dict_names_the_module_inside(workdir, factories):
     import torch
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import os
 import re
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -96,7 +98,8 @@ class PyTorchConverter(Converter):
         if batched:
             dynamic_axes.update({name: {0: "batch"} for name in output_names})
         buffer = io.BytesIO()
-        with warnings.catch_warnings(record=True) as caught, torch.no_grad(), without_mha_fastpath(torch):
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad(), without_mha_fastpath(torch), \
+                native_output_dropped():
             # The exporter warns that it is the legacy one (the choice made above): only the
             # tracer's warnings are kept, for a verification that fails.
             warnings.simplefilter("ignore")
@@ -293,6 +296,27 @@ def training_note(module: Any) -> str:
         return ""
     return (f"the module came in training mode ({', '.join(layers)}): it is exported and verified in eval mode, "
             "as inference runs it (call .eval() before saving or returning it to silence this)")
+
+
+@contextlib.contextmanager
+def native_output_dropped() -> Iterator[None]:
+    """File descriptors 1 and 2 go to /dev/null for the block: native code prints there, past
+    sys.stdout/stderr (torch.onnx's C++ side prints the whole TorchScript graph of a module that
+    fails to export). The Python-level warnings and errors are caught apart."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with open(os.devnull, "w") as devnull:
+        for fd in saved:
+            os.dup2(devnull.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, original in saved.items():
+                os.dup2(original, fd)
+                os.close(original)
 
 
 @contextlib.contextmanager
