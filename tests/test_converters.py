@@ -253,6 +253,16 @@ def rfft():
     return Spectrum().eval()
 
 
+def ignores_its_second_input():
+    import torch
+
+    class Ignores(torch.nn.Module):
+        def forward(self, x, unused):
+            return x * 2
+
+    return Ignores().eval()
+
+
 def bfloat16_inside():
     import torch
 
@@ -751,6 +761,18 @@ def test_a_failed_export_prints_one_line_not_the_torchscript_graph(workdir, capf
     assert "Torch IR graph" not in out + err and "aten::fft_rfft" not in out + err
     print("still printed")  # file descriptor 1 is back where it was
     assert capfd.readouterr().out == "still printed\n"
+
+
+def test_an_input_forward_does_not_use_is_named(workdir):
+    """torch.onnx drops it from the graph; before, the error said the spec declared 2 inputs but the
+    graph has 1, and to declare at most 1."""
+    spec = make_spec(workdir, [{"name": "ignores", "source": {"framework": "pytorch",
+                                                              "factory": "converter_factories:ignores_its_second_input"},
+                                "inputs": [*TORCH_INPUTS, {"name": "unused", "dtype": "FP32", "dims": [2]}]}])
+    with pytest.raises(ConversionError, match=r"forward\(\) does not use input 'unused', and torch.onnx leaves an "
+                                              r"unused input out of the graph") as error:
+        convert(spec.models[0], spec)
+    assert error.value.loc == ("inputs", 1)
 
 
 def test_a_training_checkpoint_dict_names_the_module_inside(workdir, factories):

@@ -111,6 +111,12 @@ class PyTorchConverter(Converter):
             except Exception as exc:  # the exporter raises many types; all mean "this module does not export"
                 raise export_error(model, exc) from None
         onnx_model = onnx.load_from_string(buffer.getvalue())
+        exported = {value.name for value in onnx_model.graph.input}
+        dropped = [index for index, name in enumerate(input_names) if name not in exported]
+        if dropped:  # else the spec's input count disagrees with the graph's, a riddle for the user
+            raise ConversionError(f"model '{model.name}': forward() does not use input '{input_names[dropped[0]]}', "
+                                  "and torch.onnx leaves an unused input out of the graph", loc=("inputs", dropped[0]),
+                                  fix="remove it from the spec's inputs and forward()'s arguments, or use it in forward()")
         traced = [str(w.message).strip().split(". ")[0] for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
         _runs_at_other_sizes(onnx_model, model)
 
