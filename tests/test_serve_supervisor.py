@@ -238,6 +238,22 @@ def test_urlencoded_6mb_post_is_refused_and_the_server_stays_up(serve):
     assert "tritonserver exited" not in serve.out.read_text()
 
 
+@pytest.mark.parametrize("body", [b'{"inputs": [{"name": "INPUT0",', b"{}",
+                                  b'{"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", '
+                                  b'"data": ["a", "b", "c", "d"]}]}'],
+                         ids=["malformed", "no-inputs", "strings-as-fp32"])
+def test_a_request_body_triton_cannot_read_is_a_400_not_a_500(serve, body):
+    """tritonserver 2.51 answers these with 500 (its JSON reader's errors are INTERNAL): the
+    guard relays its message as a 400, the client's mistake, and the next request is served."""
+    answer = requests.post(serve.url + "/v2/models/double/infer", data=body, timeout=10,
+                           headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"].startswith(("failed to parse the request JSON buffer", "Unable to parse ",
+                                              "attempt to access JSON ")), answer.text
+    ok = requests.post(serve.url + "/v2/models/double/infer", json=DOUBLE_BODY, timeout=10)
+    assert ok.status_code == 200 and ok.json()["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0]
+
+
 def test_a_body_above_the_limit_gets_413(serve):
     huge = {"Content-Type": "application/json", "Content-Length": str(65 * 1024 * 1024)}
     with socket.create_connection(("127.0.0.1", serve.http_port), timeout=10) as sock:

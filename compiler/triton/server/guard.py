@@ -28,6 +28,9 @@ IDLE_TIMEOUT_S = 75.0
 RELAY_CHUNK = 256 * 1024
 DISCARD_LIMIT, DISCARD_TIMEOUT_S = 256 * 1024 * 1024, 10.0
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# tritonserver's 500s that answer a malformed request body (_is_request_json_error), relayed as 400.
+REQUEST_JSON_ERRORS = ("failed to parse the request JSON buffer", "Unable to parse ", "attempt to access JSON ")
+MAX_CLIENT_ERROR_BODY = 64 * 1024
 
 
 class Rejected(Exception):
@@ -362,11 +365,19 @@ async def _relay_response(up_reader: asyncio.StreamReader, writer: asyncio.Strea
                           progress: _Progress) -> bool:
     """Relay one response; True when both connections may carry another request."""
     head = await up_reader.readuntil(b"\r\n\r\n")
-    writer.write(head)
-    progress.started = True
-    status_line, _, _ = head.partition(b"\r\n")
+    status_line, _, rest = head.partition(b"\r\n")
     status = int(status_line.split(b" ")[1])
     headers = _parse_head(head)[3]
+    if status == 500 and int(headers.get("content-length", MAX_CLIENT_ERROR_BODY + 1)) <= MAX_CLIENT_ERROR_BODY:
+        body = await up_reader.readexactly(int(headers["content-length"]))
+        if _is_request_json_error(body):
+            head = b"HTTP/1.1 400 Bad Request\r\n" + rest
+        writer.write(head + body)
+        progress.started = True
+        await writer.drain()
+        return headers.get("connection", "").lower() != "close"
+    writer.write(head)
+    progress.started = True
     keep_alive = headers.get("connection", "").lower() != "close"
     if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
         await writer.drain()
@@ -393,6 +404,18 @@ async def _relay_response(up_reader: asyncio.StreamReader, writer: asyncio.Strea
         writer.write(data)
         await writer.drain()
     return False
+
+
+def _is_request_json_error(body: bytes) -> bool:
+    """Whether a 500's body is tritonserver's error for a request body it could not read as the
+    inference JSON (malformed JSON, no "inputs", a number in BYTES data): the client's mistake.
+    Triton 2.51's HTTP server reads requests with triton_json, whose errors it raises as
+    TRITONSERVER_ERROR_INTERNAL (server src/common.h TRITONJSON_STATUSRETURN), hence its 500."""
+    try:
+        message = json.loads(body).get("error", "")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(message, str) and message.startswith(REQUEST_JSON_ERRORS)
 
 
 async def _answer(writer: asyncio.StreamWriter, status: int, message: str) -> None:
