@@ -4,6 +4,7 @@ feature-extraction and text-classification, served as text-in ensembles by a rea
 compared with transformers."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,14 @@ MODELS = [
     ("bert_cls", "bert", {"task": "text-classification"}),
     ("roberta_cls", "roberta", {"task": "text-classification"}),
     ("distilbert_cls", "distilbert", {"task": "text-classification"}),
+    # A tokenizer that pads and truncates on the left (tokenizer_config.json): the step used to pad
+    # on the right whatever it said, and verification fed both sides transformers' own ids.
+    ("bert_left", "bert", {"task": "feature-extraction", "pooling": "mean"}),
+    # A sentence-transformers directory pooling by max (1_Pooling/config.json), which was served as mean.
+    ("st_max", "bert", {"task": "feature-extraction"}),
 ]
+# Pooling the served answer must have where the spec leaves it to the model directory.
+DIRECTORY_POOLING = {"st_max": "max"}
 TEXTS = ["hello world", "the quick brown fox jumps over the lazy dog and the dog jumps over the fox again",
          "triton", "embeddings for tiny encoders", "a b c"]
 
@@ -95,7 +103,19 @@ def encoder_repo(tmp_path_factory) -> tuple[Path, Path]:
         torch.manual_seed(len(models))
         config, cls = _model(architecture, encoder["task"] == "text-classification")
         cls(config).eval().save_pretrained(root / name)
-        tokenizers[architecture].save_pretrained(root / name)
+        tokenizer = tokenizers[architecture]
+        if name == "bert_left":
+            tokenizer = _wordpiece()
+            tokenizer.padding_side = tokenizer.truncation_side = "left"
+        tokenizer.save_pretrained(root / name)
+        if name in DIRECTORY_POOLING:
+            (root / name / "1_Pooling").mkdir()
+            (root / name / "1_Pooling" / "config.json").write_text(json.dumps(
+                {"word_embedding_dimension": 32, **{f"pooling_mode_{mode}": mode == "max_tokens" for mode in
+                                                    ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")}}))
+            (root / name / "modules.json").write_text(json.dumps([
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
         models.append({"name": name, "source": {"framework": "huggingface", "path": name},
                        "encoder": {**encoder, "max_length": MAX_LENGTH}, "max_batch_size": 8,
                        "dynamic_batching": {"max_queue_delay_microseconds": 200_000, "preferred_batch_size": [4]},
@@ -126,7 +146,13 @@ def _transformers_answer(model_dir: Path, texts: list[str], encoder: dict) -> di
             return {"label": np.array([model.config.id2label[i] for i in logits.argmax(axis=1)]), "scores": scores}
         hidden = AutoModel.from_pretrained(model_dir).eval()(**batch).last_hidden_state.numpy().astype(np.float64)
     mask = batch["attention_mask"].numpy()[:, :, None]
-    pooled = hidden[:, 0] if encoder.get("pooling") == "cls" else (hidden * mask).sum(1) / mask.sum(1)
+    pooling = encoder.get("pooling") or DIRECTORY_POOLING.get(model_dir.name, "mean")
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    elif pooling == "max":  # sentence-transformers: padding set to -1e9, then the max over tokens
+        pooled = np.where(mask == 1, hidden, -1e9).max(axis=1)
+    else:
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
     if encoder.get("normalize"):
         pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
     return {"embeddings": pooled}
@@ -259,6 +285,119 @@ def test_deberta_v2_builds_and_verifies(tmp_path, task):
 
     result = build(tmp_path / "model.yaml")
     assert manifest.load(result.repository).models["deberta_encoder"].verification["passed"]
+
+
+def _other_architecture(name: str):
+    """(config, model class) of encoders the served set lacks, each as small as the others."""
+    import transformers as t
+
+    if name == "electra":
+        return t.ElectraConfig(vocab_size=200, max_position_embeddings=64, embedding_size=32, **SMALL), t.ElectraModel
+    if name == "albert":
+        return t.AlbertConfig(vocab_size=200, max_position_embeddings=64, embedding_size=16, **SMALL), t.AlbertModel
+    if name == "mpnet":
+        return t.MPNetConfig(vocab_size=200, max_position_embeddings=66, **SMALL), t.MPNetModel
+    if name == "funnel":  # pools the sequence inside: traced at max_length, it ran at no other length
+        return t.FunnelConfig(vocab_size=200, d_model=32, n_head=2, d_head=16, d_inner=37, block_sizes=[1, 1],
+                              max_position_embeddings=64), t.FunnelModel
+    if name == "t5_encoder":  # AutoModel loads the whole encoder-decoder, which asks for decoder inputs
+        return t.T5Config(vocab_size=200, d_model=32, d_kv=16, d_ff=37, num_layers=2, num_heads=2,
+                          architectures=["T5EncoderModel"]), t.T5EncoderModel
+    # ModernBERT with a local attention window shorter than max_length: the 4-D mask lost it.
+    return t.ModernBertConfig(vocab_size=200, max_position_embeddings=64, hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, intermediate_size=37, local_attention=8,
+                              global_attn_every_n_layers=2, pad_token_id=0), t.ModernBertModel
+
+
+@pytest.mark.parametrize("architecture", ["electra", "albert", "mpnet", "funnel", "t5_encoder", "modernbert"])
+def test_more_encoder_architectures_build_and_verify(tmp_path, architecture):
+    """The README names these; verification compares each with transformers at other batch sizes
+    than the trace's, and the rows-alone check compares single texts with the batch."""
+    import torch
+
+    config, cls = _other_architecture(architecture)
+    torch.manual_seed(0)
+    cls(config).eval().save_pretrained(tmp_path / architecture)
+    _wordpiece().save_pretrained(tmp_path / architecture)
+    spec = {"repository": "repo", "models": [{"name": "m", "source": {"framework": "huggingface", "path": architecture},
+                                              "encoder": {"max_length": 16}, "verify": {"samples": 16}}]}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    from tritonize import manifest
+
+    result = build(tmp_path / "model.yaml")
+    assert manifest.load(result.repository).models["m_encoder"].verification["passed"]
+
+
+def test_a_float16_checkpoint_is_exported_in_float32(tmp_path):
+    """transformers loaded it in float16 and the export met the float32 mask ("expected m1 and m2
+    to have the same dtype"): it loads in float32, as it is verified and served."""
+    import torch
+    import transformers as t
+
+    t.BertModel(t.BertConfig(vocab_size=200, max_position_embeddings=64, **SMALL)).half().save_pretrained(tmp_path / "m")
+    _wordpiece().save_pretrained(tmp_path / "m")
+    spec = {"repository": "repo", "models": [{"name": "m", "source": {"framework": "huggingface", "path": "m"},
+                                              "encoder": {"max_length": 16}, "verify": {"samples": 8}}]}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert t.BertModel.from_pretrained(tmp_path / "m").dtype == torch.float16  # what it was saved as
+    from tritonize.triton.config import parse_pbtxt
+
+    result = build(tmp_path / "model.yaml")
+    config = parse_pbtxt((result.repository / "m_encoder" / "config.pbtxt").read_text())
+    assert [o.data_type for o in config.output] == [11]  # TYPE_FP32
+
+
+def _broken(directory: Path, defect: str) -> str:
+    """Break a saved BERT directory one way; returns the pooling the spec asks for, if any."""
+    if defect == "config.json":
+        (directory / "config.json").write_text('{"model_type": "bert", oops}')
+    elif defect == "modules.json":
+        (directory / "modules.json").write_text('{"0": "sentence_transformers.models.Transformer"}')
+    elif defect == "tokenizer":
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+            (directory / name).unlink(missing_ok=True)
+    elif defect == "pooling":
+        (directory / "1_Pooling").mkdir()
+        (directory / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_weightedmean_tokens": True}))
+    return ""
+
+
+@pytest.mark.parametrize(("defect", "message"), [
+    ("config.json", r"m/config.json is not readable JSON: Expecting property name enclosed in double quotes.*"
+                    r"\(fix: repair config.json"),
+    ("modules.json", r"m/modules.json holds a JSON dict, not a list"),
+    ("tokenizer", r"m has no tokenizer \(tokenizer.json, tokenizer_config.json, vocab.txt, ...\)"),
+    ("pooling", r"1_Pooling/config.json pools with pooling_mode_weightedmean_tokens: tritonize serves one of "
+                r"pooling_mode_cls_token, .*\(fix: set encoder.pooling"),
+])
+def test_a_broken_model_directory_is_a_located_error_not_a_traceback(encoder_repo, tmp_path, defect, message):
+    import shutil
+
+    from tritonize.errors import TritonizeError
+
+    shutil.copytree(encoder_repo[0] / "bert", tmp_path / "m")
+    _broken(tmp_path / "m", defect)
+    spec = {"models": [{"name": "m", "source": {"framework": "huggingface", "path": "m"}, "encoder": {"max_length": 16}}]}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(TritonizeError, match=message) as error:
+        build(tmp_path / "model.yaml", tmp_path / "out")
+    assert "models[0]" in str(error.value) and not (tmp_path / "out").exists()
+
+
+def test_encoder_settings_the_model_would_ignore_are_refused(encoder_repo, tmp_path):
+    spec = {"models": [{"name": "m", "source": {"framework": "huggingface", "path": str(encoder_repo[0] / "bert_cls")},
+                        "encoder": {"pooling": "cls", "max_length": 16}}]}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(SpecError, match=r"models\[0\].encoder: encoder.pooling applies to feature-extraction"):
+        build(tmp_path / "model.yaml", tmp_path / "out")
+    # RoBERTa's positions start after pad_token_id: of its 66, 64 hold tokens.
+    spec["models"][0].update(source={"framework": "huggingface", "path": str(encoder_repo[0] / "roberta")},
+                             encoder={"max_length": 66})
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(SpecError, match=r"encoder.max_length 66 exceeds the model's max_position_embeddings 66 less "
+                                        r"the 2 before its first position \(pad_token_id \+ 1\) \(fix: write "
+                                        r"max_length: 64 or less\)"):
+        build(tmp_path / "model.yaml", tmp_path / "out")
 
 
 def test_check_replays_the_recorded_texts(encoder_repo, served):

@@ -218,11 +218,12 @@ class EncoderSpec(StrictModel):
     scores); default from config.json's architectures (*ForSequenceClassification: classification).
     pooling and normalize (feature-extraction): default from a sentence-transformers directory's
     1_Pooling/config.json and modules.json, else mean pooling, not normalized. max_length: every
-    text is truncated or padded to it, so the encoder's dynamic batcher can join requests.
+    text is truncated or padded to it, so the encoder's dynamic batcher can join requests (default:
+    sentence_bert_config.json's max_seq_length, else 128).
     """
 
     task: Literal["feature-extraction", "text-classification"] | None = None
-    pooling: Literal["mean", "cls"] | None = None
+    pooling: Literal["mean", "cls", "max", "mean_sqrt_len"] | None = None
     normalize: bool | None = None
     max_length: int = Field(default=128, ge=2, le=8192)
 

@@ -1,11 +1,13 @@
 """Triton python backend: text -> token ids, the first step of a HuggingFace encoder ensemble.
 
 Input:  text STRING[1] (UTF-8).
-Output: input_ids, attention_mask INT64[-1]: every text truncated or padded to max_length, so the
-        encoder's dynamic batcher can join requests (Triton batches requests of equal shapes).
-Parameters: tokenizer_dir (tokenizer.json inside, relative to this version directory), max_length,
-pad_id, pad_token. The tokenizer is the `tokenizers` library reading the fast tokenizer that
-transformers' AutoTokenizer wraps: the same special tokens, truncation and padding.
+Output: input_ids, attention_mask INT64[-1]: every text truncated or padded to the encoder's
+        max_length, so the encoder's dynamic batcher can join requests (Triton batches requests of
+        equal shapes).
+Parameters: tokenizer_dir (tokenizer.json inside, relative to this version directory). The
+tokenizer is the `tokenizers` library reading the fast tokenizer that transformers' AutoTokenizer
+wraps, with the truncation and padding (length, side, pad token) that tritonize's build set in
+its tokenizer.json and verified against transformers: the step adds none of its own.
 """
 import json
 import os
@@ -21,10 +23,10 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = os.path.join(args["model_repository"], args["model_version"])
-        self.tokenizer = Tokenizer.from_file(os.path.join(version_dir, params["tokenizer_dir"], "tokenizer.json"))
-        max_length = int(params["max_length"])
-        self.tokenizer.enable_truncation(max_length)
-        self.tokenizer.enable_padding(length=max_length, pad_id=int(params["pad_id"]), pad_token=params["pad_token"])
+        path = os.path.join(version_dir, params["tokenizer_dir"], "tokenizer.json")
+        self.tokenizer = Tokenizer.from_file(path)
+        if self.tokenizer.padding is None or self.tokenizer.truncation is None:
+            raise ValueError(f"{path} sets no padding or truncation: build the repository again with tritonize")
 
     def execute(self, requests):
         responses = []
