@@ -73,9 +73,10 @@ def build_encoder(model: ModelSpec, spec: Spec, terminal: Terminal) -> list[Mode
     from .samples import as_bytes
     from .verify import verify
 
-    hf_dir = _model_dir(model, spec)
+    top = _model_dir(model, spec)
+    hf_dir = _transformer_dir(top)
     config = _config(hf_dir)
-    plan = encoder_plan(model.encoder or EncoderSpec(), hf_dir, config)
+    plan = encoder_plan(model.encoder or EncoderSpec(), top, config)
     names = {"ensemble": model.name, "tokenizer": f"{model.name}_tokenizer", "encoder": f"{model.name}_encoder"}
     head = next((a for a in config.get("architectures") or [] if "For" in a), None)
     if plan.task == "feature-extraction" and head:
@@ -143,6 +144,19 @@ def _model_dir(model: ModelSpec, spec: Spec) -> Path:
         return Path(call_factory(model, spec)).resolve()
     assert model.source.path is not None
     return spec.resolve(model.source.path)
+
+
+def _transformer_dir(top: Path) -> Path:
+    """The directory the transformer's config.json and weights are in: `top`, or for a
+    sentence-transformers directory of the older layout the path its modules.json gives the
+    Transformer module (0_Transformer/), with the pooling and normalization still read from `top`."""
+    modules_file = top / "modules.json"
+    if (top / "config.json").is_file() or not modules_file.is_file():
+        return top
+    for module in _json_file(modules_file, list):
+        if isinstance(module, dict) and str(module.get("type", "")).endswith(".Transformer") and module.get("path"):
+            return top / str(module["path"])
+    return top
 
 
 def _config(hf_dir: Path) -> dict[str, Any]:

@@ -328,6 +328,39 @@ def test_more_encoder_architectures_build_and_verify(tmp_path, architecture):
     assert manifest.load(result.repository).models["m_encoder"].verification["passed"]
 
 
+def test_a_sentence_transformers_directory_of_the_older_layout_builds(encoder_repo, tmp_path):
+    """modules.json at the top, the transformer in 0_Transformer/: the build said "not a
+    HuggingFace model directory (no config.json)", and pointed at 0_Transformer/ it would lose the
+    pooling and normalization beside it."""
+    import shutil
+
+    shutil.copytree(encoder_repo[0] / "bert", tmp_path / "st" / "0_Transformer")
+    (tmp_path / "st" / "1_Pooling").mkdir()
+    (tmp_path / "st" / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    (tmp_path / "st" / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    spec = {"repository": "repo", "models": [{"name": "st", "source": {"framework": "huggingface", "path": "st"},
+                                              "encoder": {"max_length": 16}, "verify": {"samples": 8}}]}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    from tritonize import manifest
+
+    import torch
+    from transformers import AutoModel
+
+    samples = manifest.load(build(tmp_path / "model.yaml").repository).models["st_encoder"].samples
+    assert samples is not None and samples.outputs is not None
+    ids, mask = (torch.from_numpy(samples.inputs[name].to_numpy()) for name in ("input_ids", "attention_mask"))
+    with torch.no_grad():
+        first = AutoModel.from_pretrained(tmp_path / "st" / "0_Transformer")(input_ids=ids, attention_mask=mask)
+    cls = first.last_hidden_state[:, 0].numpy()
+    # The recorded answers are the first token's state, L2-normalized, as the directory says
+    # (float32 torch against torch: 1e-5 is far below the gap to mean pooling).
+    np.testing.assert_allclose(samples.outputs["embeddings"].to_numpy(),
+                               cls / np.linalg.norm(cls, axis=1, keepdims=True), atol=1e-5)
+
+
 def test_a_float16_checkpoint_is_exported_in_float32(tmp_path):
     """transformers loaded it in float16 and the export met the float32 mask ("expected m1 and m2
     to have the same dtype"): it loads in float32, as it is verified and served."""
