@@ -51,6 +51,9 @@ TOKENIZER_BACKEND = "hf_tokenizer"
 TOKENIZER_DIR = "tokenizer"  # inside the tokenizer model's version directory
 TEXT = TensorSpec(name="text", dtype="STRING", dims=[1])
 TOKEN_TENSORS = ("input_ids", "attention_mask")
+# Beside a container-runtime model's config.pbtxt: the pip packages its python step needs that the
+# NGC image lacks (docker/Dockerfile and docker/serve.sh install them).
+REQUIREMENTS_FILE = "requirements.txt"
 # Files one of which a model directory's tokenizer is saved as (fast, or slow ones transformers converts).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
                    "sentencepiece.bpe.model")
@@ -110,13 +113,20 @@ def build_encoder(model: ModelSpec, spec: Spec, terminal: Terminal) -> list[Mode
     tokenizer_spec = model.model_copy(update={
         "name": names["tokenizer"], "inputs": [TEXT], "outputs": token_outputs, "dynamic_batching": None,
         "warmup": [], "parameters": {"tokenizer_dir": TOKENIZER_DIR}})
+    tokenizer_files: dict[str, bytes | Path] = {
+        f"{version}/model.py": builtin_backend_source(TOKENIZER_BACKEND),
+        # The fast tokenizer as the `tokenizers` library stores it, with its padding and truncation
+        # set (served_tokenizer): what the python step loads and runs, as verified above.
+        f"{version}/{TOKENIZER_DIR}/tokenizer.json": step_tokenizer.to_str().encode()}
+    if spec.runtime == "container":
+        # NGC's tritonserver images install only numpy (and wheel, setuptools, virtualenv) for the
+        # python backend (triton-inference-server/server v2.51.0 build.py): docker/Dockerfile and
+        # docker/serve.sh install what a model directory's requirements.txt names.
+        tokenizers_version = installed_versions("tokenizers")["tokenizers"]
+        tokenizer_files[REQUIREMENTS_FILE] = f"tokenizers=={tokenizers_version}\n".encode()
     tokenizer_artifact = ModelArtifact(
         names["tokenizer"], python_model_config(tokenizer_spec, runtime=spec.runtime, container=spec.container),
-        {f"{version}/model.py": builtin_backend_source(TOKENIZER_BACKEND),
-         # The fast tokenizer as the `tokenizers` library stores it, with its padding and truncation
-         # set (served_tokenizer): what the python step loads and runs, as verified above.
-         f"{version}/{TOKENIZER_DIR}/tokenizer.json": step_tokenizer.to_str().encode()},
-        version=version)
+        tokenizer_files, version=version)
     tokenizer_artifact.entry = ModelEntry(kind="python", framework="huggingface")
 
     outputs = [t.model_copy(update={"reshape": None}) for t in converted.outputs]

@@ -14,7 +14,9 @@
 # 8002), TRITONIZE_API_KEY or TRITONIZE_API_KEY_FILE (the key of the restricted model-repository,
 # shared-memory, logging and trace APIs, sent as header `triton-admin-key`; default: a fresh key in a
 # mode-0600 temp file, printed), TRITONIZE_EXIT_TIMEOUT (seconds a stop waits, default 30).
-# The container runs as the invoking user (engines it builds belong to you), not root.
+# The container runs as the invoking user (engines it builds belong to you), not root. The pip
+# packages a model directory's requirements.txt names (an encoder's tokenizer step: tokenizers)
+# are installed for that user at start, from the network.
 #
 # Needs: docker with the NVIDIA container toolkit, a GPU for KIND_GPU instances and engines, and
 # tritonize installed (it reads the manifest).
@@ -41,6 +43,12 @@ exec docker run --rm --gpus all --shm-size=2g --ulimit memlock=-1 \
     -p "$host:${TRITONIZE_HTTP_PORT:-8000}:8000" -p "$host:${TRITONIZE_GRPC_PORT:-8001}:8001" \
     -p "$host:${TRITONIZE_METRICS_PORT:-8002}:8002" -v "$repo":/models "$image" bash -c '
 set -e
+requirements=$(cat /models/*/requirements.txt 2>/dev/null | sort -u)
+if [ -n "$requirements" ]; then
+    echo "installing the python steps'"'"' packages: $requirements"
+    printf "%s\n" "$requirements" > /tmp/tritonize-requirements.txt
+    python3 -m pip install --user --no-cache-dir -r /tmp/tritonize-requirements.txt
+fi
 for script in /models/*/[0-9]*/build_engine.sh; do
     [ -e "$script" ] || continue
     engine="$(dirname "$script")/engine"

@@ -90,3 +90,43 @@ def test_dockerfile_runs_unprivileged_with_restricted_apis_and_checks_every_mode
     assert "--http-restricted-api=$apis:triton-admin-key=$key" in text and "--grpc-restricted-protocol=" in text
     assert "--exit-timeout-secs=" in text
     assert "/v2/models/$(basename" in text and "(triton_python_b) Z" in text
+
+
+def test_the_image_installs_what_the_models_requirements_name(tmp_path: Path):
+    """An encoder's tokenizer step imports tokenizers, which NGC's images lack (the server's
+    v2.51.0 build.py installs numpy only for the python backend): docker/Dockerfile pip-installs
+    every model directory's requirements.txt before dropping root. Its RUN line runs here on a
+    repository of two models, with pip resolving the packages for real (--dry-run)."""
+    text = (REPO_ROOT / "docker" / "Dockerfile").read_text()
+    run = text[text.index("RUN cat /models/*/requirements.txt"):]
+    run = run[len("RUN "):run.index("\n\n") if "\n\n" in run else None].split("\nUSER")[0].replace("\\\n", " ")
+    assert text.index("RUN cat /models/*/requirements.txt") < text.index("\nUSER 10001")
+    models = tmp_path / "models"
+    for name in ("a_tokenizer", "b_tokenizer", "c_onnx"):
+        (models / name).mkdir(parents=True)
+    import tokenizers
+
+    for name in ("a_tokenizer", "b_tokenizer"):
+        (models / name / "requirements.txt").write_text(f"tokenizers=={tokenizers.__version__}\n")
+    script = (run.replace("/models", str(models)).replace("/tmp/requirements.txt", str(tmp_path / "req.txt"))
+              .replace("python3 -m pip install", f"{sys.executable} -m pip install --dry-run"))
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"Requirement already satisfied: tokenizers=={tokenizers.__version__}" in result.stdout or \
+        "Would install" in result.stdout, result.stdout
+    assert not (tmp_path / "req.txt").exists()
+    # A repository without requirements installs nothing.
+    for name in ("a_tokenizer", "b_tokenizer"):
+        (models / name / "requirements.txt").unlink()
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout == "", (result.stdout, result.stderr)
+
+
+def test_serve_installs_the_models_requirements_before_the_server_starts(tmp_path: Path):
+    repository = _repository(tmp_path, "container", {"m": ModelEntry(kind="onnx")},
+                             ContainerImage(release="24.10", image="nvcr.io/nvidia/tritonserver:24.10-py3"))
+    result = _serve(repository, tmp_path)
+    assert result.returncode == 0, result.stderr
+    script = result.stdout[result.stdout.index("bash -c"):]
+    assert script.index("python3 -m pip install --user --no-cache-dir -r /tmp/tritonize-requirements.txt") < \
+        script.index("exec tritonserver")

@@ -361,6 +361,25 @@ def test_a_sentence_transformers_directory_of_the_older_layout_builds(encoder_re
                                cls / np.linalg.norm(cls, axis=1, keepdims=True), atol=1e-5)
 
 
+def test_the_container_tokenizer_step_names_the_package_it_needs(encoder_repo, tmp_path):
+    """NGC's tritonserver image has no tokenizers; docker/Dockerfile and docker/serve.sh install
+    what a model directory's requirements.txt names (tests/test_docker.py runs that part)."""
+    import tokenizers
+
+    from tritonize.triton.config import parse_pbtxt
+
+    spec = {"repository": "repo", "models": [{"name": "m", "source": {"framework": "huggingface",
+                                                                     "path": str(encoder_repo[0] / "bert")},
+                                              "encoder": {"max_length": 16}, "verify": {"samples": 8}}]}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    repository = build(tmp_path / "model.yaml", runtime="container").repository
+    assert (repository / "m_tokenizer" / "requirements.txt").read_text() == f"tokenizers=={tokenizers.__version__}\n"
+    assert [p.name for p in repository.glob("*/requirements.txt")] == ["requirements.txt"]  # the tokenizer's only
+    assert parse_pbtxt((repository / "m_encoder" / "config.pbtxt").read_text()).platform == "onnxruntime_onnx"
+    embedded = build(tmp_path / "model.yaml", tmp_path / "embedded").repository
+    assert not list(embedded.glob("*/requirements.txt"))  # serve's own Python has it
+
+
 def test_a_float16_checkpoint_is_exported_in_float32(tmp_path):
     """transformers loaded it in float16 and the export met the float32 mask ("expected m1 and m2
     to have the same dtype"): it loads in float32, as it is verified and served."""
