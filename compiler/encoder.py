@@ -33,7 +33,7 @@ import numpy as np
 
 from .artifacts import ModelArtifact
 from .converters.base import ONNX_OPSET, ConvertedModel, finish
-from .errors import ConversionError, SpecError
+from .errors import ConversionError, SpecError, first_line
 from .factory import call_factory
 from .manifest import ModelEntry, Samples
 from .optional import optional
@@ -272,7 +272,7 @@ def _load(hf_dir: Path, plan: EncoderPlan, config: dict[str, Any]) -> tuple[Any,
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
     except Exception as exc:  # transformers raises many types for a tokenizer it cannot read
         raise ConversionError(f"transformers cannot load the tokenizer of {hf_dir.name}: {type(exc).__name__}: "
-                              f"{_first_line(exc)}", loc=("source",),
+                              f"{first_line(exc)}", loc=("source",),
                               fix="save the tokenizer again (tokenizer.save_pretrained)") from None
     if not getattr(tokenizer, "is_fast", False):
         raise ConversionError(f"the tokenizer in {hf_dir} has no fast (tokenizer.json) form, which the served "
@@ -294,7 +294,7 @@ def _load(hf_dir: Path, plan: EncoderPlan, config: dict[str, Any]) -> tuple[Any,
                                                 dtype=torch.float32)
     except (ValueError, KeyError, OSError, RuntimeError) as exc:  # RuntimeError: a head of another size
         raise ConversionError(f"transformers cannot load {hf_dir.name} for {plan.task}: "
-                              f"{_first_line(exc)}", loc=("source",),
+                              f"{first_line(exc)}", loc=("source",),
                               fix="use an encoder model directory (BERT, RoBERTa, DistilBERT, XLM-R ...) whose "
                                   "config.json matches its weights") from None
     # A checkpoint without a classification head (a base model) loads with one initialized at random
@@ -379,7 +379,7 @@ def _export(model: ModelSpec, spec: Spec, network: Any, tokenizer: Any, plan: En
                                             first_output: {0: "batch"}},
                               opset_version=ONNX_OPSET, do_constant_folding=True)
         except Exception as exc:  # the exporter raises many types; all mean "this model does not export"
-            raise ConversionError(f"model '{model.name}': torch.onnx.export failed: {_first_line(exc)}", loc=("source",),
+            raise ConversionError(f"model '{model.name}': torch.onnx.export failed: {first_line(exc)}", loc=("source",),
                                   fix="use an encoder architecture transformers can trace") from None
     onnx_model = onnx.load_from_string(buffer.getvalue())
     if plan.task == "text-classification":
@@ -471,9 +471,3 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, np.
     """transformers' tokenization of `texts`: every text truncated or padded to max_length."""
     encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
     return {name: np.asarray(encoded[name], dtype=np.int64) for name in TOKEN_TENSORS}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return first if len(first) <= 300 else first[:300] + "..."

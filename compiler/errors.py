@@ -96,6 +96,15 @@ _OS_ERROR_FIXES = {
 _NOT_A_DIRECTORY = (errno.EEXIST, errno.ENOTDIR)
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """What a third-party exception says, for a one-line user error: its first line, cut at
+    `limit` characters (onnxruntime's and torch's messages run to source paths and graph dumps),
+    or its type's name when it says nothing."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
 def os_error(exc: OSError) -> TritonizeError | None:
     """The user error an OS error on a named path is (one line: the path, what, the fix), or None
     when it is not one we can explain (then it is a bug and keeps its traceback)."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ConversionError
+from .errors import ConversionError, first_line
 from .optional import optional
 from .spec import TensorSpec
 
@@ -280,7 +280,7 @@ def fix_batch_output_shapes(model: onnx.ModelProto, probe: dict[str, np.ndarray]
     except Exception as exc:  # onnxruntime's own exception types derive from Exception only
         raise ConversionError(f"model '{model_name or model.graph.name}': onnxruntime cannot run the converted graph on "
                               f"{', '.join(f'{k} {list(v.shape)}' for k, v in probe.items())}: "
-                              f"{str(exc).strip().splitlines()[0]}", loc=("inputs",),
+                              f"{first_line(exc)}", loc=("inputs",),
                               fix="declare the input dims the model takes") from None
     corrected = []
     for output, two, three in zip(model.graph.output, at_two, at_three):
@@ -380,8 +380,7 @@ def session(model: onnx.ModelProto, model_name: str):
         return onnxruntime.InferenceSession(model.SerializeToString(), _session_options(),
                                             providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception types derive from Exception only
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConversionError(f"model '{model_name}': onnxruntime cannot load the converted graph, so it cannot be "
-                              f"verified: {first}", loc=("source",),
+                              f"verified: {first_line(exc)}", loc=("source",),
                               fix="convert the model to float32 or float16 (onnxruntime's CPU kernels lack most "
                                   "bfloat16 operators), or use operators onnxruntime runs") from None

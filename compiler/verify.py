@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ConversionError, TritonizeError
+from .errors import ConversionError, TritonizeError, first_line
 from .samples import as_bytes, as_str
 from .spec import TensorSpec, VerifySpec
 
@@ -146,11 +146,9 @@ def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: 
     except TritonizeError:
         raise
     except Exception as exc:  # the source's own error on samples it was not fitted for
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        first = first if len(first) <= 200 else first[:200] + "..."
         raise ConversionError(
             f"model '{converted.name}': {converted.framework} cannot answer the verification {described}: "
-            f"{type(exc).__name__}: {first}", loc=("inputs",),
+            f"{type(exc).__name__}: {first_line(exc, 200)}", loc=("inputs",),
             fix="give sample_inputs with values the model was fitted on, or declare each input's dtype and "
                 "range as it was fitted (INT64 for an integer column of a ColumnTransformer)") from None
     if converted.batch_axis and rows > 1:
@@ -287,7 +285,7 @@ def run_onnx(converted: ConvertedModel, samples: dict[str, np.ndarray]) -> dict[
         answers = session(converted.onnx_model, converted.name).run([t.name for t in converted.outputs], feeds, quiet_run())
     except Exception as exc:  # onnxruntime's own exception types derive from Exception only
         raise ConversionError(f"model '{converted.name}': onnxruntime cannot run the ONNX graph: "
-                              f"{str(exc).strip().splitlines()[0]}", loc=(),
+                              f"{first_line(exc)}", loc=(),
                               fix="check the model's inputs (names, dtypes, dims, range) against the graph") from None
     rows = len(next(iter(samples.values()))) if samples else 0
     return {t.name: _to_client(answer, t, converted.batch_axis, rows) for t, answer in zip(converted.outputs, answers)}

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, first_line
 from ..factory import call_factory, spec_dir_on_path
 from ..optional import optional
 from ..samples import NUMPY_DTYPES
@@ -266,11 +266,9 @@ def _runs_at_other_sizes(onnx_model: Any, model: ModelSpec) -> None:
         if isinstance(exc, ConversionError):
             raise
         variable = [tensor.name for tensor in model.inputs if -1 in tensor.dims]
-        first = str(exc).strip().splitlines()[0]
-        first = first if len(first) <= 300 else first[:300] + "..."
         raise ConversionError(f"model '{model.name}': the exported graph runs only at the traced size "
                               f"{TRACE_VARIABLE_DIM} of the -1 dims of {', '.join(variable)}; at {size} onnxruntime "
-                              f"fails: {first}", loc=("inputs",),
+                              f"fails: {first_line(exc)}", loc=("inputs",),
                               fix="the trace fixed that size somewhere in forward(): give those dims a fixed size "
                                   "(pad to a maximum length), or export the ONNX yourself and give it as "
                                   "framework: onnx") from None
@@ -282,7 +280,7 @@ UNSUPPORTED_OPERATOR_RE = re.compile(r"Exporting the operator '([^']+)' to ONNX 
 
 def export_error(model: ModelSpec, exc: Exception) -> ConversionError:
     """torch.onnx.export's failure, one line, with the fix its cause calls for."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     operator = UNSUPPORTED_OPERATOR_RE.search(first)
     fix = (f"torch.onnx has no ONNX form of {operator.group(1)} at opset {operator.group(2)}: compute it with other "
            "operations in forward(), or export the ONNX yourself and give it as framework: onnx" if operator else
