@@ -344,10 +344,10 @@ def test_a_sentence_transformers_directory_of_the_older_layout_builds(encoder_re
     spec = {"repository": "repo", "models": [{"name": "st", "source": {"framework": "huggingface", "path": "st"},
                                               "encoder": {"max_length": 16}, "verify": {"samples": 8}}]}
     (tmp_path / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    from tritonize import manifest
-
     import torch
     from transformers import AutoModel
+
+    from tritonize import manifest
 
     samples = manifest.load(build(tmp_path / "model.yaml").repository).models["st_encoder"].samples
     assert samples is not None and samples.outputs is not None
