@@ -184,11 +184,11 @@ def _json_file(path: Path, kind: type) -> Any:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SpecError(f"{path.parent.name}/{path.name} is not readable JSON: {exc}", loc=("source",),
-                        fix=f"repair {path.name}, or save the model directory again") from None
+                        fix=f"repair {path.parent.name}/{path.name}, or save the model directory again") from None
     if not isinstance(value, kind):
         raise SpecError(f"{path.parent.name}/{path.name} holds a JSON {type(value).__name__}, not a "
                         f"{'list' if kind is list else 'object'}", loc=("source",),
-                        fix=f"repair {path.name}, or save the model directory again")
+                        fix=f"repair {path.parent.name}/{path.name}, or save the model directory again")
     return value
 
 

@@ -416,7 +416,7 @@ def _broken(directory: Path, defect: str) -> str:
 
 @pytest.mark.parametrize(("defect", "message"), [
     ("config.json", r"m/config.json is not readable JSON: Expecting property name enclosed in double quotes.*"
-                    r"\(fix: repair config.json"),
+                    r"\(fix: repair m/config.json, or save the model directory again\)"),
     ("modules.json", r"m/modules.json holds a JSON dict, not a list"),
     ("tokenizer", r"m has no tokenizer \(tokenizer.json, tokenizer_config.json, vocab.txt, ...\)"),
     ("pooling", r"1_Pooling/config.json pools with pooling_mode_weightedmean_tokens: tritonize serves one of "
