@@ -8,6 +8,10 @@ from tritonclient.grpc import model_config_pb2
 
 from .manifest import ModelEntry
 
+# Beside a container-runtime model's config.pbtxt: the pip packages its python step needs that the
+# NGC image lacks (docker/Dockerfile and docker/serve.sh install them; `deploy` warns without them).
+REQUIREMENTS_FILE = "requirements.txt"
+
 
 @dataclass
 class ModelArtifact:

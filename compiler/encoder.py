@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import ModelArtifact
+from .artifacts import REQUIREMENTS_FILE, ModelArtifact
 from .converters.base import ONNX_OPSET, ConvertedModel, finish
 from .errors import ConversionError, SpecError, first_line
 from .factory import call_factory
@@ -51,9 +51,6 @@ TOKENIZER_BACKEND = "hf_tokenizer"
 TOKENIZER_DIR = "tokenizer"  # inside the tokenizer model's version directory
 TEXT = TensorSpec(name="text", dtype="STRING", dims=[1])
 TOKEN_TENSORS = ("input_ids", "attention_mask")
-# Beside a container-runtime model's config.pbtxt: the pip packages its python step needs that the
-# NGC image lacks (docker/Dockerfile and docker/serve.sh install them).
-REQUIREMENTS_FILE = "requirements.txt"
 # Files one of which a model directory's tokenizer is saved as (fast, or slow ones transformers converts).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
                    "sentencepiece.bpe.model")

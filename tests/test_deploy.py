@@ -280,6 +280,29 @@ def test_container_build_names_its_image_and_gpu(repo_root: Path):
     assert any("not built yet" in w for w in context.warnings)
 
 
+def test_a_container_repository_whose_steps_need_packages_warns_on_the_plain_image(repo_root: Path, tmp_path: Path):
+    """An encoder's tokenizer step needs tokenizers, which the NGC image lacks: delivered by sync
+    or pvc into that image it would fail to load, so deploy says what image to give."""
+    import shutil
+
+    from tritonize import manifest
+    from tritonize.deploy.context import context_from
+    from tritonize.deploy.spec import DeploySpec
+
+    repository = tmp_path / "repo"
+    shutil.copytree(repo_root / "tests" / "golden" / "container", repository)
+    plain = context_from(DeploySpec(), repository, manifest.load(repository), release="24.10")
+    assert not any("pip packages" in w for w in plain.warnings)
+    (repository / "tiny_llm_preprocessing" / "requirements.txt").write_text("tokenizers==0.23.3\n")
+    context = context_from(DeploySpec(), repository, manifest.load(repository), release="24.10")
+    assert ("tiny_llm_preprocessing need pip packages that nvcr.io/nvidia/tritonserver:24.10-trtllm-python-py3 lacks "
+            "(their requirements.txt): set deploy.image to an image built from docker/Dockerfile") in \
+        "\n".join(context.warnings)
+    own = context_from(DeploySpec(image="registry.example/models:1"), repository, manifest.load(repository),
+                       release="24.10")
+    assert not any("pip packages" in w for w in own.warnings)
+
+
 def test_deploy_of_an_unbuilt_spec_says_build_first(spec: Path, capsys):
     assert main(["deploy", str(spec)]) == 2
     err = capsys.readouterr().err

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import manifest as manifest_io
+from ..artifacts import REQUIREMENTS_FILE
 from ..errors import TritonizeError
 from ..manifest import Manifest
 from ..openai.models import SERVED_KINDS
@@ -175,6 +176,13 @@ def context_from(deploy: DeploySpec, repository: Path, manifest: Manifest, *, re
     if pending:
         warnings.append(f"TensorRT-LLM engine(s) of {', '.join(pending)} not built yet: run "
                         "`tritonize build SPEC --stage engines` on a GPU before delivering the repository")
+    own_image = deploy.image is not None or (deploy.repository.delivery == "baked" and deploy.repository.image is not None)
+    needs = sorted(path.parent.name for path in repository.glob(f"*/{REQUIREMENTS_FILE}"))
+    if manifest.runtime == "container" and needs and not own_image:
+        # NGC's images install numpy only for the python backend (docker/Dockerfile installs the rest).
+        warnings.append(f"{', '.join(needs)} need pip packages that {image} lacks (their {REQUIREMENTS_FILE}): "
+                        "set deploy.image to an image built from docker/Dockerfile, which installs them, or use "
+                        "repository delivery: baked with such an image")
     if deploy.repository.delivery == "baked" and deploy.repository.image is not None:
         image = deploy.repository.image
     if deploy.image is not None:
