@@ -100,8 +100,13 @@ def _draw(rng: np.random.Generator, dtype: str, shape: list[int], low: float, hi
 
 
 def _given_samples(model: ModelSpec, inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
-    given = model.sample_inputs or {}  # the spec has checked that it names only declared inputs
+    given = model.sample_inputs or {}  # the spec has checked the names of declared inputs; these are the graph's
     by_name = {t.name: t for t in inputs}
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        raise SpecError(f"sample_inputs names unknown input(s) {', '.join(unknown)}; the converted model's inputs "
+                        f"are: {', '.join(f'{t.name} {t.dtype}{list(t.dims)}' for t in inputs)}",
+                        loc=("sample_inputs", unknown[0]), fix="name the samples after those inputs")
     missing = [t.name for t in inputs if t.name not in given and not t.optional]
     if missing:
         raise SpecError(f"sample_inputs lacks input(s) {', '.join(missing)}", loc=("sample_inputs",),

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tritonize.converters import convert, converted_frameworks
-from tritonize.errors import ConversionError, MissingDependency
+from tritonize.errors import ConversionError, MissingDependency, SpecError
 from tritonize.frameworks import FRAMEWORKS
 from tritonize.samples import make_samples
 from tritonize.spec import Spec, SpecSource, load_spec
@@ -386,6 +386,21 @@ def test_sklearn_from_joblib_file_with_renamed_input(workdir):
     # The spec said dims [1]; the graph answers [N], so the reshape [] is kept.
     assert signature(converted.outputs)[0] == ("species", "INT64", [1], [])
     assert report.passed and "Pipeline(StandardScaler() -> LogisticRegression(C=0.5))" in converted.summary
+
+
+def test_sample_inputs_need_no_declared_inputs(workdir):
+    """A converted model's inputs come from its graph: its samples are checked against those once
+    converted (the spec loader refused them: "none declared: declare inputs to give samples")."""
+    rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+    model = {"name": "iris_samples", "source": {"framework": "sklearn", "factory": "converter_factories:forest"},
+             "sample_inputs": {"input": rows}}
+    _, converted, report = converted_and_verified(workdir, model)
+    assert report.samples == 2 and report.passed
+    np.testing.assert_array_equal(report.onnx_outputs["label"].reshape(-1), [0, 2])  # setosa, virginica
+    with pytest.raises(SpecError, match=r"sample_inputs names unknown input\(s\) x; the converted model's inputs are: "
+                                        r"input FP32\[4\] \(fix: name the samples after those inputs\)") as error:
+        converted_and_verified(workdir, {**model, "sample_inputs": {"x": rows}})
+    assert error.value.loc == ("sample_inputs", "x")
 
 
 def test_spec_dtype_that_contradicts_the_graph_is_rejected(workdir):

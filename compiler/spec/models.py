@@ -278,7 +278,8 @@ class ModelSpec(StrictModel):
             raise FixableValueError("response_cache cannot be used with a decoupled model",
                                     "drop response_cache, or decoupled")
         self._check_serving()
-        _check_sample_names(self.sample_inputs, self.inputs)
+        if self.inputs is not None:  # else the converted graph's inputs, checked once known (samples.py)
+            _check_sample_names(self.sample_inputs, self.inputs)
         for tensors, kind in ((self.inputs, "inputs"), (self.outputs, "outputs")):
             names = [t.name for t in tensors or []]
             dup = {n for n in names if names.count(n) > 1}
