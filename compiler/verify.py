@@ -219,9 +219,12 @@ def _rows_independent(converted: ConvertedModel, samples: dict[str, np.ndarray],
     an RNN whose first axis is time) verifies against its source on one batch, and is then served
     wrong; a few rows are answered alone here and compared with their answers in the batch."""
     rows = len(next(iter(samples.values()))) if samples and converted.batch_axis else 0
+    # Labels only where there is nothing else to compare: a float near a tie (kernels for one row
+    # and for 64 may round its last bit apart) could flip an argmax without any mixing of rows.
+    floats = [t for t in converted.outputs if t.dtype in FLOAT_TOLERANCES]
     for row in sorted({0, rows // 2, rows - 1}) if rows > 1 else ():
         alone = run_onnx(converted, {name: array[row:row + 1] for name, array in samples.items()})
-        for tensor in converted.outputs:
+        for tensor in floats or converted.outputs:
             got, want = alone[tensor.name][:1], onnx_outputs[tensor.name][row:row + 1]
             if tensor.dtype in FLOAT_TOLERANCES:
                 check = _compare_float(tensor, got, want, *_tolerance(tensor.dtype, settings))
