@@ -94,6 +94,23 @@ def signature(model: onnx.ModelProto, model_name: str, batching: bool = True) ->
     return Signature(inputs, outputs, batch_axis)
 
 
+# onnxruntime's StringNormalizer (a text vectorizer's lowercasing) defaults to the en_US.UTF-8
+# locale, which minimal images lack ("Failed to construct locale with name:en_US.UTF-8"); glibc
+# always has C.UTF-8 (onnxruntime 1.x core/providers/cpu/text/string_normalizer.cc).
+TEXT_LOCALE = "C.UTF-8"
+
+
+def lowercase_in_c_locale(model: onnx.ModelProto) -> None:
+    """Every StringNormalizer that names no locale gets TEXT_LOCALE (a graph from another tool)."""
+    from onnx import helper
+
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            attributes = {a.name for a in node.attribute}
+            if node.op_type == "StringNormalizer" and "locale" not in attributes:
+                node.attribute.append(helper.make_attribute("locale", TEXT_LOCALE))
+
+
 def unbatched_tensors(model: onnx.ModelProto) -> list[tuple[str, str, list[int | str | None]]]:
     """(inputs or outputs, name, declared shape) of each graph input and output without a leading
     dim of open size, which a batching model needs on all of them."""
@@ -381,6 +398,15 @@ def session(model: onnx.ModelProto, model_name: str):
                                             providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception types derive from Exception only
         raise ConversionError(f"model '{model_name}': onnxruntime cannot load the converted graph, so it cannot be "
-                              f"verified: {first_line(exc)}", loc=("source",),
-                              fix="convert the model to float32 or float16 (onnxruntime's CPU kernels lack most "
-                                  "bfloat16 operators), or use operators onnxruntime runs") from None
+                              f"verified: {first_line(exc)}", loc=("source",), fix=_load_fix(str(exc))) from None
+
+
+def _load_fix(message: str) -> str:
+    """The fix for a graph onnxruntime's CPU provider refuses, by what it says."""
+    if "is not a registered function/op" in message:
+        return ("the graph uses an operator stock onnxruntime does not have (a custom op library's): tritonize "
+                "verifies and serves graphs of standard ONNX operators; export without it")
+    if "bfloat16" in message.lower() or "Could not find an implementation" in message:
+        return ("convert the model to float32 or float16 (onnxruntime's CPU kernels lack most bfloat16 "
+                "operators), or use operators onnxruntime runs in that type")
+    return "re-export the model with standard ONNX operators and types"

@@ -531,6 +531,30 @@ def test_xgboost_regressor_from_saved_file(workdir):
     assert report.passed
 
 
+def test_booster_files_xgboost_writes_under_other_names_build_and_unreadable_ones_say_so(workdir):
+    """xgboost 2+ writes UBJSON into a .model or .bin (it was refused by extension); a file that is
+    no booster was xgboost's or lightgbm's own traceback ("map::at", "Unknown model format")."""
+    from sklearn.datasets import load_diabetes
+    from xgboost import XGBRegressor
+
+    XGBRegressor(n_estimators=3, max_depth=2, random_state=0, n_jobs=1).fit(
+        *load_diabetes(return_X_y=True)).save_model(workdir / "diabetes.model")
+    _, _, report = converted_and_verified(workdir, {"name": "old_name", "source": {"framework": "xgboost",
+                                                                                   "path": "diabetes.model"}})
+    assert report.passed
+    (workdir / "not_a_booster.json").write_text('{"hello": "world"}')
+    (workdir / "not_a_booster.txt").write_text("hello world\n")
+    for framework, path, message in (
+            ("xgboost", "not_a_booster.json", r"xgboost cannot read not_a_booster.json as a model: .*\(fix: give a "
+                                              r"file written by save_model"),
+            ("lightgbm", "not_a_booster.txt", r"lightgbm cannot read not_a_booster.txt as a model: Unknown model "
+                                              r"format.*\(fix: give a file written by booster.save_model")):
+        spec = make_spec(workdir, [{"name": "broken", "source": {"framework": framework, "path": path}}])
+        with pytest.raises(ConversionError, match=message) as error:
+            convert(spec.models[0], spec)
+        assert error.value.loc == ("source", "path")
+
+
 def test_lightgbm_classifier_label_shape_is_repaired(workdir):
     # onnxmltools declares LightGBM's label as [1]; the converter takes the real shape [N].
     model = {"name": "iris_lgbm", "source": {"framework": "lightgbm", "factory": "converter_factories:lgbm_classifier"}}
@@ -850,6 +874,61 @@ def test_onnx_file_with_strings_and_fixed_shapes(workdir):
     assert signature(converted.inputs) == [("words", "STRING", [2], None), ("x", "FP64", [2, 3], None)]
     assert report.onnx_outputs["same"].tolist() == [b"0.6370", b"0.2698"]  # bytes, as Triton carries STRING
     assert report.tolerances()["negated"] == {"atol": 1e-7, "rtol": 1e-6}
+
+
+def test_onnx_files_from_other_tools(workdir):
+    """What a graph from another tool brought: an input without a shape (refused with the fix, then
+    shaped from the spec's dims), a vectorizer lowercasing in a locale this machine lacks, a
+    custom operator (its fix spoke of bfloat16), and opset 22 for the container's onnxruntime."""
+    import onnx
+    from onnx import TensorProto, helper
+    from skl2onnx import to_onnx
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    shapeless = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "shapeless",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(shapeless, opset_imports=[helper.make_opsetid("", 17)]), workdir / "shapeless.onnx")
+    model = {"name": "shapeless", "source": {"framework": "onnx", "path": "shapeless.onnx"}}
+    with pytest.raises(ConversionError, match=r"shapeless.onnx gives graph input 'x' no shape \(fix: declare it with "
+                                              r"its dims"):
+        converted_and_verified(workdir, model)
+    _, converted, report = converted_and_verified(
+        workdir, {**model, "inputs": [{"name": "x", "dtype": "FP32", "dims": [4], "range": [-1, 1]}]})
+    assert signature(converted.outputs) == [("y", "FP32", [4], None)] and report.passed
+    # skl2onnx without tritonize's locale option: its StringNormalizer names no locale (en_US.UTF-8).
+    texts = ["Hello World", "the quick brown fox", "tiny models"]
+    vectorizer = TfidfVectorizer().fit(texts)
+    graph = to_onnx(vectorizer, np.array(texts, dtype=object).reshape(-1, 1), target_opset=17)
+    assert not any(a.name == "locale" for n in graph.graph.node if n.op_type == "StringNormalizer" for a in n.attribute)
+    onnx.save(graph, workdir / "tfidf.onnx")
+    _, converted, report = converted_and_verified(workdir, {"name": "tfidf", "source": {"framework": "onnx",
+                                                                                         "path": "tfidf.onnx"}})
+    from tritonize.verify import run_onnx
+
+    served = run_onnx(converted, {converted.inputs[0].name: np.array([[t.encode()] for t in texts], dtype=object)})
+    # float32 tf-idf against sklearn's float64: 1e-6 is far below any term's weight (> 0.3 here).
+    np.testing.assert_allclose(served[converted.outputs[0].name], vectorizer.transform(texts).toarray(), atol=1e-6)
+    custom = helper.make_graph([helper.make_node("MyOp", ["x"], ["y"], domain="com.example")], "custom",
+                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    onnx.save(helper.make_model(custom, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]),
+              workdir / "custom.onnx")
+    with pytest.raises(ConversionError, match=r"com.example:MyOp.*is not a registered function/op \(fix: the graph uses "
+                                              r"an operator stock onnxruntime does not have"):
+        converted_and_verified(workdir, {"name": "custom", "source": {"framework": "onnx", "path": "custom.onnx"}})
+    relu22 = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu22",
+                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    onnx.save(helper.make_model(relu22, opset_imports=[helper.make_opsetid("", 22)], ir_version=10),
+              workdir / "relu22.onnx")
+    spec = make_spec(workdir, [{"name": "relu22", "source": {"framework": "onnx", "path": "relu22.onnx"}}])
+    assert convert(spec.models[0], spec).notes == []  # the embedded runtime runs it
+    spec = make_spec(workdir, [{"name": "relu22", "source": {"framework": "onnx", "path": "relu22.onnx"}}])
+    spec.runtime = "container"
+    assert convert(spec.models[0], spec).notes == [
+        "relu22.onnx is ONNX opset 22, IR version 10: tritonserver 24.10's onnxruntime 1.19 loads opsets up to 21 and "
+        "IR versions up to 10; re-export it at opset 21 (onnx.version_converter) for that image"]
 
 
 def test_canonical_opsets_do_not_depend_on_the_converters_order():

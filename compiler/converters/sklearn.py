@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ConversionError, TritonizeError
 from ..factory import call_factory, spec_dir_on_path
-from ..onnx_signature import cast_output, last_column_output, reshape_output
+from ..onnx_signature import TEXT_LOCALE, cast_output, last_column_output, reshape_output
 from ..optional import optional
 from ..samples import as_str
 from ..spec import ModelSpec, Spec
@@ -176,10 +176,6 @@ def text_vectorizer(estimator: Any) -> Any | None:
     return first if isinstance(first, sklearn_text.CountVectorizer) else None
 
 
-# onnxruntime's StringNormalizer (the vectorizer's lowercasing) defaults to the en_US.UTF-8
-# locale, which minimal images lack ("Failed to construct locale with name:en_US.UTF-8"); glibc
-# always has C.UTF-8 (onnxruntime 1.x core/providers/cpu/text/string_normalizer.cc).
-TEXT_LOCALE = "C.UTF-8"
 TEXT_SAMPLE_WORDS = 2000  # verification texts are words of the fitted vocabulary, this many at most
 
 

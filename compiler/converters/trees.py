@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, first_line
 from ..factory import call_factory
 from ..optional import optional
 from ..spec import ModelSpec, Spec
@@ -123,14 +124,27 @@ XGBOOST_CLASSIFIER_OBJECTIVES = ("binary:", "multi:")
 XGBOOST_REGRESSOR_OBJECTIVES = ("reg:", "count:poisson")
 
 
+def load_booster(model: ModelSpec, load: Any, path: Path, package: str, fix: str) -> Any:
+    """A booster read from its file, or a located one-line error: xgboost and lightgbm raise their
+    own error types (XGBoostError "map::at", LightGBMError "Unknown model format") on a file that
+    is not one of their models."""
+    try:
+        return load(model_file=str(path))
+    except Exception as exc:  # XGBoostError, LightGBMError, and OSError from either
+        raise ConversionError(f"model '{model.name}': {package} cannot read {path.name} as a model: "
+                              f"{first_line(exc)}", loc=("source", "path"), fix=fix) from None
+
+
 class XGBoostConverter(Converter):
-    suffixes = (".json", ".ubj")
+    # .model and .bin: xgboost 2+ writes UBJSON into any other name (its save_model), which it reads back.
+    suffixes = (".json", ".ubj", ".model", ".bin")
 
     def convert(self, model: ModelSpec, spec: Spec) -> ConvertedModel:
         if model.source.factory:
             source = call_factory(model, spec)
         else:
-            source = xgboost.Booster(model_file=str(source_file(model, spec, self.suffixes)))
+            source = load_booster(model, xgboost.Booster, source_file(model, spec, self.suffixes), "xgboost",
+                                  "give a file written by save_model (booster.save_model('model.json'))")
         return self.convert_source(model, spec, source)
 
     def convert_source(self, model: ModelSpec, spec: Spec, source: Any) -> ConvertedModel:
@@ -203,7 +217,8 @@ class LightGBMConverter(Converter):
         if model.source.factory:
             source = call_factory(model, spec)
         else:
-            source = lightgbm.Booster(model_file=str(source_file(model, spec, self.suffixes)))
+            source = load_booster(model, lightgbm.Booster, source_file(model, spec, self.suffixes), "lightgbm",
+                                  "give a file written by booster.save_model('model.txt')")
         return self.convert_source(model, spec, source)
 
     def convert_source(self, model: ModelSpec, spec: Spec, source: Any) -> ConvertedModel:
