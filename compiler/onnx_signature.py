@@ -302,7 +302,6 @@ def fix_batch_output_shapes(model: onnx.ModelProto, probe: dict[str, np.ndarray]
     corrected = []
     for output, two, three in zip(model.graph.output, at_two, at_three):
         declared = _shape(output)
-        shape = output.type.tensor_type.shape
         dims: list[int | str] = []
         for axis, (size_two, size_three) in enumerate(zip(np.shape(two), np.shape(three))):
             symbolic = declared[axis] if len(declared) == np.ndim(two) else None
@@ -316,14 +315,20 @@ def fix_batch_output_shapes(model: onnx.ModelProto, probe: dict[str, np.ndarray]
             d is None or isinstance(d, str) and isinstance(o, str) or d == o for d, o in zip(declared, dims))
         if not matches:
             corrected.append(output.name)
-        shape.ClearField("dim")
-        for dim_value in dims:
-            dim = shape.dim.add()
-            if isinstance(dim_value, str):
-                dim.dim_param = dim_value
-            else:
-                dim.dim_value = dim_value
+        set_shape(output, dims)
     return corrected
+
+
+def set_shape(value: onnx.ValueInfoProto, dims: list[int | str]) -> None:
+    """Write a graph value's declared shape: an int is a fixed size, a str a symbolic one."""
+    shape = value.type.tensor_type.shape
+    shape.ClearField("dim")
+    for size in dims:
+        dim = shape.dim.add()
+        if isinstance(size, str):
+            dim.dim_param = size
+        else:
+            dim.dim_value = size
 
 
 def canonicalize(model: onnx.ModelProto, graph_name: str, producer: str, producer_version: str) -> None:

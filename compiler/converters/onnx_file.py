@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConversionError
-from ..onnx_signature import lowercase_in_c_locale
+from ..onnx_signature import lowercase_in_c_locale, set_shape
 from ..spec import ModelSpec, Spec
 from ..versions import installed_versions
 from .base import MAX_ONNX_OPSET, ConvertedModel, Converter, finish, onnx, source_file
@@ -57,11 +57,4 @@ def shape_declared_inputs(model: ModelSpec, onnx_model: Any, shown: str) -> None
                                   fix=f"declare it with its dims (inputs: [{{name: {value.name}, dtype: ..., "
                                       "dims: [...]}]), or export the graph with input shapes")
         batch: list[int | str] = ["batch"] if model.max_batch_size > 0 else []
-        dims = batch + [d if d > 0 else f"{value.name}_dim{i}" for i, d in enumerate(tensor.dims)]
-        shape = value.type.tensor_type.shape
-        for size in dims:
-            dim = shape.dim.add()
-            if isinstance(size, str):
-                dim.dim_param = size
-            else:
-                dim.dim_value = size
+        set_shape(value, batch + [d if d > 0 else f"{value.name}_dim{i}" for i, d in enumerate(tensor.dims)])
