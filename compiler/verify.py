@@ -127,7 +127,10 @@ def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: 
     """Run the ONNX graph on `samples` and compare with the source framework; raise ConversionError
     (one line, with the numbers and the fix) when an output disagrees beyond tolerance. `described`
     names the samples in that line."""
-    onnx_outputs = run_onnx(converted, samples)
+    from .onnx_signature import session
+
+    runner = session(converted.onnx_model, converted.name)  # one for this run and the rows-alone check
+    onnx_outputs = run_onnx(converted, samples, runner)
     rows = len(next(iter(samples.values()))) if samples and converted.batch_axis else 1
     report = VerificationReport(converted.name, converted.framework if converted.reference else None,
                                 rows, max_label_mismatch=settings.max_label_mismatch, onnx_outputs=onnx_outputs)
@@ -139,7 +142,7 @@ def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: 
         for check in report.checks:
             if not check.exact:
                 check.atol, check.rtol = _tolerance(check.dtype, settings)
-        _rows_independent(converted, samples, onnx_outputs, settings)
+        _rows_independent(converted, samples, onnx_outputs, settings, runner)
         return report
     try:
         expected = converted.reference(samples)
@@ -208,12 +211,12 @@ def verify(converted: ConvertedModel, samples: dict[str, np.ndarray], settings: 
                          f"against values up to {significant(check.scale):g}: " + (
                              converted.wrong_conversion_fix or "the conversion is wrong, no tolerance to raise (check "
                              "the model's objective and outputs against what the converter supports)")))
-    _rows_independent(converted, samples, onnx_outputs, settings)
+    _rows_independent(converted, samples, onnx_outputs, settings, runner)
     return report
 
 
 def _rows_independent(converted: ConvertedModel, samples: dict[str, np.ndarray], onnx_outputs: dict[str, np.ndarray],
-                      settings: VerifySpec) -> None:
+                      settings: VerifySpec, runner: Any) -> None:
     """A batching model answers each row as it would alone: Triton's dynamic batching puts other
     clients' requests in the same batch. A model that mixes rows (statistics over the batch axis,
     an RNN whose first axis is time) verifies against its source on one batch, and is then served
@@ -223,7 +226,7 @@ def _rows_independent(converted: ConvertedModel, samples: dict[str, np.ndarray],
     # and for 64 may round its last bit apart) could flip an argmax without any mixing of rows.
     floats = [t for t in converted.outputs if t.dtype in FLOAT_TOLERANCES]
     for row in sorted({0, rows // 2, rows - 1}) if rows > 1 else ():
-        alone = run_onnx(converted, {name: array[row:row + 1] for name, array in samples.items()})
+        alone = run_onnx(converted, {name: array[row:row + 1] for name, array in samples.items()}, runner)
         for tensor in floats or converted.outputs:
             got, want = alone[tensor.name][:1], onnx_outputs[tensor.name][row:row + 1]
             if tensor.dtype in FLOAT_TOLERANCES:
@@ -279,13 +282,15 @@ def with_missing_values(converted: ConvertedModel, samples: dict[str, np.ndarray
     return missing
 
 
-def run_onnx(converted: ConvertedModel, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One deterministic onnxruntime run; inputs and outputs shaped as clients see them."""
+def run_onnx(converted: ConvertedModel, samples: dict[str, np.ndarray], runner: Any = None) -> dict[str, np.ndarray]:
+    """One deterministic onnxruntime run (on `runner`, a session of the graph, when the caller
+    holds one); inputs and outputs shaped as clients see them."""
     from .onnx_signature import quiet_run, session
 
     feeds = {t.name: _to_graph(samples[t.name], t, converted.batch_axis) for t in converted.inputs if t.name in samples}
+    runner = runner if runner is not None else session(converted.onnx_model, converted.name)
     try:
-        answers = session(converted.onnx_model, converted.name).run([t.name for t in converted.outputs], feeds, quiet_run())
+        answers = runner.run([t.name for t in converted.outputs], feeds, quiet_run())
     except Exception as exc:  # onnxruntime's own exception types derive from Exception only
         raise ConversionError(f"model '{converted.name}': onnxruntime cannot run the ONNX graph: "
                               f"{first_line(exc)}", loc=(),

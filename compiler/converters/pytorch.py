@@ -260,11 +260,10 @@ def _runs_at_other_sizes(onnx_model: Any, model: ModelSpec) -> None:
                                    [d if d > 0 else size for d in tensor.dims], dtype=NUMPY_DTYPES[tensor.dtype])
              for tensor in model.inputs}
     graph_inputs = {value.name for value in onnx_model.graph.input}
+    runner = session(onnx_model, model.name)
     try:
-        session(onnx_model, model.name).run(None, {k: v for k, v in feeds.items() if k in graph_inputs}, quiet_run())
+        runner.run(None, {k: v for k, v in feeds.items() if k in graph_inputs}, quiet_run())
     except Exception as exc:  # onnxruntime's own exception types derive from Exception only
-        if isinstance(exc, ConversionError):
-            raise
         variable = [tensor.name for tensor in model.inputs if -1 in tensor.dims]
         raise ConversionError(f"model '{model.name}': the exported graph runs only at the traced size "
                               f"{TRACE_VARIABLE_DIM} of the -1 dims of {', '.join(variable)}; at {size} onnxruntime "
