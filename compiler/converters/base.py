@@ -14,6 +14,7 @@ from ..onnx_signature import (
     ColumnSampling,
     canonicalize,
     fix_batch_output_shapes,
+    lowercase_in_c_locale,
     probe_inputs,
     rename_tensors,
     signature,
@@ -124,6 +125,7 @@ def finish(model: ModelSpec, spec: Spec, onnx_model: onnx_types.ModelProto, *, t
     them, deterministic bytes, and the ONNX checker. The converter then writes `summary`.
     Verification then cross-checks each output's shape with the source framework's answer."""
     rename_tensors(onnx_model, rename_outputs or {})
+    lowercase_in_c_locale(onnx_model)  # before the first onnxruntime session: a text vectorizer's lowercasing
     probe = probe_inputs(onnx_model)
     for name, values in (choices or {}).items():  # an encoder that refuses unknown categories
         if name in probe and values:

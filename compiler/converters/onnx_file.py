@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConversionError
-from ..onnx_signature import lowercase_in_c_locale, set_shape
+from ..onnx_signature import set_shape
 from ..spec import ModelSpec, Spec
 from ..versions import installed_versions
 from .base import MAX_ONNX_OPSET, ConvertedModel, Converter, finish, onnx, source_file
@@ -22,7 +22,6 @@ class OnnxFileConverter(Converter):
                                   loc=("source", "path"), fix="give a .onnx model file") from None
         producer = onnx_model.producer_name or "onnx"
         shape_declared_inputs(model, onnx_model, path.name)
-        lowercase_in_c_locale(onnx_model)
         converted = finish(model, spec, onnx_model, tool=producer, reference=None, tools=installed_versions("onnx"),
                            producer_version=onnx_model.producer_version)
         opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in onnx_model.opset_import)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ConversionError, TritonizeError
 from ..factory import call_factory, spec_dir_on_path
-from ..onnx_signature import TEXT_LOCALE, cast_output, last_column_output, reshape_output
+from ..onnx_signature import cast_output, last_column_output, reshape_output
 from ..optional import optional
 from ..samples import as_str
 from ..spec import ModelSpec, Spec
@@ -292,12 +292,10 @@ class SklearnConverter(Converter):
         # One tensor for all columns only where they are picked by position.
         per_column = transformer is not None and not (model.inputs and len(model.inputs) == 1 and
                                                       not picks_by_name(transformer))
-        text_options: dict[int, dict[str, Any]] = {}
-        if vectorizer is not None:
+        if vectorizer is not None:  # its lowercasing runs in C.UTF-8 (finish: onnx_signature.lowercase_in_c_locale)
             inputs = [text_input(model, vectorizer)]
             features = len(vectorizer.vocabulary_)
             initial_types = [(inputs[0].name, skl2onnx_types.StringTensorType([None, 1]))]
-            text_options = {id(vectorizer): {"locale": TEXT_LOCALE}}
         elif per_column:
             features = n_features(estimator, model, spec)
             inputs = columns(transformer, model)
@@ -333,7 +331,7 @@ class SklearnConverter(Converter):
         register_booster_converters(estimator)
         # ZipMap turns probabilities into a sequence of maps, which Triton cannot serve.
         classifier = kind in ("classifier", "scored classifier")
-        options = {**({id(final): {"zipmap": False}} if classifier else {}), **text_options} or None
+        options = {id(final): {"zipmap": False}} if classifier else None
         opset = ONNX_OPSET
         while True:
             try:
@@ -349,9 +347,8 @@ class SklearnConverter(Converter):
                 if needed and opset < int(needed.group(2)) <= MAX_ONNX_OPSET:
                     opset = int(needed.group(2))
                     continue
-                if "Option 'zipmap' not in" in str(exc) and options and id(final) in options:
-                    options.pop(id(final))  # LinearSVC's converter answers a tensor and takes no zipmap option
-                    options = options or None
+                if "Option 'zipmap' not in" in str(exc) and options:
+                    options = None  # LinearSVC's converter answers a tensor and takes no zipmap option
                     continue
                 raise unconvertible(model, estimator, exc) from None
         mend_graph(onnx_model, final, kind)
