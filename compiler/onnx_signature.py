@@ -101,7 +101,7 @@ TEXT_LOCALE = "C.UTF-8"
 
 
 def lowercase_in_c_locale(model: onnx.ModelProto) -> None:
-    """Every StringNormalizer that names no locale gets TEXT_LOCALE (a graph from another tool)."""
+    """Every StringNormalizer that names no locale gets TEXT_LOCALE (finish() runs it for every converter)."""
     from onnx import helper
 
     for graph in _graphs(model.graph):
